@@ -1,0 +1,103 @@
+# gpulab.mps: every entry point a user or CI needs. Each target sets up what it uses.
+#   make lab     the lab, end to end (ansible-playbook site.yml -i inventories/lab)
+#   make test    everything CI runs (lint, unit, render, sanity, molecule)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+INVENTORY ?= inventories/lab
+TAGS ?=
+SKIP_TAGS ?=
+ANSIBLE_ARGS ?=
+# ansible-test needs the collection at .../ansible_collections/gpulab/mps; sanity runs on a copy there.
+SANITY_ROOT := build/ansible_collections/gpulab/mps
+# The GPU lane's air-gapped install: wheels for the GPU host's Python (3.12 on the lent H100).
+WHEELHOUSE ?= wheelhouse
+WHEEL_PYTHON ?= 3.12
+
+.PHONY: help venv collection lab test lint unit render sanity molecule molecule-default molecule-fleet \
+	images wheelhouse gpu-lane benchmark fleet-scale teardown clean
+
+help:
+	@echo "make lab        run site.yml against $(INVENTORY) (TAGS=..., SKIP_TAGS=..., ANSIBLE_ARGS=...)"
+	@echo "make test       lint + unit + render + sanity + molecule (what CI runs)"
+	@echo "make teardown   undo what the lab created"
+	@echo "make wheelhouse build $(WHEELHOUSE)/ for an air-gapped GPU host (Python $(WHEEL_PYTHON))"
+	@echo "make gpu-lane   the GPU integration lane (on a GPU host; WHEELS=dir to install offline)"
+	@echo "make benchmark  MPS vs time-slicing benchmark (on a GPU host)"
+
+# --- set-up ---------------------------------------------------------------------------------------
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Link the checkout into a collections path so gpulab.mps.* resolves to the working tree (ansible.cfg).
+.collections/ansible_collections/gpulab/mps:
+	mkdir -p .collections/ansible_collections/gpulab
+	ln -sfn ../../.. $@
+
+collection: venv .collections/ansible_collections/gpulab/mps
+
+# --- the lab --------------------------------------------------------------------------------------
+lab: collection
+	ansible-playbook site.yml -i $(INVENTORY) $(if $(TAGS),--tags $(TAGS)) $(if $(SKIP_TAGS),--skip-tags $(SKIP_TAGS)) $(ANSIBLE_ARGS)
+
+teardown: collection
+	ansible-playbook playbooks/teardown.yml -i $(INVENTORY) $(ANSIBLE_ARGS)
+
+# --- tests ----------------------------------------------------------------------------------------
+test: lint unit render sanity molecule
+
+lint: collection
+	ansible-lint
+
+unit: collection
+	python -m pytest -q tests/unit
+
+render: collection
+	python -m pytest -q tests/render
+
+sanity: collection
+	rm -rf build
+	mkdir -p $(SANITY_ROOT)
+	git ls-files --cached --others --exclude-standard -z | xargs -0 cp --parents -t $(SANITY_ROOT)
+	python tests/sanity/install_pip_bootstrap.py
+	cd $(SANITY_ROOT) && ansible-test sanity --local --python $$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])') --color no
+
+# Molecule runs on Docker with locally built images (no registry is reachable).
+images: collection
+	tests/images/build.sh
+
+molecule: molecule-default molecule-fleet
+
+molecule-default: images
+	molecule test -s default
+
+molecule-fleet: images
+	molecule test -s fleet
+
+# --- GPU host -------------------------------------------------------------------------------------
+wheelhouse: collection
+	tests/gpu/build_wheelhouse.sh $(WHEELHOUSE) $(WHEEL_PYTHON)
+
+gpu-lane:
+	tests/gpu/run.sh $(if $(WHEELS),--wheels $(WHEELS))
+
+benchmark: collection
+	ansible-playbook playbooks/benchmark.yml -i $(INVENTORY) $(ANSIBLE_ARGS)
+
+fleet-scale: images
+	tests/fleet/scale.sh $(or $(HOSTS),50)
+
+clean:
+	rm -rf build .collections tests/output .pytest_cache

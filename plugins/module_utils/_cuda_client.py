@@ -1,0 +1,102 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""A minimal CUDA client for probing MPS, using only the driver (libcuda.so.1) through ctypes.
+
+This is a private module_utils of gpulab.mps: its API may change without notice.
+
+Why its own client: a CUDA client whose CUDA_MPS_PIPE_DIRECTORY points nowhere does not fail,
+it silently runs without MPS. The only proof is to see the client's PID in the daemon's `ps`
+while it holds a context. This client needs no CUDA toolkit, PyTorch or CuPy, so the check
+runs on any host with a driver. CLIENT_SOURCE is run as `python -c CLIENT_SOURCE` in a child
+process; the same file also runs on its own: `python _cuda_client.py --hold 30`.
+
+Protocol: the child prints one JSON line once its context exists (pid, device, free and total
+memory as the client sees them, the outcome of an optional allocation), then holds the context
+until its stdin closes or --hold seconds pass, then releases it and exits 0. On a CUDA error
+before that, it prints one JSON line with "error" and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+
+CLIENT_SOURCE = r'''
+import ctypes, json, os, select, sys, time
+
+def main(argv):
+    args = dict(device=0, alloc_mib=0, hold=60.0)
+    it = iter(argv)
+    for a in it:
+        key = a.lstrip("-").replace("-", "_")
+        args[key] = type(args[key])(next(it))
+    out = {"pid": os.getpid(), "device": args["device"]}
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        out["error"] = "cannot load libcuda.so.1 (is the NVIDIA driver installed?): %s" % e
+        print(json.dumps(out)); sys.stdout.flush(); return 2
+
+    def name(rc):
+        s = ctypes.c_char_p()
+        cuda.cuGetErrorName(rc, ctypes.byref(s))
+        return (s.value or b"CUDA_ERROR_%d" % rc).decode()
+
+    def check(rc, what):
+        if rc != 0:
+            raise RuntimeError("%s failed: %s" % (what, name(rc)))
+
+    ctx = ctypes.c_void_p()
+    dev = ctypes.c_int()
+    ptr = ctypes.c_uint64()
+    try:
+        check(cuda.cuInit(0), "cuInit")
+        check(cuda.cuDeviceGet(ctypes.byref(dev), args["device"]), "cuDeviceGet")
+        # The primary context: its API is the same on every driver since CUDA 7.
+        check(cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+        check(cuda.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        check(cuda.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)), "cuMemGetInfo")
+        out["free_bytes"], out["total_bytes"] = free.value, total.value
+        if args["alloc_mib"] > 0:
+            size = args["alloc_mib"] << 20
+            rc = cuda.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(size))
+            out["alloc"] = {"mib": args["alloc_mib"], "ok": rc == 0, "error": None if rc == 0 else name(rc)}
+            if rc == 0:
+                check(cuda.cuMemsetD8_v2(ptr, ctypes.c_ubyte(1), ctypes.c_size_t(size)), "cuMemsetD8")
+                check(cuda.cuCtxSynchronize(), "cuCtxSynchronize")
+    except RuntimeError as e:
+        out["error"] = str(e)
+        print(json.dumps(out)); sys.stdout.flush(); return 2
+    print(json.dumps(out)); sys.stdout.flush()
+    deadline = time.time() + args["hold"]
+    while time.time() < deadline:
+        ready, _, _ = select.select([sys.stdin], [], [], min(0.5, max(0.0, deadline - time.time())))
+        if ready and not os.read(sys.stdin.fileno(), 4096):
+            break
+    if ptr.value:
+        cuda.cuMemFree_v2(ptr)
+    cuda.cuDevicePrimaryCtxRelease_v2(dev)
+    return 0
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def client_argv(python, device=0, alloc_mib=0, hold=60):
+    """argv that runs the client with the given Python interpreter."""
+    return [python, "-c", CLIENT_SOURCE, "--device", str(int(device)), "--alloc-mib", str(int(alloc_mib)),
+            "--hold", str(float(hold))]
+
+
+def parse_client_report(line):
+    """The client's JSON line as a dict; ValueError when the line is not one."""
+    report = json.loads(line)
+    if not isinstance(report, dict) or "pid" not in report:
+        raise ValueError("not a client report: %r" % (line,))
+    return report
+
+
+if __name__ == "__main__":
+    exec(compile(CLIENT_SOURCE, "cuda_client", "exec"))
