@@ -14,7 +14,8 @@ process; the same file also runs on its own: `python _cuda_client.py --hold 30`.
 
 Protocol: the child prints one JSON line once its context exists (pid, device, free and total
 memory as the client sees them, the outcome of an optional allocation), then holds the context
-until its stdin closes or --hold seconds pass, then releases it and exits 0. On a CUDA error
+for --hold seconds (or until its stdin closes, with --release-on-stdin 1: how the
+probe module lets it go early), then releases it and exits 0. On a CUDA error
 before that, it prints one JSON line with "error" and exits 2.
 """
 
@@ -26,7 +27,7 @@ CLIENT_SOURCE = r'''
 import ctypes, json, os, select, sys, time
 
 def main(argv):
-    args = dict(device=0, alloc_mib=0, hold=60.0)
+    args = dict(device=0, alloc_mib=0, hold=60.0, release_on_stdin=0)
     it = iter(argv)
     for a in it:
         key = a.lstrip("-").replace("-", "_")
@@ -72,7 +73,11 @@ def main(argv):
     print(json.dumps(out)); sys.stdout.flush()
     deadline = time.time() + args["hold"]
     while time.time() < deadline:
-        ready, _, _ = select.select([sys.stdin], [], [], min(0.5, max(0.0, deadline - time.time())))
+        wait = min(0.5, max(0.0, deadline - time.time()))
+        if not args["release_on_stdin"]:
+            time.sleep(wait)
+            continue
+        ready, _, _ = select.select([sys.stdin], [], [], wait)
         if ready and not os.read(sys.stdin.fileno(), 4096):
             break
     if ptr.value:
@@ -84,10 +89,10 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def client_argv(python, device=0, alloc_mib=0, hold=60):
+def client_argv(python, device=0, alloc_mib=0, hold=60, release_on_stdin=True):
     """argv that runs the client with the given Python interpreter."""
     return [python, "-c", CLIENT_SOURCE, "--device", str(int(device)), "--alloc-mib", str(int(alloc_mib)),
-            "--hold", str(float(hold))]
+            "--hold", str(float(hold)), "--release-on-stdin", "1" if release_on_stdin else "0"]
 
 
 def parse_client_report(line):
