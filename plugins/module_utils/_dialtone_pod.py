@@ -1,0 +1,157 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The MPS dial-tone pod (seed 001) and the diagnosis of what `echo ps | nvidia-cuda-mps-control` said in it.
+
+This is a private module_utils of gpulab.mps: its API may change without notice.
+
+Two ways for a pod to reach MPS:
+- host: the host's MPS daemon (role mps_host) through its pipe directory, mounted into the Kind
+  node and from there into the pod as a hostPath volume; /dev/shm is a memory emptyDir.
+- plugin: the device plugin's own MPS daemon; the pod requests one replica of a GPU resource and
+  the plugin mounts the pipe and sets CUDA_MPS_PIPE_DIRECTORY itself.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+SOURCES = ("host", "plugin")
+DIALTONE_COMMAND = "echo ps | nvidia-cuda-mps-control"
+
+TRANSPORT_NOT_CONNECTED = "Transport endpoint is not connected"
+CONNECTION_REFUSED = "Connection refused"
+NO_DAEMON = "Cannot find MPS control daemon process"
+SERVER_NOT_FOUND = "Server not found"
+_PS_HEADER_RE = re.compile(r"^\s*PID\s+ID\s+SERVER\s+DEVICE", re.MULTILINE)
+_NOT_FOUND_RE = re.compile(r"(executable file not found|not found in \$PATH|: not found|No such file or directory)")
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class DialtoneError(ValueError):
+    """A dial-tone pod that cannot be built as asked."""
+
+
+def dialtone_pod(name="mps-dialtone", namespace="default", image="nvcr.io/nvidia/cuda:12.8.1-base-ubuntu24.04",
+                 source="host", pipe_directory="/tmp/nvidia-mps", host_ipc=False, shm_size="1Gi",
+                 runtime_class="nvidia", node_name=None, resource=None, lifetime_seconds=600,
+                 image_pull_policy="IfNotPresent"):
+    """The dial-tone pod (a dict): a container that sleeps `lifetime_seconds` and then ends by itself.
+
+    source host: hostPath pipe directory at the same path, CUDA_MPS_PIPE_DIRECTORY set to it,
+    NVIDIA_VISIBLE_DEVICES=all through the nvidia runtime class, /dev/shm a memory emptyDir.
+    source plugin: one replica of `resource` (default nvidia.com/gpu); the plugin provides the rest.
+    """
+    if source not in SOURCES:
+        raise DialtoneError("source must be one of %s, got %r" % (", ".join(SOURCES), source))
+    for what, value in (("pod name", name), ("namespace", namespace)):
+        if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > 63:
+            raise DialtoneError("%s %r is not a DNS label" % (what, value))
+    if not isinstance(lifetime_seconds, int) or isinstance(lifetime_seconds, bool) or lifetime_seconds < 30:
+        raise DialtoneError("lifetime_seconds must be a whole number of at least 30, got %r" % (lifetime_seconds,))
+    env = [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"}]
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    shm = {"medium": "Memory"}
+    if shm_size:
+        shm["sizeLimit"] = str(shm_size)
+    volumes = [{"name": "dshm", "emptyDir": shm}]
+    container = {
+        "name": "dialtone",
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "command": ["sleep", str(lifetime_seconds)],
+        "env": env,
+        "volumeMounts": mounts,
+    }
+    if source == "host":
+        if not isinstance(pipe_directory, str) or not posixpath.isabs(pipe_directory):
+            raise DialtoneError("pipe directory %r must be an absolute path" % (pipe_directory,))
+        pipe_directory = posixpath.normpath(pipe_directory)
+        env.insert(0, {"name": "CUDA_MPS_PIPE_DIRECTORY", "value": pipe_directory})
+        env.insert(1, {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"})
+        mounts.insert(0, {"name": "mps-pipe", "mountPath": pipe_directory})
+        volumes.insert(0, {"name": "mps-pipe", "hostPath": {"path": pipe_directory, "type": "Directory"}})
+        if resource:
+            container["resources"] = {"limits": {resource: 1}}
+    else:
+        container["resources"] = {"limits": {resource or "nvidia.com/gpu": 1}}
+    spec = {
+        "restartPolicy": "Never",
+        "hostIPC": bool(host_ipc),
+        "terminationGracePeriodSeconds": 1,
+        # The pod ends by itself even when the play that made it dies before its cleanup.
+        "activeDeadlineSeconds": lifetime_seconds + 60,
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if runtime_class:
+        spec["runtimeClassName"] = runtime_class
+    if node_name:
+        spec["nodeName"] = node_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "mps-dialtone", "app.kubernetes.io/managed-by": "gpulab.mps"},
+        },
+        "spec": spec,
+    }
+
+
+def diagnose(rc, stdout="", stderr="", pipe_directory="/tmp/nvidia-mps", node=None, pod=None):
+    """What the dial-tone output means: {"ok", "state", "message"}.
+
+    States: answered (the daemon answered `ps`), daemon_died (Transport endpoint is not connected),
+    refused (Connection refused), no_daemon (nothing listens where the pod looks), no_binary (the
+    image lacks nvidia-cuda-mps-control), error (anything else).
+    """
+    out = "%s\n%s" % (stdout or "", stderr or "")
+    where = "pod %s" % pod if pod else "the pod"
+    if node:
+        where += " on node %s" % node
+    tail = out.strip()[-400:]
+    if TRANSPORT_NOT_CONNECTED in out:
+        return {"ok": False, "state": "daemon_died", "message": (
+            "MPS dial-tone failed in %s: 'Transport endpoint is not connected': the MPS control daemon behind "
+            "%s died (its socket is still there). Restart it on the GPU host (site.yml --tags mps, or "
+            "systemctl restart nvidia-mps) and read control.log in its log directory. If the directory itself "
+            "was deleted and re-created, the Kind nodes and pods still hold the old one: recreate them."
+            % (where, pipe_directory))}
+    if CONNECTION_REFUSED in out:
+        return {"ok": False, "state": "refused", "message": (
+            "MPS dial-tone failed in %s: 'Connection refused' on %s: permissions or namespaces. The socket "
+            "exists but no daemon accepts this client: the daemon runs as another user than the pod (run the pod "
+            "as the daemon's user, or start the daemon as root), or the socket is a leftover that no daemon "
+            "listens on (a quit leaves the sockets behind; restart the daemon), or the pod sees another copy "
+            "of the directory than the daemon (mount the host directory itself into the Kind node and the pod)."
+            % (where, pipe_directory))}
+    if NO_DAEMON in out:
+        return {"ok": False, "state": "no_daemon", "message": (
+            "MPS dial-tone failed in %s: no MPS control daemon at %s as the pod sees it. Check that the host "
+            "daemon runs (site.yml --tags mps), that the Kind config mounts %s into every node (recreate the "
+            "cluster after changing it), and that CUDA_MPS_PIPE_DIRECTORY in the pod names the mounted "
+            "directory." % (where, pipe_directory, pipe_directory))}
+    if rc in (126, 127) or (rc and _NOT_FOUND_RE.search(out) and "nvidia-cuda-mps-control" in out):
+        return {"ok": False, "state": "no_binary", "message": (
+            "MPS dial-tone failed in %s: nvidia-cuda-mps-control is not in the container. Run the pod with "
+            "runtimeClassName nvidia (the NVIDIA runtime injects the MPS binaries with the compute "
+            "capability) or use an image that ships them. Output: %s" % (where, tail))}
+    if rc == 0 and (SERVER_NOT_FOUND in out or _PS_HEADER_RE.search(out)):
+        clients = []
+        if _PS_HEADER_RE.search(stdout or ""):
+            for line in (stdout or "").splitlines()[1:]:
+                fields = line.split()
+                if len(fields) >= 6 and fields[0].isdigit():
+                    clients.append({"pid": int(fields[0]), "server": int(fields[2]) if fields[2].isdigit() else None,
+                                    "device": fields[3], "command": " ".join(fields[5:])})
+        return {"ok": True, "state": "answered", "clients": clients, "message": (
+            "MPS daemon answered in %s through %s (%s)" % (
+                where, pipe_directory,
+                "no server running yet" if SERVER_NOT_FOUND in out else "%d client(s)" % len(clients)))}
+    return {"ok": False, "state": "error", "message": (
+        "MPS dial-tone in %s gave an unexpected answer (exit %s): %s" % (where, rc, tail or "no output"))}
