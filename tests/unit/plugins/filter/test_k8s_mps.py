@@ -1,0 +1,45 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The k8s_mps filters: registered names, errors as AnsibleFilterError, the k8s_exec result shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpulab.mps.plugins.filter import k8s_mps
+
+FILTERS = k8s_mps.FilterModule().filters()
+H100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_total_mib": 81559}
+
+
+def test_registered_names():
+    assert sorted(FILTERS) == ["device_plugin_manifests", "device_plugin_plan", "dialtone_diagnosis", "dialtone_pod",
+                               "kind_config", "kind_gpu_nodes", "node_resource_gaps"]
+
+
+def test_errors_become_filter_errors():
+    with pytest.raises(AnsibleFilterError, match="above the MPS client cap"):
+        FILTERS["device_plugin_plan"]([H100], replicas=64)
+    with pytest.raises(AnsibleFilterError, match="layout must be one of"):
+        FILTERS["kind_config"](1, layout="nope")
+
+
+def test_plan_through_the_filter():
+    assert FILTERS["device_plugin_plan"]([H100], mode="individual", replicas=4)["resources"] == {"nvidia.com/gpu0": 4}
+
+
+@pytest.mark.parametrize("result, state", [
+    ({"rc": 0, "stdout": "Server not found\n", "stderr": ""}, "answered"),
+    ({"return_code": 1, "stdout": "Cannot find MPS control daemon process\n"}, "no_daemon"),
+    ({"failed": True, "msg": "Failed to execute on pod x due to : Transport endpoint is not connected"}, "daemon_died"),
+])
+def test_diagnosis_of_k8s_exec_results(result, state):
+    assert FILTERS["dialtone_diagnosis"](result)["state"] == state
+
+
+def test_diagnosis_needs_a_dict():
+    with pytest.raises(AnsibleFilterError, match="registered result"):
+        FILTERS["dialtone_diagnosis"]("Server not found")

@@ -1,0 +1,258 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Device plugin config generation: modes, owners, replicas, memory per replica, node checks."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
+
+# The H100 of the lent GPU machine, as NVML reported it (h100-transcripts/40_nvml.txt):
+# total 85520809984 B = 81559 MiB, compute capability (9, 0).
+H100 = {"index": 0, "uuid": "GPU-058fcf08-fc4a-49f5-ddd9-6d7fedc642b2", "name": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "9.0", "memory_total_mib": 85520809984 // (1 << 20), "mps_client_cap": 48}
+V100 = {"index": 0, "name": "Tesla V100-SXM2-16GB", "compute_capability": [7, 0], "memory_total_mib": 16160}
+P100 = {"index": 0, "name": "Tesla P100-PCIE-16GB", "compute_capability": "6.0", "memory_total_mib": 16280}
+
+
+def gpus(n, model=H100):
+    return [dict(model, index=i, uuid="GPU-%08d" % i) for i in range(n)]
+
+
+def test_h100_memory_per_replica_is_total_over_replicas():
+    assert H100["memory_total_mib"] == 81559
+    plan = dp.plan([H100], replicas=4)
+    row = plan["gpus"][0]
+    assert row["memory_per_replica_mib"] == 81559 // 4 == 20389
+    assert row["active_thread_percentage"] == 25
+    assert plan["resources"] == {"nvidia.com/gpu": 4}
+
+
+@pytest.mark.parametrize("n", [1, 4, 8])
+@pytest.mark.parametrize("replicas", [2, 7, 48])
+def test_aggregate_counts(n, replicas):
+    plan = dp.plan(gpus(n), mode="aggregate", replicas=replicas)
+    assert plan["resources"] == {"nvidia.com/gpu": n * replicas}
+    assert [r["memory_per_replica_mib"] for r in plan["gpus"]] == [81559 // replicas] * n
+    assert plan["config_name"] == "aggregate-gpu-mps"
+
+
+@pytest.mark.parametrize("n", [1, 4, 8])
+def test_individual_names_and_counts(n):
+    plan = dp.plan(gpus(n), mode="individual", replicas=3)
+    assert plan["resources"] == {"nvidia.com/gpu%d" % i: 3 for i in range(n)}
+    assert plan["labels"][dp.LABEL_CONFIG] == "individual-gpu-mps"
+
+
+def test_individual_per_gpu_replicas():
+    plan = dp.plan(gpus(2), mode="individual", replicas=4, per_gpu_replicas={"1": 8})
+    assert plan["resources"] == {"nvidia.com/gpu0": 4, "nvidia.com/gpu1": 8}
+    assert [r["memory_per_replica_mib"] for r in plan["gpus"]] == [81559 // 4, 81559 // 8]
+
+
+def test_aggregate_refuses_per_gpu_replicas():
+    with pytest.raises(dp.DevicePluginError, match="need mode individual"):
+        dp.plan(gpus(2), mode="aggregate", replicas=4, per_gpu_replicas={0: 8})
+
+
+def test_per_gpu_replicas_for_unknown_gpu():
+    with pytest.raises(dp.DevicePluginError, match="name GPU index 5"):
+        dp.plan(gpus(2), mode="individual", replicas=4, per_gpu_replicas={5: 8})
+
+
+@pytest.mark.parametrize("gpu, replicas, ok", [
+    (H100, 48, True), (H100, 49, False), (V100, 48, True), (V100, 49, False),
+    (P100, 16, True), (P100, 17, False), (H100, 2, True), (H100, 1, False), (H100, 0, False),
+])
+def test_client_cap(gpu, replicas, ok):
+    if ok:
+        assert dp.plan([gpu], replicas=replicas)["resources"]["nvidia.com/gpu"] == replicas
+    else:
+        with pytest.raises(dp.DevicePluginError) as exc:
+            dp.plan([gpu], replicas=replicas)
+        message = str(exc.value)
+        assert ("at least 2" in message) if replicas < 2 else ("above the MPS client cap" in message)
+
+
+def test_cap_message_names_the_cap_and_the_gpu():
+    with pytest.raises(dp.DevicePluginError) as exc:
+        dp.plan([P100], replicas=20)
+    assert "cap of 16" in str(exc.value) and "Tesla P100" in str(exc.value)
+
+
+@pytest.mark.parametrize("value", ["four", 2.5, True, None])
+def test_replicas_must_be_whole(value):
+    with pytest.raises(dp.DevicePluginError, match="whole number"):
+        dp.plan([H100], replicas=value)
+
+
+def test_replicas_from_string():
+    assert dp.plan([H100], replicas="6")["resources"] == {"nvidia.com/gpu": 6}
+
+
+@pytest.mark.parametrize("cc, cap", [("7.0", 48), ("6.1", 16), ((7, 5), 48), ("9.0", 48), (None, 16)])
+def test_cap_from_compute_capability(cc, cap):
+    assert dp.client_cap({"compute_capability": cc}) == cap
+
+
+def test_mps_client_cap_from_gpu_info_wins():
+    assert dp.client_cap({"compute_capability": "9.0", "mps_client_cap": 16}) == 16
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([], "no GPUs given"),
+    ([{"name": "x"}], "has no index"),
+    ([{"index": 0}], "has no memory_total_mib"),
+    ([dict(H100), dict(H100)], "appears twice"),
+])
+def test_bad_gpu_lists(bad, message):
+    with pytest.raises(dp.DevicePluginError, match=message):
+        dp.plan(bad, replicas=2)
+
+
+def test_visible_gpus_reindexes():
+    plan = dp.plan(gpus(4), mode="individual", replicas=2, visible=[2])
+    assert plan["resources"] == {"nvidia.com/gpu0": 2}
+    assert plan["gpus"][0]["host_index"] == 2
+
+
+def test_visible_unknown_gpu():
+    with pytest.raises(dp.DevicePluginError, match="handed GPU 9"):
+        dp.plan(gpus(2), visible=[9])
+
+
+def test_individual_with_host_owner_is_refused():
+    with pytest.raises(dp.DevicePluginError, match="owner plugin"):
+        dp.plan(gpus(1), mode="individual", owner="host")
+
+
+def test_aggregate_config_is_the_upstream_format():
+    config = dp.plugin_config(gpus(2), mode="aggregate", replicas=10)
+    assert config == {
+        "version": "v1",
+        "flags": {"migStrategy": "none"},
+        "sharing": {"mps": {"renameByDefault": False, "failRequestsGreaterThanOne": True,
+                            "resources": [{"name": "nvidia.com/gpu", "replicas": 10}]}},
+    }
+
+
+def test_individual_config_is_the_fork_format():
+    config = dp.plugin_config(gpus(2), mode="individual", replicas=4, per_gpu_replicas={1: 6})
+    assert config["sharing"]["mps"]["enableMemoryLimit"] is True
+    assert config["individualGPU"] == {
+        "enabled": True, "namePattern": "gpu%d",
+        "gpuConfigs": [
+            {"index": 0, "name": "gpu0", "mps": {"enabled": True, "replicas": 4, "enableMemoryLimit": True}},
+            {"index": 1, "name": "gpu1", "mps": {"enabled": True, "replicas": 6, "enableMemoryLimit": True}},
+        ]}
+
+
+def test_host_owner_config_counts_without_mps():
+    config = dp.plugin_config(gpus(1), mode="aggregate", replicas=4, owner="host")
+    assert "mps" not in config["sharing"]
+    assert config["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/gpu", "replicas": 4}]
+
+
+def _by_kind(objects):
+    out = {}
+    for obj in objects:
+        out.setdefault(obj["kind"], []).append(obj)
+    return out
+
+
+def test_manifests_plugin_owner_has_the_mps_daemon_on_plugin_nodes_only():
+    objs = _by_kind(dp.manifests(gpus(1), replicas=4))
+    names = [d["metadata"]["name"] for d in objs["DaemonSet"]]
+    assert names == ["nvidia-device-plugin", "nvidia-device-plugin-mps-control-daemon"]
+    daemon = objs["DaemonSet"][1]["spec"]["template"]["spec"]
+    assert daemon["nodeSelector"] == {"nvidia.com/mps.capable": "true", "gpulab.mps/mps-owner": "plugin"}
+    # The two DaemonSets must not select each other's pods.
+    selectors = [d["spec"]["selector"]["matchLabels"] for d in objs["DaemonSet"]]
+    assert selectors[0] != selectors[1]
+    for ds in objs["DaemonSet"]:
+        labels = ds["spec"]["template"]["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in ds["spec"]["selector"]["matchLabels"].items())
+
+
+def test_manifests_host_owner_has_no_mps_daemon_and_no_mps_mounts():
+    objs = _by_kind(dp.manifests(gpus(1), replicas=4, owner="host"))
+    assert [d["metadata"]["name"] for d in objs["DaemonSet"]] == ["nvidia-device-plugin"]
+    volumes = [v["name"] for v in objs["DaemonSet"][0]["spec"]["template"]["spec"]["volumes"]]
+    assert "mps-root" not in volumes and "mps-shm" not in volumes
+
+
+def test_configmap_holds_the_config_under_the_label_value():
+    objs = _by_kind(dp.manifests(gpus(2), mode="individual", replicas=4, image="registry.local/dp:fork"))
+    data = objs["ConfigMap"][0]["data"]
+    assert list(data) == ["individual-gpu-mps"]
+    assert yaml.safe_load(data["individual-gpu-mps"]) == dp.plugin_config(gpus(2), mode="individual", replicas=4)
+
+
+def test_config_change_changes_the_pod_template():
+    def annotation(replicas):
+        ds = _by_kind(dp.manifests(gpus(1), replicas=replicas))["DaemonSet"][0]
+        return ds["spec"]["template"]["metadata"]["annotations"]["gpulab.mps/config-sha256"]
+    assert annotation(4) == annotation(4)
+    assert annotation(4) != annotation(5)
+
+
+def test_individual_needs_an_image():
+    with pytest.raises(dp.DevicePluginError, match="understands individualGPU"):
+        dp.manifests(gpus(1), mode="individual", replicas=2)
+
+
+def test_aggregate_uses_the_pinned_upstream_image():
+    objs = _by_kind(dp.manifests(gpus(1), replicas=2))
+    images = {c["image"] for ds in objs["DaemonSet"] for key in ("containers", "initContainers")
+              for c in ds["spec"]["template"]["spec"].get(key, [])}
+    assert images == {dp.UPSTREAM_IMAGE}
+
+
+def test_runtime_class_optional():
+    ds = _by_kind(dp.manifests(gpus(1), replicas=2, runtime_class=""))["DaemonSet"][0]
+    assert "runtimeClassName" not in ds["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("namespace", ["Bad_NS", "", "x" * 41])
+def test_bad_namespace(namespace):
+    with pytest.raises(dp.DevicePluginError, match="DNS label"):
+        dp.manifests(gpus(1), replicas=2, namespace=namespace)
+
+
+def test_pipe_directory_layout():
+    assert dp.pipe_directory() == "/run/nvidia/mps/nvidia.com/gpu/pipe"
+
+
+NODE = {"metadata": {"name": "gpulab-worker"},
+        "status": {"capacity": {"cpu": "8", "nvidia.com/gpu": "4"}, "allocatable": {"cpu": "8", "nvidia.com/gpu": "4"}}}
+
+
+def test_gaps_none_when_all_there():
+    assert dp.resource_gaps(NODE, {"nvidia.com/gpu": 4}) == []
+
+
+def test_gaps_wrong_count_and_missing():
+    gaps = dp.resource_gaps(NODE, {"nvidia.com/gpu": 8, "nvidia.com/gpu1": 2})
+    assert "node gpulab-worker: capacity nvidia.com/gpu is 4, expected 8" in gaps
+    assert "node gpulab-worker: allocatable nvidia.com/gpu1 is missing (expected 2)" in gaps
+    assert len(gaps) == 4
+
+
+def test_gaps_report_leftover_resources():
+    gaps = dp.resource_gaps(NODE, {"nvidia.com/gpu0": 4})
+    assert any("nvidia.com/gpu=4 is not expected" in g for g in gaps)
+
+
+def test_gaps_zero_leftover_is_fine():
+    node = {"metadata": {"name": "n"}, "status": {"capacity": {"nvidia.com/gpu": "0", "nvidia.com/gpu0": "2"},
+                                                  "allocatable": {"nvidia.com/gpu": "0", "nvidia.com/gpu0": "2"}}}
+    assert dp.resource_gaps(node, {"nvidia.com/gpu0": 2}) == []
+
+
+def test_gaps_of_a_node_without_status():
+    assert dp.resource_gaps({"metadata": {"name": "n"}}, {"nvidia.com/gpu": 2}) == [
+        "node n: capacity nvidia.com/gpu is missing (expected 2)",
+        "node n: allocatable nvidia.com/gpu is missing (expected 2)"]

@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The dial-tone pod and the diagnosis of its answers (the failures that seed 001 names)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.gpulab.mps.plugins.module_utils import _dialtone_pod as dt
+
+TRANSCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "shared", "reference",
+                           "h100-transcripts")
+
+
+def transcript_output(name):
+    """The output lines of a recorded `$ cmd / output / [exit N]` transcript, or None without the copy."""
+    path = os.path.join(TRANSCRIPTS, name)
+    if not os.path.exists(path):
+        return None
+    lines = open(path).read().splitlines()
+    return "\n".join(line for line in lines[1:] if not line.startswith("[exit")) + "\n"
+
+
+def test_host_pod_mounts_the_pipe_and_a_memory_shm():
+    pod = dt.dialtone_pod(pipe_directory="/tmp/nvidia-mps/", host_ipc=False, node_name="gpulab-worker")
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    assert {"name": "CUDA_MPS_PIPE_DIRECTORY", "value": "/tmp/nvidia-mps"} in container["env"]
+    assert {"name": "mps-pipe", "hostPath": {"path": "/tmp/nvidia-mps", "type": "Directory"}} in spec["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in spec["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert spec["hostIPC"] is False
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["nodeName"] == "gpulab-worker"
+    assert spec["restartPolicy"] == "Never"
+    assert container["command"] == ["sleep", "600"]
+    assert spec["activeDeadlineSeconds"] == 660
+    assert "resources" not in container
+
+
+def test_host_ipc_is_configurable():
+    assert dt.dialtone_pod(host_ipc=True)["spec"]["hostIPC"] is True
+
+
+def test_plugin_pod_requests_a_replica_and_mounts_no_pipe():
+    pod = dt.dialtone_pod(source="plugin", resource="nvidia.com/gpu0")
+    container = pod["spec"]["containers"][0]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu0": 1}}
+    assert all(v["name"] != "mps-pipe" for v in pod["spec"]["volumes"])
+    assert all(e["name"] != "CUDA_MPS_PIPE_DIRECTORY" for e in container["env"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"source": "both"}, "source must be one of"),
+    ({"name": "Dial_Tone"}, "not a DNS label"),
+    ({"pipe_directory": "nvidia-mps"}, "absolute path"),
+    ({"lifetime_seconds": 5}, "at least 30"),
+])
+def test_bad_pod_input(kwargs, message):
+    with pytest.raises(dt.DialtoneError, match=message):
+        dt.dialtone_pod(**kwargs)
+
+
+def test_answered_no_server():
+    out = transcript_output("05_ps_empty.txt") or "Server not found\n"
+    diag = dt.diagnose(0, out, "")
+    assert diag["ok"] is True and diag["state"] == "answered"
+    assert "no server running yet" in diag["message"]
+
+
+def test_answered_with_clients():
+    out = transcript_output("22_ps_busy.txt") or (
+        "PID       ID        SERVER         DEVICE                    NAMESPACE      COMMAND        \n"
+        "497       2         486            GPU-058fcf08-fc4a-49f5    4026531836     python3        \n")
+    diag = dt.diagnose(0, out, "", pod="mps-dialtone")
+    assert diag["ok"] is True
+    assert diag["clients"] == [{"pid": 497, "server": 486, "device": "GPU-058fcf08-fc4a-49f5", "command": "python3"}]
+
+
+def test_no_daemon():
+    out = transcript_output("00_control_no_daemon.txt") or "Cannot find MPS control daemon process\n"
+    diag = dt.diagnose(1, out, "", pipe_directory="/tmp/nvidia-mps", node="gpulab-worker")
+    assert diag["state"] == "no_daemon" and diag["ok"] is False
+    assert "gpulab-worker" in diag["message"] and "/tmp/nvidia-mps" in diag["message"]
+
+
+def test_transport_endpoint_means_the_daemon_died():
+    diag = dt.diagnose(1, "", "connect: Transport endpoint is not connected\n")
+    assert diag["state"] == "daemon_died"
+    assert "died" in diag["message"]
+
+
+def test_connection_refused_means_permissions_or_namespaces():
+    diag = dt.diagnose(1, "", "connect: Connection refused\n")
+    assert diag["state"] == "refused"
+    assert "permissions or namespaces" in diag["message"]
+
+
+def test_missing_binary():
+    diag = dt.diagnose(127, "", "sh: 1: nvidia-cuda-mps-control: not found\n")
+    assert diag["state"] == "no_binary"
+    assert "runtimeClassName nvidia" in diag["message"]
+
+
+def test_unexpected_answer():
+    diag = dt.diagnose(0, "something else\n", "")
+    assert diag["state"] == "error" and diag["ok"] is False
