@@ -201,3 +201,12 @@ def test_pynvml_fakes_more_gpus(nvml, monkeypatch):
     assert len(set(uuids)) == 4 and uuids[0] == "GPU-058fcf08-fc4a-49f5-ddd9-6d7fedc642b2"
     with pytest.raises(nvml.NVMLError_InvalidArgument):
         nvml.nvmlDeviceGetHandleByIndex(4)
+
+
+def test_crash_knob_kills_the_daemon_after_start(mps_env):
+    """Fault injection for the fleet scenario: -d succeeds, then the daemon dies, leaving its pid file."""
+    env = dict(mps_env, GPULAB_STANDIN_MPS="crash-on-start")
+    assert subprocess.run([CONTROL, "-d"], env=env, check=False).returncode == 0
+    time.sleep(1.0)
+    assert ctl(mps_env, "get_server_list") == ("Cannot find MPS control daemon process\n", 1)
+    assert os.path.exists(os.path.join(mps_env["CUDA_MPS_PIPE_DIRECTORY"], "nvidia-cuda-mps-control.pid"))
