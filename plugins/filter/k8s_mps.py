@@ -35,6 +35,11 @@ def kind_gpu_nodes(config):
     return _call(kind.gpu_nodes, config)
 
 
+def runtime_class(name, handler=None):
+    """The RuntimeClass (a dict) for the NVIDIA runtime handler."""
+    return _call(kind.runtime_class, name, handler)
+
+
 def device_plugin_plan(gpus, **kwargs):
     """Per node: resources, replicas, memory per replica, labels."""
     return _call(dp.plan, gpus, **kwargs)
@@ -73,6 +78,7 @@ class FilterModule(object):
         return {
             "kind_config": kind_config,
             "kind_gpu_nodes": kind_gpu_nodes,
+            "runtime_class": runtime_class,
             "device_plugin_plan": device_plugin_plan,
             "device_plugin_manifests": device_plugin_manifests,
             "node_resource_gaps": node_resource_gaps,

@@ -162,3 +162,15 @@ def parse_nodes(stdout):
     """Node names from `kind get nodes --name NAME`, sorted."""
     return sorted(line.strip() for line in (stdout or "").splitlines()
                   if line.strip() and not line.startswith(("ERROR", "WARNING", "No kind nodes", "enabling")))
+
+
+def runtime_class(name="nvidia", handler=None):
+    """The RuntimeClass that sends pods to the NVIDIA runtime that nvidia-ctk configured in containerd."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise KindConfigError("RuntimeClass name %r is not a DNS label" % (name,))
+    handler = handler or name
+    if not _NAME_RE.match(handler):
+        raise KindConfigError("RuntimeClass handler %r is not a DNS label" % (handler,))
+    return {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "gpulab.mps"}},
+            "handler": handler}

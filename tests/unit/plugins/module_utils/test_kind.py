@@ -95,3 +95,11 @@ def test_parse_clusters(stdout, names):
 
 def test_parse_nodes_sorted():
     assert kind.parse_nodes("gpulab-worker\ngpulab-control-plane\n") == ["gpulab-control-plane", "gpulab-worker"]
+
+
+def test_runtime_class():
+    assert kind.runtime_class("nvidia") == {
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": "nvidia", "labels": {"app.kubernetes.io/managed-by": "gpulab.mps"}}, "handler": "nvidia"}
+    with pytest.raises(kind.KindConfigError, match="not a DNS label"):
+        kind.runtime_class("NVIDIA")
