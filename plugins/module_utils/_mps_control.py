@@ -17,9 +17,12 @@ Every parser here is written against output recorded on an H100 with driver 580
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
+
+from ansible_collections.gpulab.mps.plugins.module_utils._sizes import mps_size, readback_matches
 
 DEFAULT_PIPE_DIRECTORY = "/tmp/nvidia-mps"
 DEFAULT_LOG_DIRECTORY = "/var/log/nvidia-mps"
@@ -39,6 +42,8 @@ SERVER_NOT_FOUND = "Server not found"
 UNKNOWN_COMMAND_RE = re.compile(r'^Unknown command "(?P<command>.*)"$', re.MULTILINE)
 
 PS_COLUMNS = ("pid", "id", "server", "device", "namespace", "command")
+# The exact pinned limits gpulab.mps set on a daemon (the CLI reads them back rounded down).
+RECORD_FILE = "gpulab-mps-defaults.json"
 
 
 class MpsControlError(Exception):
@@ -204,6 +209,15 @@ def parse_server_log(text):
                 if s["started"] or s["active_thread_percentage"] is not None or s["pinned_memory_limit"])
 
 
+def with_exact_limits(defaults, recorded):
+    """Defaults with each rounded read-back replaced by the exact value recorded for that device."""
+    limits = dict(defaults.get("pinned_memory_limit") or {})
+    for ordinal, size_bytes in recorded.items():
+        if readback_matches(size_bytes, limits.get(str(ordinal))):
+            limits[str(ordinal)] = mps_size(size_bytes)
+    return dict(defaults, pinned_memory_limit=limits)
+
+
 def parse_pipe_directory(names):
     """Classify the entries of a pipe directory: daemon markers (pid file, log fifo) and sockets."""
     names = set(names)
@@ -329,6 +343,25 @@ class MpsControl(object):
         except OSError:
             return parse_pipe_directory([])
 
+    def recorded_limits(self, daemon_pid):
+        """{ordinal: bytes} that gpulab.mps set on this very daemon (the record names its PID)."""
+        try:
+            with open(os.path.join(self.pipe_directory, RECORD_FILE)) as handle:
+                record = json.load(handle)
+        except (IOError, OSError, ValueError):
+            return {}
+        if not daemon_pid or record.get("daemon_pid") != daemon_pid:
+            return {}
+        return dict((int(k), v) for k, v in record.get("pinned_memory_limit", {}).items())
+
+    def record_limits(self, daemon_pid, limits):
+        path = os.path.join(self.pipe_directory, RECORD_FILE)
+        with open(path + ".tmp", "w") as handle:
+            json.dump({"daemon_pid": daemon_pid,
+                       "pinned_memory_limit": dict((str(k), v) for k, v in sorted(limits.items()))}, handle)
+        os.chmod(path + ".tmp", 0o644)
+        os.rename(path + ".tmp", path)
+
     def wait(self, predicate, timeout, interval=0.2):
         """Poll predicate() until it is true or timeout seconds pass; return its last value."""
         deadline = time.time() + timeout
@@ -345,12 +378,62 @@ class MpsControl(object):
         except (IOError, OSError):
             return ""
 
-    def read_log(self, name):
+    def read_log(self, name, max_bytes=4 << 20):
+        """The last max_bytes of a log file (server.log grows for the daemon's whole life)."""
         try:
-            with open(os.path.join(self.log_directory, name)) as handle:
-                return handle.read()
+            with open(os.path.join(self.log_directory, name), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - max_bytes))
+                return handle.read().decode("utf-8", "replace")
         except (IOError, OSError):
             return ""
+
+    def snapshot(self, devices=(0,)):
+        """Everything a user asks of a daemon: running, pid, servers, clients, defaults, stale sockets.
+
+        `devices` are the MPS device ordinals whose default pinned limits are read.
+        """
+        state = {"running": False, "pid": None, "pipe_directory": self.pipe_directory,
+                 "log_directory": self.log_directory, "servers": [], "clients": [],
+                 "defaults": {"active_thread_percentage": None, "pinned_memory_limit": {}},
+                 "stale_sockets": []}
+        try:
+            server_pids = self.server_list()
+        except DaemonNotRunning:
+            entries = self.pipe_entries()
+            if not entries["pid_file"]:
+                state["stale_sockets"] = entries["sockets"]
+            return state
+        state["running"] = True
+        state["pid"] = self.daemon_pid()
+        state["clients"] = self.ps()
+        state["defaults"]["active_thread_percentage"] = self.default_active_thread_percentage()
+        for device in devices:
+            state["defaults"]["pinned_memory_limit"][str(device)] = self.default_pinned_limit(device)
+        state["defaults"] = with_exact_limits(state["defaults"], self.recorded_limits(state["pid"]))
+        logged = parse_server_log(self.read_log("server.log"))
+        for pid in server_pids:
+            state["servers"].append(self.server_snapshot(pid, devices, logged.get(pid)))
+        return state
+
+    def server_snapshot(self, pid, devices, logged=None):
+        """One server: status, clients, what it holds now, and what it logged at start (exact bytes)."""
+        if logged:
+            logged = {"active_thread_percentage": logged["active_thread_percentage"],
+                      "pinned_memory_limit": dict((str(d), v) for d, v in logged["pinned_memory_limit"].items())}
+        server = {"pid": pid, "status": None, "clients": [], "active_thread_percentage": None,
+                  "pinned_memory_limit": {}, "started_with": logged}
+        try:
+            server["status"] = self.server_status(pid)
+            server["clients"] = self.client_list(pid)
+            server["active_thread_percentage"] = self.active_thread_percentage(pid)
+            for device in devices:
+                server["pinned_memory_limit"][str(device)] = parse_pinned_limit(
+                    self.run("get_device_pinned_mem_limit %d %d" % (pid, device)))
+        except (MpsControlError, ValueError):
+            # The server exited between get_server_list and these queries.
+            server["status"] = server["status"] or "GONE"
+        return server
 
 
 def _format_percentage(value):

@@ -1,0 +1,132 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mps_info
+short_description: Report the NVIDIA MPS control daemon, its servers, clients and defaults
+version_added: 0.1.0
+description:
+  - Asks the MPS control daemon of O(pipe_directory) whether it runs, which MPS servers it has,
+    which CUDA clients are attached (the C(ps) table), and which defaults new servers will get.
+  - For each server it also reports what the server logged when it started (exact pinned
+    memory limits in bytes), read from C(server.log).
+  - Changes nothing.
+extends_documentation_fragment:
+  - gpulab.mps.mps_control
+options:
+  devices:
+    description:
+      - MPS device ordinals whose default pinned memory limits are read.
+      - By default every GPU NVML lists, or device 0 when NVML is not available.
+    type: list
+    elements: int
+requirements:
+  - nvidia-cuda-mps-control on the target
+  - nvidia-ml-py (optional, to list the devices)
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+author:
+  - gpulab.mps contributors
+"""
+
+EXAMPLES = r"""
+- name: Read the MPS state
+  gpulab.mps.mps_info:
+  register: mps
+
+- name: Show the clients attached to MPS
+  ansible.builtin.debug:
+    msg: "{{ mps.clients | map(attribute='pid') | list }}"
+"""
+
+RETURN = r"""
+running:
+  description: Whether a control daemon answers on O(pipe_directory).
+  returned: always
+  type: bool
+  sample: true
+pid:
+  description: PID of the control daemon, from its pid file; null when it is not running.
+  returned: always
+  type: int
+  sample: 413
+pipe_directory:
+  description: The pipe directory asked.
+  returned: always
+  type: str
+  sample: /tmp/nvidia-mps
+log_directory:
+  description: The log directory asked.
+  returned: always
+  type: str
+  sample: /var/log/nvidia-mps
+servers:
+  description: MPS servers of this daemon.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - pid: 486
+      status: ACTIVE
+      clients: [497]
+      active_thread_percentage: 50.0
+      pinned_memory_limit: {"0": "2G"}
+      started_with: {active_thread_percentage: 50.0, pinned_memory_limit: {"0": 2147483648}}
+clients:
+  description: The daemon's C(ps) table, one entry per client context.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {pid: 497, id: 2, server: 486, device: GPU-058fcf08-fc4a-49f5, namespace: "4026531836", command: python3}
+defaults:
+  description:
+    - Defaults that servers started from now on get. C(pinned_memory_limit) maps device ordinals to
+      the CLI's read-back (whole units, rounded down), or null where no limit is set.
+  returned: always
+  type: dict
+  sample: {active_thread_percentage: 100.0, pinned_memory_limit: {"0": "4G"}}
+stale_sockets:
+  description: Sockets a stopped daemon left in O(pipe_directory) (only when no daemon runs).
+  returned: always
+  type: list
+  elements: str
+  sample: [control, control_lock, control_privileged]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpulab.mps.plugins.module_utils._common import (
+    MpsControlError, fail_control, mps_argument_spec, mps_control, query_gpus)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=mps_argument_spec(devices=dict(type="list", elements="int")),
+        supports_check_mode=True,
+    )
+    devices = module.params["devices"]
+    if devices is None:
+        gpus = query_gpus(module, required=False)[1]
+        devices = [g["index"] for g in gpus] if gpus else [0]
+    control = mps_control(module)
+    try:
+        state = control.snapshot(devices)
+    except (MpsControlError, ValueError) as error:
+        if isinstance(error, MpsControlError):
+            fail_control(module, error, "Cannot read the MPS state in %s" % module.params["pipe_directory"])
+        module.fail_json(msg="Unexpected output from nvidia-cuda-mps-control: %s" % error)
+    module.exit_json(changed=False, **state)
+
+
+if __name__ == "__main__":
+    main()
