@@ -123,7 +123,8 @@ daemon:
   description: The control daemon after the task.
   returned: always
   type: dict
-  sample: {running: true, pid: 413, pipe_directory: /tmp/nvidia-mps, log_directory: /var/log/nvidia-mps}
+  sample: {running: true, pid: 413, pipe_directory: /tmp/nvidia-mps, log_directory: /var/log/nvidia-mps,
+           control_binary: /usr/bin/nvidia-cuda-mps-control}
 servers:
   description: MPS servers after the task (see M(gpulab.mps.mps_info)), each with C(matches_defaults).
   returned: always
@@ -146,6 +147,15 @@ devices:
   returned: when NVML was queried
   type: dict
   sample: {"0": GPU-058fcf08-fc4a-49f5-ddd9-6d7fedc642b2}
+requested:
+  description:
+    - The defaults asked for, resolved to MPS device ordinals and to the exact sizes sent to the CLI,
+      and O(visible_devices) resolved to UUIDs (null when not given).
+    - The C(gpulab.mps.mps_host) role renders its systemd unit from this (run in check mode first).
+  returned: always
+  type: dict
+  sample: {active_thread_percentage: 50.0, pinned_memory_limit: {"0": 1536M},
+           visible_devices: [GPU-058fcf08-fc4a-49f5-ddd9-6d7fedc642b2]}
 restarted_servers:
   description: Servers shut down for O(apply_to_running=restart), with the servers started in their place.
   returned: always
@@ -523,11 +533,15 @@ class MpsDaemon(object):
         result = dict(
             changed=self.changed,
             daemon={"running": running, "pid": None if predicted and started_fresh else after["pid"],
-                    "pipe_directory": self.params["pipe_directory"], "log_directory": self.params["log_directory"]},
+                    "pipe_directory": self.params["pipe_directory"], "log_directory": self.params["log_directory"],
+                    "control_binary": self.control.binary},
             servers=[dict(s, matches_defaults=server_matches(s, self.percentage, self.limits)) for s in after["servers"]]
             if running else [],
             clients=after["clients"] if running else [],
             defaults=defaults if running else {"active_thread_percentage": None, "pinned_memory_limit": {}},
+            requested={"active_thread_percentage": self.percentage,
+                       "pinned_memory_limit": dict((str(o), mps_size(b)) for o, b in sorted(self.limits.items())),
+                       "visible_devices": self.visible_uuids},
             restarted_servers=self.restarted_servers,
             stale_sockets_removed=self.removed_sockets,
         )
