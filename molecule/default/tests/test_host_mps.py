@@ -1,0 +1,91 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What an administrator checks on a GPU host after the host roles ran.
+
+The host is a systemd container with the NVIDIA STAND-INS of tests/standins/ (no GPU here): the
+MPS control CLI they drive replays what the real one said on an H100. The real binaries are
+covered by the GPU lane (tests/gpu/).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all")
+
+PIPE = "/run/nvidia-mps"
+LOGS = "/var/log/nvidia-mps"
+CONTROL = "/usr/local/nvidia/bin/nvidia-cuda-mps-control"
+UNIT = "nvidia-mps.service"
+
+
+def ctl(host, command):
+    """`echo command | nvidia-cuda-mps-control` as a user would type it, with the unit's pipe directory."""
+    return host.run("echo %s | CUDA_MPS_PIPE_DIRECTORY=%s CUDA_MPS_LOG_DIRECTORY=%s %s", command, PIPE, LOGS, CONTROL)
+
+
+def unit_property(host, name):
+    return host.check_output("systemctl show %s --property %s --value", UNIT, name)
+
+
+def test_the_stand_ins_are_what_runs_here(host):
+    # Guard: this scenario must never be mistaken for a run on real NVIDIA software.
+    assert host.file("/etc/gpulab-standin/README").contains("STAND-INS")
+
+
+def test_mps_service_is_active_and_enabled(host):
+    service = host.service(UNIT)
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_unit_restarts_the_daemon_on_failure(host):
+    assert unit_property(host, "Restart") == "on-failure"
+    unit_text = host.check_output("systemctl cat %s", UNIT)
+    assert "CUDA_MPS_PIPE_DIRECTORY=%s" % PIPE in unit_text
+
+
+def test_pipe_and_log_directories(host):
+    pipe = host.file(PIPE)
+    assert pipe.is_directory and pipe.user == "root"
+    assert pipe.mode & 0o002 == 0, "the pipe directory must not be world-writable"
+    assert pipe.mode & 0o001, "clients of every user must reach the control socket"
+    assert host.file(PIPE + "/control").is_socket
+    assert host.file(PIPE + "/nvidia-cuda-mps-control.pid").exists
+    logs = host.file(LOGS)
+    assert logs.is_directory and logs.mode & 0o002 == 0
+    assert host.file(LOGS + "/control.log").contains("Starting control daemon using socket %s/control" % PIPE)
+
+
+def test_daemon_answers_and_has_no_server_yet(host):
+    result = ctl(host, "ps")
+    assert (result.rc, result.stdout) == (0, "Server not found\n")
+
+
+def test_defaults_read_back_through_the_cli(host):
+    # Set by the inventory: 50 % and 1536M; the CLI reads sizes back in whole G rounded down.
+    assert ctl(host, "get_default_active_thread_percentage").stdout == "50.0\n"
+    assert ctl(host, "get_default_device_pinned_mem_limit 0").stdout == "1G\n"
+
+
+def test_systemd_brings_a_killed_daemon_back(host):
+    before = int(unit_property(host, "MainPID"))
+    restarts = int(unit_property(host, "NRestarts"))
+    assert before > 0
+    host.run("kill -9 %s", str(before))
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        pid = int(unit_property(host, "MainPID"))
+        if pid not in (0, before) and ctl(host, "get_server_list").rc == 0:
+            break
+        time.sleep(0.5)
+    assert int(unit_property(host, "MainPID")) not in (0, before)
+    assert int(unit_property(host, "NRestarts")) == restarts + 1
+    assert ctl(host, "get_server_list").rc == 0
+    # The defaults live in the daemon's memory: the restarted daemon must have them again.
+    assert ctl(host, "get_default_active_thread_percentage").stdout == "50.0\n"
+    assert ctl(host, "get_default_device_pinned_mem_limit 0").stdout == "1G\n"
