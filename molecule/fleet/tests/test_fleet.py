@@ -1,0 +1,103 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What an operator checks after a fleet rollout: the summaries of the four rollouts of this
+scenario (converge, kill, unready, gate: see side_effect.yml) and the nodes themselves.
+
+The nodes are systemd containers with the NVIDIA STAND-INS of tests/standins/ (no GPU here); the
+values they report (driver 580.159.04, H100 80GB HBM3) are the ones recorded on a real H100.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import testinfra
+
+EPHEMERAL = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+HEALTHY = ["fleet-gpu-01", "fleet-gpu-02", "fleet-gpu-03", "fleet-gpu-04"]
+UNTOUCHED = ["fleet-nodriver-01", "fleet-bare-01", "fleet-badvars-01", "fleet-late-01"]
+
+
+def summary(name):
+    with open(os.path.join(EPHEMERAL, "summary-%s.json" % name)) as handle:
+        data = json.load(handle)
+    return data, dict((node["node"], node) for node in data["nodes"])
+
+
+def node_host(name):
+    return testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, INVENTORY))
+
+
+def test_converge_rolled_out_every_healthy_node():
+    data, nodes = summary("converge")
+    assert data["state"] == "complete" and not data["stopped"]
+    assert sorted(nodes) == HEALTHY
+    for name in HEALTHY:
+        assert nodes[name]["result"] == "ok", nodes[name]
+        assert nodes[name]["driver"] == "580.159.04"
+        assert nodes[name]["gpu_models"] == ["NVIDIA H100 80GB HBM3"]
+        assert nodes[name]["mps"].startswith("running")
+    assert nodes["fleet-gpu-02"]["gpus"] == 2 and nodes["fleet-gpu-01"]["gpus"] == 1
+
+
+def test_killed_daemon_was_restarted_and_reported():
+    data, nodes = summary("kill")
+    assert data["counts"]["ok"] == 4, data["table"]
+    assert nodes["fleet-gpu-03"]["mps_restarts"] >= 1
+    assert "restarted" in nodes["fleet-gpu-03"]["mps"]
+    assert [n for n in HEALTHY if nodes[n]["mps_restarts"]] == ["fleet-gpu-03"]
+
+
+@pytest.mark.parametrize("name, words", [
+    ("fleet-nodriver-01", ["libnvidia-ml.so.1"]),
+    ("fleet-bare-01", ["nvidia-ml-py"]),
+    ("fleet-badvars-01", ["mps_host_default_active_thread_percentage"]),
+])
+def test_unready_nodes_were_excluded_with_their_reason(name, words):
+    data, nodes = summary("unready")
+    node = nodes[name]
+    assert (node["result"], node["step"]) == ("excluded", "preflight"), node
+    for word in words:
+        assert word in node["reason"], node["reason"]
+    assert node["mps"] == "untouched"
+
+
+def test_unready_nodes_did_not_stop_the_others():
+    data, nodes = summary("unready")
+    assert [n for n in HEALTHY if nodes[n]["result"] == "ok"] == HEALTHY, data["table"]
+    assert data["counts"] == dict(data["counts"], nodes=7, ok=4, excluded=3, failed=0)
+
+
+def test_failed_batch_stopped_the_rollout_and_says_which_node_and_why():
+    data, nodes = summary("gate")
+    assert data["stopped"] is True, data["table"]
+    assert "fleet-broken-01" in data["state"]
+    assert nodes["fleet-gpu-01"]["result"] == "ok"
+    broken = nodes["fleet-broken-01"]
+    assert broken["result"] == "failed"
+    assert broken["step"] in ("apply", "health gate"), broken
+    assert broken["reason"], broken
+    assert nodes["fleet-late-01"]["result"] == "not reached"
+    # The table an operator reads names the node and its reason on one line.
+    assert any(line.startswith("fleet-broken-01") and broken["reason"][:40] in line for line in data["table"])
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_nodes_run_mps_under_systemd(name):
+    host = node_host(name)
+    service = host.service("nvidia-mps.service")
+    assert service.is_running and service.is_enabled
+    answer = host.run("echo get_default_active_thread_percentage | CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps "
+                      "/usr/local/nvidia/bin/nvidia-cuda-mps-control")
+    assert (answer.rc, answer.stdout) == (0, "50.0\n")
+
+
+@pytest.mark.parametrize("name", UNTOUCHED)
+def test_excluded_and_unreached_nodes_were_not_touched(name):
+    host = node_host(name)
+    assert host.run("systemctl cat nvidia-mps.service").rc != 0, "%s got an MPS unit" % name
+    assert not host.file("/run/nvidia-mps").exists
