@@ -258,6 +258,8 @@ def directory_problem(path):
         return "%s cannot be created: %s is not a directory" % (path, parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         return "%s cannot be created: no write permission in %s" % (path, parent)
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        return "%s cannot be created: %s is on a read-only file system" % (path, parent)
     return None
 
 
@@ -339,7 +341,8 @@ class MpsDaemon(object):
         except MpsControlError as error:
             fail_control(self.module, error, "Cannot read the MPS state in %s" % self.params["pipe_directory"])
 
-    def ensure_directory(self, path):
+    def ensure_directory(self, option):
+        path = self.params[option]
         if os.path.isdir(path):
             mode = stat.S_IMODE(os.stat(path).st_mode)
             if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
@@ -352,7 +355,8 @@ class MpsDaemon(object):
                 os.makedirs(path, self.dir_mode)
                 os.chmod(path, self.dir_mode)
             except OSError as error:
-                self.module.fail_json(msg="Cannot create %s: %s" % (path, error))
+                # The first change of a start: when it fails, nothing has been changed yet.
+                self.module.fail_json(msg="%s %s cannot be created: %s" % (option, path, error))
 
     # Stop -----------------------------------------------------------------------------------------
     def stop(self, state):
@@ -398,8 +402,8 @@ class MpsDaemon(object):
 
     # Start ----------------------------------------------------------------------------------------
     def start(self):
-        self.ensure_directory(self.params["pipe_directory"])
-        self.ensure_directory(self.params["log_directory"])
+        self.ensure_directory("pipe_directory")
+        self.ensure_directory("log_directory")
         self.changed = True
         if self.module.check_mode:
             return

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build a folder that installs gpulab.mps and what it needs on an air-gapped GPU host:
+#   wheels for tests/gpu/requirements.txt (ansible-core, nvidia-ml-py and their dependencies) for the
+#   GPU host's Python, and collections/*.tar.gz for the collections gpulab.mps depends on, taken from the
+#   `ansible` package installed in .venv (Galaxy need not be reachable).
+# Usage: tests/gpu/build_wheelhouse.sh DIR [PYTHON_VERSION]   (make wheelhouse)
+set -euo pipefail
+dir=${1:?usage: build_wheelhouse.sh DIR [PYTHON_VERSION]}
+pyver=${2:-3.12}
+here=$(cd "$(dirname "$0")/../.." && pwd)
+venv_python=${VENV_PYTHON:-$here/.venv/bin/python}
+mkdir -p "$dir/collections"
+
+platforms=()
+for n in 17 24 27 28 31 34; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
+"$venv_python" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+  --python-version "$pyver" --implementation cp "${platforms[@]}" --platform manylinux2014_x86_64 \
+  -d "$dir" -r "$here/tests/gpu/requirements.txt"
+
+# The collections gpulab.mps depends on (galaxy.yml), as installable artifacts: an installed collection
+# keeps MANIFEST.json and FILES.json, which is what ansible-galaxy reads from a tarball.
+site=$("$venv_python" -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__path__[0]))')
+"$venv_python" - "$here/galaxy.yml" <<'PY' | while read -r ns name; do
+import sys, yaml
+for fqcn in yaml.safe_load(open(sys.argv[1]))["dependencies"]:
+    print(*fqcn.split("."))
+PY
+  src="$site/ansible_collections/$ns/$name"
+  version=$("$venv_python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["collection_info"]["version"])' "$src/MANIFEST.json")
+  (cd "$src" && tar --exclude=__pycache__ -czf "$dir/collections/$ns-$name-$version.tar.gz" $(ls -A))
+done
+# gpulab.mps itself, built from this checkout.
+"$here/.venv/bin/ansible-galaxy" collection build --force --output-path "$dir/collections" "$here" >/dev/null
+ls -la "$dir" "$dir/collections"
+du -sh "$dir"

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The GPU lane: run on a GPU host (NVIDIA driver 550+, MPS binaries), as root, from a checkout.
+#
+#   tests/gpu/run.sh [--wheels DIR] [--out DIR]      (make gpu-lane WHEELS=DIR)
+#
+# 1. Installs ansible-core and nvidia-ml-py into .venv-gpu, and gpulab.mps with the collections it
+#    depends on into build/gpu-collections: from DIR (made by `make wheelhouse` on a machine with
+#    internet) when --wheels is given, which is how air-gapped GPU hosts get them; else from PyPI and
+#    the checkout's own .venv.
+# 2. Runs tests/gpu/lane.yml: the modules against the real driver and MPS.
+# 3. Runs site.yml's host stages twice on localhost and checks that the second run changes nothing,
+#    timing both (cold and warm), then stops the lab's daemon.
+# Everything it prints also goes to OUT/gpu-lane.log (default build/gpu-lane).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+wheels="" out="build/gpu-lane"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheels) wheels=$(cd "$2" && pwd); shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "usage: $0 [--wheels DIR] [--out DIR]" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+exec > >(tee "$out/gpu-lane.log") 2>&1
+
+step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+export PATH="$PWD/.venv-gpu/bin:/usr/local/nvidia/bin:$PATH"
+export ANSIBLE_CONFIG="$PWD/ansible.cfg" ANSIBLE_FORCE_COLOR=0 PYTHONUNBUFFERED=1
+collections="$PWD/build/gpu-collections"
+
+step "host"
+date -u +%FT%TZ; uname -r
+nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_mode --format=csv,noheader
+python3 --version
+
+step "install (wheels: ${wheels:-none, from the network})"
+# Some Pythons ship without ensurepip: then the host's pip installs into a venv made without one.
+if python3 -m venv .venv-gpu 2>/dev/null && .venv-gpu/bin/python -m pip --version >/dev/null 2>&1; then
+  pip=(.venv-gpu/bin/python -m pip)
+else
+  rm -rf .venv-gpu; python3 -m venv --without-pip .venv-gpu
+  pip=(python3 -m pip --python .venv-gpu/bin/python)
+fi
+if [ -n "$wheels" ]; then
+  "${pip[@]}" install --quiet --no-index --find-links "$wheels" -r tests/gpu/requirements.txt
+  tarballs=("$wheels"/collections/*.tar.gz)
+else
+  "${pip[@]}" install --quiet -r tests/gpu/requirements.txt
+  rm -rf build/gpu-wheels && tests/gpu/build_wheelhouse.sh build/gpu-wheels >/dev/null
+  tarballs=(build/gpu-wheels/collections/*.tar.gz)
+fi
+rm -rf "$collections"
+ansible-galaxy collection install --offline --force -p "$collections" "${tarballs[@]}"
+export ANSIBLE_COLLECTIONS_PATH="$collections"
+ansible --version | head -1
+ansible-galaxy collection list -p "$collections" 2>/dev/null | grep -E "gpulab|kubernetes|docker"
+for m in driver_check gpu_info mps_daemon mps_info mps_client_probe; do
+  ansible-doc "gpulab.mps.$m" | head -1
+done
+
+step "lane: the modules against the real driver and MPS"
+ansible-playbook tests/gpu/lane.yml -e "ansible_python_interpreter=$PWD/.venv-gpu/bin/python"
+
+step "site.yml host stages, cold"
+site=(ansible-playbook site.yml -i inventories/lab --tags host)
+start=$(date +%s%N); "${site[@]}" | tee "$out/site-cold.log"; cold=$(( ($(date +%s%N) - start) / 1000000 ))
+step "site.yml host stages, warm (must change nothing)"
+start=$(date +%s%N); "${site[@]}" | tee "$out/site-warm.log"; warm=$(( ($(date +%s%N) - start) / 1000000 ))
+recap=$(grep -E '^localhost +:' "$out/site-warm.log")
+step "stop the lab's daemon"
+ansible localhost -i inventories/lab -m gpulab.mps.mps_daemon -a "state=stopped force=true timeout=5" | head -3
+
+step "summary"
+echo "lane: passed (tests/gpu/lane.yml)"
+printf 'site.yml --tags host: cold %d.%03d s, warm %d.%03d s\n' $((cold / 1000)) $((cold % 1000)) $((warm / 1000)) $((warm % 1000))
+echo "warm run recap: $recap"
+if ! grep -qE 'changed=0 .*failed=0' <<<"$recap"; then
+  echo "FAIL: the second site.yml run changed something or failed"; exit 1
+fi
+echo "GPU lane passed"
