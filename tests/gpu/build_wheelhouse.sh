@@ -10,6 +10,7 @@ pyver=${2:-3.12}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 venv_python=${VENV_PYTHON:-$here/.venv/bin/python}
 mkdir -p "$dir/collections"
+dir=$(cd "$dir" && pwd)
 
 platforms=()
 for n in 17 24 27 28 31 34; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
