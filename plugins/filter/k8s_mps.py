@@ -45,6 +45,11 @@ def device_plugin_plan(gpus, **kwargs):
     return _call(dp.plan, gpus, **kwargs)
 
 
+def device_plugin_node_plans(gpus, nodes, **kwargs):
+    """The plan of each node of a GPU host: [{name, plan}]."""
+    return _call(dp.node_plans, gpus, nodes, **kwargs)
+
+
 def device_plugin_manifests(gpus, **kwargs):
     """Every object of the device plugin, in apply order."""
     return _call(dp.manifests, gpus, **kwargs)
@@ -80,6 +85,7 @@ class FilterModule(object):
             "kind_gpu_nodes": kind_gpu_nodes,
             "runtime_class": runtime_class,
             "device_plugin_plan": device_plugin_plan,
+            "device_plugin_node_plans": device_plugin_node_plans,
             "device_plugin_manifests": device_plugin_manifests,
             "node_resource_gaps": node_resource_gaps,
             "dialtone_pod": dialtone_pod,

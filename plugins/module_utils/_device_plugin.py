@@ -258,6 +258,18 @@ def plan(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWNER_PL
     }
 
 
+def node_plans(gpus, nodes, **kwargs):
+    """[{"name", "plan"}] for each node ({"name", "gpus": "all" | [host indices]}) of a GPU host."""
+    if not isinstance(nodes, (list, tuple)) or not nodes:
+        raise DevicePluginError("no nodes given: name the Kubernetes nodes of this GPU host ({name, gpus})")
+    out = []
+    for node in nodes:
+        if not isinstance(node, dict) or not node.get("name"):
+            raise DevicePluginError("node %r needs a name" % (node,))
+        out.append({"name": node["name"], "plan": plan(gpus, visible=node.get("gpus", "all"), **kwargs)})
+    return out
+
+
 def plugin_config(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWNER_PLUGIN,
                   name_pattern=DEFAULT_NAME_PATTERN, fail_requests_greater_than_one=True,
                   enable_memory_limit=True):
@@ -296,6 +308,8 @@ def plugin_config(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner
 
 def _yaml_dump(data):
     """A stable YAML text for a ConfigMap value (PyYAML when present, else JSON, which YAML reads)."""
+    # Plain types only: Ansible hands filters str/int subclasses that PyYAML's safe dumper refuses.
+    data = json.loads(json.dumps(data))
     try:
         import yaml
     except ImportError:  # pragma: no cover - PyYAML comes with ansible-core

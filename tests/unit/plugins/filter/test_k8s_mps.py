@@ -16,7 +16,7 @@ H100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"
 
 
 def test_registered_names():
-    assert sorted(FILTERS) == ["device_plugin_manifests", "device_plugin_plan", "dialtone_diagnosis", "dialtone_pod",
+    assert sorted(FILTERS) == ["device_plugin_manifests", "device_plugin_node_plans", "device_plugin_plan", "dialtone_diagnosis", "dialtone_pod",
                                "kind_config", "kind_gpu_nodes", "node_resource_gaps", "runtime_class"]
 
 
@@ -43,3 +43,14 @@ def test_diagnosis_of_k8s_exec_results(result, state):
 def test_diagnosis_needs_a_dict():
     with pytest.raises(AnsibleFilterError, match="registered result"):
         FILTERS["dialtone_diagnosis"]("Server not found")
+
+
+def test_node_plans():
+    gpus = [dict(H100, index=i) for i in range(2)]
+    plans = FILTERS["device_plugin_node_plans"](gpus, [{"name": "w1", "gpus": [0]}, {"name": "w2", "gpus": [1]}],
+                                                mode="individual", replicas=2)
+    assert [(p["name"], p["plan"]["resources"]) for p in plans] == [("w1", {"nvidia.com/gpu0": 2}),
+                                                                   ("w2", {"nvidia.com/gpu0": 2})]
+    assert plans[1]["plan"]["gpus"][0]["host_index"] == 1
+    with pytest.raises(AnsibleFilterError, match="no nodes given"):
+        FILTERS["device_plugin_node_plans"](gpus, [])

@@ -1,0 +1,208 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every Kubernetes object and Kind config the collection renders, for 1, 4 and 8 GPUs, validated offline.
+
+- Kubernetes objects: kubernetes-validate, strict (unknown fields are errors), against Kubernetes 1.33.
+- Kind configs: kind's v1alpha4 fields (schemas.KIND_V1ALPHA4), strict.
+- Device plugin config files: the upstream v1 format (aggregate) or the fork's (individual).
+
+Two paths are covered: the roles themselves (tests/render/render.yml runs kind_cluster and
+device_plugin in render-only mode through ansible-playbook), and the generation code directly, over
+more combinations. A test that the validators reject a broken object keeps them honest.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
+from ansible_collections.gpulab.mps.plugins.module_utils import _dialtone_pod as dt
+from ansible_collections.gpulab.mps.plugins.module_utils import _kind as kind
+
+from schemas import DEVICE_PLUGIN_FORK, DEVICE_PLUGIN_V1, KIND_V1ALPHA4
+
+KUBERNETES_VERSION = "1.33"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_total_mib": 81559, "mps_client_cap": 48}
+GPU_COUNTS = [1, 4, 8]
+CASES = [(n, mode, owner) for mode, owner in (("aggregate", "plugin"), ("aggregate", "host"), ("individual", "plugin"))
+         for n in GPU_COUNTS]
+FORK_IMAGE = "registry.local/k8s-device-plugin:individual-mps"
+
+
+def h100s(n):
+    return [dict(H100, index=i) for i in range(n)]
+
+
+def validate_k8s(obj):
+    """kubernetes-validate, strict, against the pinned Kubernetes version (raises on any error)."""
+    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def validate_kind(config):
+    jsonschema.validate(config, KIND_V1ALPHA4)
+    roles = [node.get("role", "control-plane") for node in config["nodes"]]
+    assert roles.count("control-plane") >= 1, "a Kind cluster needs a control-plane node"
+
+
+def plugin_config_of(objects):
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    ((name, text),) = configmap["data"].items()
+    return name, yaml.safe_load(text)
+
+
+# --- the roles, through ansible-playbook -------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory):
+    out = tmp_path_factory.mktemp("render")
+    playbook = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([playbook, "-i", "localhost,", os.path.join(HERE, "render.yml"), "-e", "render_root=%s" % out],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, "render.yml failed:\n%s\n%s" % (proc.stdout[-4000:], proc.stderr[-2000:])
+    return str(out)
+
+
+def role_objects(rendered, n, mode, owner):
+    path = os.path.join(rendered, "device_plugin", "%s-%s-%d" % (mode, owner, n), "manifests.yaml")
+    return [doc for doc in yaml.safe_load_all(open(path)) if doc]
+
+
+@pytest.mark.parametrize("n, mode, owner", CASES)
+def test_role_objects_validate(rendered, n, mode, owner):
+    objects = role_objects(rendered, n, mode, owner)
+    kinds = [o["kind"] for o in objects]
+    expected = ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
+    assert kinds == expected + (["DaemonSet"] if owner == "plugin" else [])
+    for obj in objects:
+        validate_k8s(obj)
+
+
+@pytest.mark.parametrize("n, mode, owner", CASES)
+def test_role_renders_what_the_code_renders(rendered, n, mode, owner):
+    """The role passes its variables to the generator correctly: same objects as a direct call."""
+    direct = dp.manifests(h100s(n), mode=mode, owner=owner, replicas=4,
+                          image=FORK_IMAGE if mode == "individual" else None)
+    assert role_objects(rendered, n, mode, owner) == direct
+
+
+@pytest.mark.parametrize("n, mode, owner", CASES)
+def test_role_plans(rendered, n, mode, owner):
+    path = os.path.join(rendered, "device_plugin", "%s-%s-%d" % (mode, owner, n), "plans.yaml")
+    ((node,),) = [yaml.safe_load(open(path))]
+    plan = node["plan"]
+    assert node["name"] == "gpu-node"
+    if mode == "aggregate":
+        assert plan["resources"] == {"nvidia.com/gpu": 4 * n}
+    else:
+        assert plan["resources"] == {"nvidia.com/gpu%d" % i: 4 for i in range(n)}
+    assert [g["memory_per_replica_mib"] for g in plan["gpus"]] == [81559 // 4] * n
+    assert plan["labels"] == {"nvidia.com/gpu.present": "true", "nvidia.com/mps.capable": "true",
+                              "nvidia.com/device-plugin.config": "%s-gpu-mps" % mode, "gpulab.mps/mps-owner": owner}
+
+
+@pytest.mark.parametrize("n", GPU_COUNTS)
+@pytest.mark.parametrize("layout", ["single", "per_gpu"])
+def test_role_kind_configs(rendered, n, layout):
+    path = os.path.join(rendered, "kind", "kind-lab%d-%s.yaml" % (n, layout.replace("_", "")))
+    config = yaml.safe_load(open(path))
+    validate_kind(config)
+    pipe = os.path.join(rendered, "pipe")
+    for node in config["nodes"]:
+        assert {"hostPath": pipe, "containerPath": pipe} in node["extraMounts"], node
+        assert node["image"] == "kindest/node:v1.33.1"
+    workers = [node for node in config["nodes"] if node["role"] == "worker"]
+    device_paths = sorted(m["containerPath"] for w in workers for m in w["extraMounts"] if m["hostPath"] == "/dev/null")
+    if layout == "single":
+        assert device_paths == ["/var/run/nvidia-container-devices/all"]
+    else:
+        assert device_paths == sorted("/var/run/nvidia-container-devices/%d" % i for i in range(n))
+
+
+# --- the generation code, over more combinations -------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, mode, owner", CASES)
+@pytest.mark.parametrize("replicas", [2, 48])
+def test_manifests_validate(n, mode, owner, replicas):
+    objects = dp.manifests(h100s(n), mode=mode, owner=owner, replicas=replicas,
+                           image=FORK_IMAGE if mode == "individual" else None)
+    for obj in objects:
+        validate_k8s(obj)
+    name, config = plugin_config_of(objects)
+    assert name == "%s-gpu-mps" % mode
+    if mode == "aggregate":
+        jsonschema.validate(config, DEVICE_PLUGIN_V1)
+    else:
+        jsonschema.validate(config, DEVICE_PLUGIN_FORK)
+        assert len(config["individualGPU"]["gpuConfigs"]) == n
+
+
+def test_individual_config_is_not_upstream():
+    """The per-GPU names exist only in the fork's format: upstream's strict schema rejects them."""
+    _, config = plugin_config_of(dp.manifests(h100s(2), mode="individual", replicas=4, image=FORK_IMAGE))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(config, DEVICE_PLUGIN_V1)
+
+
+@pytest.mark.parametrize("n", GPU_COUNTS)
+@pytest.mark.parametrize("layout", ["single", "per_gpu"])
+@pytest.mark.parametrize("style", ["volume", "cdi"])
+def test_kind_configs_validate(n, layout, style):
+    config = kind.kind_config(n, name="lab", layout=layout, device_mount_style=style, cpu_workers=1,
+                              node_image="kindest/node:v1.33.1",
+                              extra_mounts=[{"hostPath": "/srv/data", "containerPath": "/data", "readOnly": True}])
+    validate_kind(config)
+    gpu_nodes = kind.gpu_nodes(config)
+    seen = [g for node in gpu_nodes for g in (range(n) if node["gpus"] == "all" else node["gpus"])]
+    assert sorted(seen) == list(range(n)), "every GPU goes to exactly one worker"
+
+
+@pytest.mark.parametrize("source", ["host", "plugin"])
+@pytest.mark.parametrize("host_ipc", [False, True])
+def test_dialtone_pods_validate(source, host_ipc):
+    validate_k8s(dt.dialtone_pod(source=source, host_ipc=host_ipc, node_name="lab-worker", resource="nvidia.com/gpu"))
+
+
+def test_runtime_class_validates():
+    validate_k8s(kind.runtime_class("nvidia"))
+
+
+# --- the validators themselves reject broken input --------------------------------------------------------------------
+
+def test_kubernetes_validate_rejects_an_unknown_field():
+    daemonset = copy.deepcopy([o for o in dp.manifests(h100s(1), replicas=2) if o["kind"] == "DaemonSet"][0])
+    daemonset["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_k8s(daemonset)
+
+
+def test_kubernetes_validate_rejects_a_wrong_type():
+    pod = dt.dialtone_pod()
+    pod["spec"]["hostIPC"] = "yes"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_k8s(pod)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda c: c["nodes"][0].__setitem__("extraMount", []),
+    lambda c: c["nodes"][0].__setitem__("role", "master"),
+    lambda c: c["nodes"][1]["extraMounts"][0].__setitem__("propagation", "Shared"),
+    lambda c: c.__setitem__("apiVersion", "kind.x-k8s.io/v1alpha3"),
+])
+def test_kind_schema_rejects_broken_configs(mutate):
+    config = kind.kind_config(1)
+    mutate(config)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_kind(config)
