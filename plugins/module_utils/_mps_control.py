@@ -422,7 +422,7 @@ class MpsControl(object):
             logged = {"active_thread_percentage": logged["active_thread_percentage"],
                       "pinned_memory_limit": dict((str(d), v) for d, v in logged["pinned_memory_limit"].items())}
         server = {"pid": pid, "status": None, "clients": [], "active_thread_percentage": None,
-                  "pinned_memory_limit": {}, "started_with": logged}
+                  "pinned_memory_limit": {}, "logged": logged}
         try:
             server["status"] = self.server_status(pid)
             server["clients"] = self.client_list(pid)

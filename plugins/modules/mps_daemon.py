@@ -275,7 +275,7 @@ def pinned_in_sync(size_bytes, shown):
 
 def server_matches(server, percentage, limits):
     """Whether a running server holds the desired values (None where nothing is asked)."""
-    logged = server.get("started_with") or {}
+    logged = server.get("logged") or {}
     if percentage is not None and server.get("active_thread_percentage") is not None \
             and abs(server["active_thread_percentage"] - percentage) > 0.05:
         return False

@@ -12,8 +12,8 @@ version_added: 0.1.0
 description:
   - Asks the MPS control daemon of O(pipe_directory) whether it runs, which MPS servers it has,
     which CUDA clients are attached (the C(ps) table), and which defaults new servers will get.
-  - For each server it also reports what the server logged when it started (exact pinned
-    memory limits in bytes), read from C(server.log).
+  - For each server it also reports the values it logged in C(server.log) - at start, and any later
+    per-server change - with exact pinned memory limits in bytes (C(logged)).
   - Changes nothing.
 extends_documentation_fragment:
   - gpulab.mps.mps_control
@@ -80,7 +80,7 @@ servers:
       clients: [497]
       active_thread_percentage: 50.0
       pinned_memory_limit: {"0": "2G"}
-      started_with: {active_thread_percentage: 50.0, pinned_memory_limit: {"0": 2147483648}}
+      logged: {active_thread_percentage: 50.0, pinned_memory_limit: {"0": 2147483648}}
 clients:
   description: The daemon's C(ps) table, one entry per client context.
   returned: always

@@ -15,3 +15,159 @@ if not os.path.isdir(os.path.join(COLLECTIONS, "ansible_collections", "gpulab", 
     raise RuntimeError("%s/ansible_collections/gpulab/mps is missing: run `make collection` first" % COLLECTIONS)
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
+
+
+# --- recorded H100 output -------------------------------------------------------------------------
+import json  # noqa: E402
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "h100-transcripts")
+_COMMAND_RE = re.compile(r"^\$ (?:echo (?P<quoted>\"?)(?P<stdin>.*?)(?P=quoted) \| )?(?P<argv>.*)$")
+
+
+def load_transcript(name):
+    """Entries of a recorded transcript: [{"command", "stdin", "output", "rc"}].
+
+    A file holds `$ <command line>`, the output, then `[exit N]`; the exploration file holds many.
+    For `echo X | nvidia-cuda-mps-control`, "stdin" is X, which is what the modules send.
+    """
+    with open(os.path.join(FIXTURES, name)) as handle:
+        lines = handle.read().splitlines()
+    entries, current = [], None
+    for line in lines:
+        match = re.match(r"^\[exit (\d+)\]$", line)
+        if line.startswith("$ "):
+            command = _COMMAND_RE.match(line)
+            current = {"command": line[2:], "stdin": command.group("stdin"), "output": [], "rc": None}
+        elif match and current is not None:
+            current["rc"] = int(match.group(1))
+            current["output"] = "\n".join(current["output"]) + ("\n" if current["output"] else "")
+            entries.append(current)
+            current = None
+        elif current is not None:
+            current["output"].append(line)
+    return entries
+
+
+def transcript_output(name, stdin=None):
+    """(output, rc) of the one entry of a transcript file, or of the first entry sent `stdin`."""
+    for entry in load_transcript(name):
+        if stdin is None or entry["stdin"] == stdin:
+            return entry["output"], entry["rc"]
+    raise KeyError("%s has no entry for %r" % (name, stdin))
+
+
+def transcript_text(name):
+    """A recorded file whose content is not command/exit structured (logs, NVML dump)."""
+    with open(os.path.join(FIXTURES, name)) as handle:
+        return handle.read()
+
+
+@pytest.fixture
+def transcript():
+    return transcript_output
+
+
+# --- driving modules ------------------------------------------------------------------------------
+class ModuleExit(Exception):
+    """exit_json / fail_json of a module under test, with the result."""
+
+    def __init__(self, result, failed):
+        super(ModuleExit, self).__init__(result.get("msg"))
+        self.result = result
+        self.failed = failed
+
+
+@pytest.fixture
+def run_module(monkeypatch):
+    """run_module(module, args, check_mode=False, diff=False) -> (result, failed); main() driven as Ansible does."""
+    from ansible.module_utils import basic
+    from ansible.module_utils.testing import patch_module_args
+
+    def exit_json(self, **kwargs):
+        kwargs.setdefault("changed", False)
+        kwargs.setdefault("warnings", [])
+        kwargs["warnings"] = list(kwargs["warnings"]) + list(getattr(self, "_gpulab_warnings", []))
+        raise ModuleExit(kwargs, False)
+
+    def fail_json(self, msg, **kwargs):
+        kwargs["msg"] = msg
+        raise ModuleExit(kwargs, True)
+
+    def warn(self, warning):
+        self._gpulab_warnings = getattr(self, "_gpulab_warnings", []) + [warning]
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    monkeypatch.setattr(basic.AnsibleModule, "warn", warn)
+
+    def run(module, args, check_mode=False, diff=False):
+        args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
+        with patch_module_args(args):
+            try:
+                module.main()
+            except ModuleExit as done:
+                return done.result, done.failed
+        raise AssertionError("the module returned without exit_json or fail_json")
+
+    return run
+
+
+class FakeCli(object):
+    """Stands for AnsibleModule.run_command: answers each expected call in order, recording the calls.
+
+    expect(argv, data, output, rc) queues one call; replies not in the queue fail the test. Every call is
+    checked for its exact argv and stdin, which is what the real CLI receives.
+    """
+
+    def __init__(self):
+        self.expected = []
+        self.calls = []
+
+    def expect(self, argv, data=None, output="", rc=0, err="", effect=None):
+        """effect: called when the command runs (what the real command does to the host, e.g. a pid file)."""
+        self.expected.append((list(argv), data, output, rc, err, effect))
+        return self
+
+    def __call__(self, module_self, args, data=None, environ_update=None, **kwargs):
+        self.calls.append({"argv": list(args), "data": data, "env": dict(environ_update or {})})
+        if not self.expected:
+            raise AssertionError("unexpected command %r with stdin %r" % (args, data))
+        argv, want_data, output, rc, err, effect = self.expected.pop(0)
+        assert list(args) == argv, "argv %r, expected %r" % (args, argv)
+        assert data == want_data, "stdin %r, expected %r (argv %r)" % (data, want_data, args)
+        if effect:
+            effect()
+        return rc, output, err
+
+    def done(self):
+        assert not self.expected, "commands not run: %r" % [(e[0], e[1]) for e in self.expected]
+
+
+@pytest.fixture
+def fake_cli(monkeypatch):
+    from ansible.module_utils import basic
+    cli = FakeCli()
+    monkeypatch.setattr(basic.AnsibleModule, "run_command", lambda self, args, **kw: cli(self, args, **kw))
+    return cli
+
+
+@pytest.fixture
+def standin_nvml(monkeypatch):
+    """The recorded H100 (tests/standins/pynvml.py, values of 40_nvml.txt) in place of NVML."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pynvml_standin", os.path.join(ROOT, "tests", "standins", "pynvml.py"))
+    standin = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pynvml_standin", standin)
+    spec.loader.exec_module(standin)
+    from ansible_collections.gpulab.mps.plugins.module_utils import _nvml
+    monkeypatch.setattr(_nvml, "pynvml", standin)
+    monkeypatch.setattr(_nvml, "HAS_PYNVML", True)
+    from ansible_collections.gpulab.mps.plugins.module_utils import _common
+    monkeypatch.setattr(_common, "HAS_PYNVML", True)
+    return standin
+
+
+__all__ = ["json", "load_transcript", "transcript_output", "transcript_text", "ModuleExit", "FakeCli"]

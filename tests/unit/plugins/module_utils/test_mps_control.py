@@ -1,0 +1,220 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Parsers of the MPS control CLI, over output recorded on an H100 with driver 580."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.gpulab.mps.plugins.module_utils import _mps_control as mc
+from conftest import load_transcript, transcript_output, transcript_text
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("04_server_list_empty.txt", []),
+    ("21_server_list_busy.txt", [486]),
+    ("23_client_list.txt", [497]),
+])
+def test_pid_lists(name, expected):
+    output, rc = transcript_output(name)
+    assert rc == 0
+    assert mc.parse_pid_list(output) == expected
+
+
+def test_pid_list_rejects_other_text():
+    with pytest.raises(ValueError):
+        mc.parse_pid_list(transcript_output("05_ps_empty.txt")[0])
+
+
+def test_ps_without_server():
+    assert mc.parse_ps(transcript_output("05_ps_empty.txt")[0]) == []
+
+
+def test_ps_table():
+    assert mc.parse_ps(transcript_output("22_ps_busy.txt")[0]) == [{
+        "pid": 497, "id": 2, "server": 486, "device": "GPU-058fcf08-fc4a-49f5",
+        "namespace": "4026531836", "command": "python3"}]
+
+
+def test_ps_command_with_spaces_and_unexpected_header():
+    table = ("PID       ID        SERVER         DEVICE                    NAMESPACE      COMMAND        \n"
+             "12        1         7              GPU-058fcf08-fc4a-49f5    4026531836     python3 train.py --epochs 3\n")
+    assert mc.parse_ps(table)[0]["command"] == "python3 train.py --epochs 3"
+    with pytest.raises(ValueError):
+        mc.parse_ps("USER PID\nroot 1\n")
+
+
+def test_server_status():
+    assert mc.parse_server_status(transcript_output("24_server_status.txt")[0]) == "ACTIVE"
+
+
+def test_device_client_list():
+    assert mc.parse_device_client_list(transcript_output("25_device_client_list.txt")[0]) == [
+        {"index": 0, "pci": "00:00.0", "name": "NVIDIA H100 80GB HBM3", "clients": [{"pid": 497, "context": 1}]}]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("06_get_default_atp.txt", 100.0),
+    ("07_set_default_atp_50.txt", 50.0),
+    # The CLI ignores an invalid value and echoes the OLD one: the caller must compare.
+    ("08_set_default_atp_bad.txt", 50.0),
+    ("09_set_default_atp_garbage.txt", 50.0),
+    ("26_atp_of_server.txt", 50.0),
+])
+def test_percentages(name, expected):
+    assert mc.parse_percentage(transcript_output(name)[0]) == expected
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("10_get_pinned_unset.txt", None),
+    ("12_get_pinned_4G.txt", "4G"),
+    ("14_get_pinned_after_M.txt", "1G"),
+])
+def test_pinned_limits(name, expected):
+    assert mc.parse_pinned_limit(transcript_output(name)[0]) == expected
+
+
+def test_unknown_command_exits_zero_and_is_detected():
+    output, rc = transcript_output("16_unknown_cmd.txt")
+    assert rc == 0
+    assert mc.unknown_command(output) == "frobnicate"
+    assert mc.unknown_command(transcript_output("60_cli_exploration.txt", "help")[0]) == "help"
+    assert mc.unknown_command(transcript_output("22_ps_busy.txt")[0]) is None
+
+
+def test_server_log_of_the_capture_run():
+    servers = mc.parse_server_log(transcript_text("33_server_log.txt"))
+    assert list(servers) == [486]
+    server = servers[486]
+    assert server["active_thread_percentage"] == 50.0
+    assert server["started"] is True
+    # The last pinned command before this server started was `... 0 lots`, which removed the limit.
+    assert server["pinned_memory_limit"] == {}
+    assert server["unable_to_shutdown_clients"] == 2
+
+
+def test_server_log_of_the_exploration_run():
+    text = transcript_text("60_cli_exploration.txt")
+    servers = mc.parse_server_log(text[text.index("-- server.log"):])
+    # Started with 2G on devices 7 (which does not exist: the CLI accepted it) and 0, then the running
+    # server was set to 1G on device 0 with set_device_pinned_mem_limit.
+    assert servers[537]["active_thread_percentage"] == 40.0
+    assert servers[537]["pinned_memory_limit"] == {7: 0x80000000, 0: 0x40000000}
+
+
+def test_control_log_lines():
+    entries = mc.parse_log_lines(transcript_text("32_control_log.txt"))
+    assert entries[0] == {"time": "2026-11-23 10:56:43.518", "source": "Control", "pid": 407,
+                          "message": "Starting control daemon using socket /tmp/cap_pipe/control"}
+    assert "Force shutting down server 486" in [e["message"] for e in entries]
+
+
+def _listing(name):
+    return [line.split()[-1] for line in transcript_output(name)[0].splitlines()
+            if line and line[0] in "-sp" and not line.endswith((" .", " .."))]
+
+
+def test_pipe_directory_of_a_running_daemon():
+    names = _listing("03_pipe_dir_listing.txt")
+    assert mc.parse_pipe_directory(names) == {
+        "pid_file": True, "log_fifo": True, "sockets": ["control", "control_lock", "control_privileged"]}
+
+
+def test_pipe_directory_after_quit_holds_stale_sockets():
+    names = _listing("31_after_quit.txt")
+    assert mc.parse_pipe_directory(names) == {
+        "pid_file": False, "log_fifo": False, "sockets": ["control", "control_lock", "control_privileged"]}
+
+
+def test_with_exact_limits_replaces_a_rounded_read_back_only_when_consistent():
+    defaults = {"active_thread_percentage": 50.0, "pinned_memory_limit": {"0": "1G", "1": "2G"}}
+    exact = mc.with_exact_limits(defaults, {0: 1536 << 20, 1: 1536 << 20})
+    assert exact["pinned_memory_limit"] == {"0": "1536M", "1": "2G"}
+
+
+class _Module(object):
+    """Enough of AnsibleModule for MpsControl: run_command answered from a transcript."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def run_command(self, argv, data=None, environ_update=None):
+        self.calls.append((argv, data, environ_update))
+        return self.answers.pop(0)
+
+
+def test_control_reports_no_daemon_from_its_exit_code(tmp_path):
+    output, rc = transcript_output("00_control_no_daemon.txt")
+    module = _Module([(rc, output, "")])
+    control = mc.MpsControl(module, "/usr/bin/nvidia-cuda-mps-control", str(tmp_path / "pipe"), str(tmp_path / "log"))
+    assert control.is_running() is False
+    assert module.calls == [(["/usr/bin/nvidia-cuda-mps-control"], "get_server_list",
+                             {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe"),
+                              "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "log")})]
+
+
+def test_control_turns_unknown_command_into_an_error():
+    module = _Module([(0, transcript_output("16_unknown_cmd.txt")[0], "")])
+    control = mc.MpsControl(module, "/bin/ctl")
+    with pytest.raises(mc.MpsControlError, match="does not know the command 'frobnicate'"):
+        control.run("frobnicate")
+
+
+def test_snapshot_of_a_busy_daemon(tmp_path):
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    (pipe / mc.PID_FILE).write_text(str(os.getpid()))
+    answers = [transcript_output(n) for n in ("21_server_list_busy.txt", "22_ps_busy.txt", "06_get_default_atp.txt",
+                                              "12_get_pinned_4G.txt", "24_server_status.txt", "23_client_list.txt",
+                                              "26_atp_of_server.txt", "12_get_pinned_4G.txt")]
+    module = _Module([(rc, out, "") for out, rc in answers])
+    log = tmp_path / "log"
+    log.mkdir()
+    (log / "server.log").write_text(transcript_text("33_server_log.txt"))
+    state = mc.MpsControl(module, "/bin/ctl", str(pipe), str(log)).snapshot([0])
+    assert [c[1] for c in module.calls] == [
+        "get_server_list", "ps", "get_default_active_thread_percentage", "get_default_device_pinned_mem_limit 0",
+        "get_server_status 486", "get_client_list 486", "get_active_thread_percentage 486",
+        "get_device_pinned_mem_limit 486 0"]
+    assert state["running"] is True and state["pid"] == os.getpid()
+    assert state["defaults"] == {"active_thread_percentage": 100.0, "pinned_memory_limit": {"0": "4G"}}
+    assert state["servers"] == [{"pid": 486, "status": "ACTIVE", "clients": [497], "active_thread_percentage": 50.0,
+                                 "pinned_memory_limit": {"0": "4G"},
+                                 "logged": {"active_thread_percentage": 50.0, "pinned_memory_limit": {}}}]
+    assert state["clients"][0]["pid"] == 497
+
+
+def test_snapshot_of_a_stopped_daemon_lists_stale_sockets(tmp_path):
+    for name in ("control", "control_lock", "control_privileged"):
+        (tmp_path / name).write_text("")
+    output, rc = transcript_output("00_control_no_daemon.txt")
+    state = mc.MpsControl(_Module([(rc, output, "")]), "/bin/ctl", str(tmp_path)).snapshot([0])
+    assert state["running"] is False
+    assert state["stale_sockets"] == ["control", "control_lock", "control_privileged"]
+
+
+def test_every_recorded_control_transcript_parses():
+    """No recorded output of the control CLI makes a parser raise: each one has a parser that takes it."""
+    parsers = {"get_server_list": mc.parse_pid_list, "get_client_list": mc.parse_pid_list, "ps": mc.parse_ps,
+               "get_server_status": mc.parse_server_status, "get_device_client_list": mc.parse_device_client_list,
+               "get_default_active_thread_percentage": mc.parse_percentage,
+               "set_default_active_thread_percentage": mc.parse_percentage,
+               "get_active_thread_percentage": mc.parse_percentage,
+               "get_default_device_pinned_mem_limit": mc.parse_pinned_limit,
+               "get_device_pinned_mem_limit": mc.parse_pinned_limit}
+    seen = 0
+    for name in sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "h100-transcripts"))):
+        if not name.endswith(".txt"):
+            continue
+        for entry in load_transcript(name):
+            if not entry["stdin"] or entry["rc"] != 0:
+                continue
+            parser = parsers.get(entry["stdin"].split()[0])
+            if parser and not (entry["stdin"].split()[0] == "get_server_list" and "Cannot" in entry["output"]):
+                parser(entry["output"])
+                seen += 1
+    assert seen >= 30

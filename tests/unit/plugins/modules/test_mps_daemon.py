@@ -1,0 +1,323 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""mps_daemon: its decisions, and main() over the CLI's recorded answers (exact argv and stdin asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import PID_FILE, RECORD_FILE
+from ansible_collections.gpulab.mps.plugins.modules import mps_daemon
+from conftest import transcript_output
+
+G, M = 1 << 30, 1 << 20
+NO_DAEMON = transcript_output("00_control_no_daemon.txt")
+NO_SERVER = transcript_output("05_ps_empty.txt")
+PS_BUSY = transcript_output("22_ps_busy.txt")
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A control binary path, a pipe and a log directory (not created), and the module's common args."""
+    binary = tmp_path / "nvidia-cuda-mps-control"
+    binary.write_text("#!/bin/sh\nexit 99\n")  # never run: run_command is faked
+    binary.chmod(0o755)
+    pipe, log = tmp_path / "mps" / "pipe", tmp_path / "mps" / "log"
+    args = {"control_binary": str(binary), "pipe_directory": str(pipe), "log_directory": str(log)}
+    return {"ctl": [str(binary)], "pipe": pipe, "log": log, "args": args}
+
+
+def running(pipe, pid=None):
+    """Make the pipe directory look like a live daemon's: pid file of a live process."""
+    pipe.mkdir(parents=True, exist_ok=True)
+    (pipe / PID_FILE).write_text(str(pid or os.getpid()))
+
+
+def expect_idle_snapshot(cli, ctl, atp="50.0", pinned="2G", devices=(0,)):
+    cli.expect(ctl, "get_server_list", "")
+    cli.expect(ctl, "ps", *NO_SERVER)
+    cli.expect(ctl, "get_default_active_thread_percentage", atp + "\n")
+    for device in devices:
+        cli.expect(ctl, "get_default_device_pinned_mem_limit %d" % device, (pinned + "\n") if pinned else "")
+
+
+def expect_busy_snapshot(cli, ctl, atp="50.0", server_atp="50.0", pinned="2G"):
+    """Daemon with server 486 and its client 497 (transcripts 21-26)."""
+    cli.expect(ctl, "get_server_list", *transcript_output("21_server_list_busy.txt"))
+    cli.expect(ctl, "ps", *PS_BUSY)
+    cli.expect(ctl, "get_default_active_thread_percentage", atp + "\n")
+    cli.expect(ctl, "get_default_device_pinned_mem_limit 0", pinned + "\n")
+    cli.expect(ctl, "get_server_status 486", *transcript_output("24_server_status.txt"))
+    cli.expect(ctl, "get_client_list 486", *transcript_output("23_client_list.txt"))
+    cli.expect(ctl, "get_active_thread_percentage 486", server_atp + "\n")
+    cli.expect(ctl, "get_device_pinned_mem_limit 486 0", pinned + "\n")
+
+
+# --- decisions --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, ok", [(None, True), (1, True), (12.5, True), (100, True), (0, False), (150, False),
+                                       (-3, False), (100.5, False)])
+def test_validate_percentage(value, ok):
+    assert (mps_daemon.validate_percentage(value)[1] is None) == ok
+
+
+def test_pinned_request():
+    assert mps_daemon.pinned_request("2G") == ({"*": 2 * G}, [])
+    assert mps_daemon.pinned_request({"0": "1536M", "GPU-058f": "4G"}) == ({"0": 1536 * M, "GPU-058f": 4 * G}, [])
+    request, errors = mps_daemon.pinned_request({"0": "lots", "1": "1.5K"})
+    assert request == {}
+    assert errors[0].startswith("default_pinned_memory_limit for device 0: 'lots' is not a memory size")
+    assert "whole number of MiB" in errors[1]
+
+
+GPUS = [{"index": 0, "uuid": "GPU-aaaa"}, {"index": 1, "uuid": "GPU-bbbb"}, {"index": 2, "uuid": "GPU-cccc"}]
+
+
+def test_plan_devices_without_visible_devices_uses_nvml_indexes():
+    visible, limits, uuids, errors = mps_daemon.plan_devices(GPUS, None, {"*": 2 * G, "GPU-cccc": 4 * G})
+    assert (visible, limits, errors) == (None, {0: 2 * G, 1: 2 * G, 2: 4 * G}, [])
+    assert uuids == {"0": "GPU-aaaa", "1": "GPU-bbbb", "2": "GPU-cccc"}
+
+
+def test_plan_devices_with_visible_devices_renumbers_as_the_daemon_does():
+    visible, limits, uuids, errors = mps_daemon.plan_devices(GPUS, ["2", "GPU-aaaa"], {"2": 4 * G, "*": G})
+    assert visible == ["GPU-cccc", "GPU-aaaa"]
+    # The daemon sees GPU 2 as device 0 and GPU 0 as device 1.
+    assert limits == {0: 4 * G, 1: G}
+    assert uuids == {"0": "GPU-cccc", "1": "GPU-aaaa"}
+    assert errors == []
+
+
+def test_plan_devices_refuses_devices_outside_visible_devices():
+    errors = mps_daemon.plan_devices(GPUS, ["0"], {"1": G})[3]
+    assert errors == ["default_pinned_memory_limit: device 1 (GPU 1) is not in visible_devices"]
+
+
+@pytest.mark.parametrize("size, shown, in_sync", [
+    (2 * G, "2G", True), (512 * M, "512M", True), (1536 * M, "1536M", True),
+    # A rounded read-back cannot prove 1536M (the snapshot replaces it when this module recorded it).
+    (1536 * M, "1G", False), (2 * G, None, False), (2 * G, "4G", False),
+])
+def test_pinned_in_sync(size, shown, in_sync):
+    assert mps_daemon.pinned_in_sync(size, shown) == in_sync
+
+
+def test_server_matches_prefers_the_exact_logged_value():
+    server = {"active_thread_percentage": 50.0, "pinned_memory_limit": {"0": "1G"},
+              "logged": {"active_thread_percentage": 50.0, "pinned_memory_limit": {"0": 1536 * M}}}
+    assert mps_daemon.server_matches(server, 50, {0: 1536 * M})
+    assert not mps_daemon.server_matches(server, 50, {0: G})
+    assert not mps_daemon.server_matches(server, 40, {})
+    assert mps_daemon.server_matches(dict(server, logged=None), None, {0: 1536 * M})
+
+
+def test_directory_problem(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert mps_daemon.directory_problem(str(tmp_path / "new" / "pipe")) is None
+    assert mps_daemon.directory_problem(str(a_file)) == "%s exists and is not a directory" % a_file
+    assert "is not a directory" in mps_daemon.directory_problem(str(a_file / "pipe"))
+
+
+# --- main(): start ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_start_from_nothing(run_module, fake_cli, standin_nvml, host, check_mode):
+    ctl = host["ctl"]
+    fake_cli.expect(ctl, "get_server_list", *NO_DAEMON)
+    if not check_mode:
+        fake_cli.expect(ctl + ["-d"], None, "", effect=lambda: running(host["pipe"]))
+        fake_cli.expect(ctl, "get_server_list", "")
+        fake_cli.expect(ctl, "set_default_active_thread_percentage 50", *transcript_output("07_set_default_atp_50.txt"))
+        fake_cli.expect(ctl, "set_default_device_pinned_mem_limit 0 1536M", "")
+        fake_cli.expect(ctl, "get_default_device_pinned_mem_limit 0", *transcript_output("14_get_pinned_after_M.txt"))
+        expect_idle_snapshot(fake_cli, ctl, pinned="1G")
+    result, failed = run_module(mps_daemon, dict(host["args"], default_active_thread_percentage=50,
+                                                 default_pinned_memory_limit="1536M"), check_mode=check_mode, diff=True)
+    fake_cli.done()
+    assert not failed, result["msg"]
+    assert result["changed"]
+    assert result["daemon"]["running"]
+    # The exact value, not the CLI's rounded "1G": the module recorded what it set.
+    assert result["defaults"] == {"active_thread_percentage": 50.0, "pinned_memory_limit": {"0": "1536M"}}
+    assert result["diff"]["before"]["state"] == "stopped" and result["diff"]["after"]["state"] == "running"
+    assert result["requested"] == {"active_thread_percentage": 50.0, "pinned_memory_limit": {"0": "1536M"},
+                                   "visible_devices": None}
+    assert host["pipe"].is_dir() != check_mode
+    if not check_mode:
+        assert stat.S_IMODE(host["pipe"].stat().st_mode) == 0o755
+        assert fake_cli.calls[1]["env"] == {"CUDA_MPS_PIPE_DIRECTORY": str(host["pipe"]),
+                                            "CUDA_MPS_LOG_DIRECTORY": str(host["log"])}
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_running_with_the_same_defaults_changes_nothing(run_module, fake_cli, standin_nvml, host, check_mode):
+    running(host["pipe"])
+    host["log"].mkdir()
+    expect_idle_snapshot(fake_cli, host["ctl"])
+    if not check_mode:
+        expect_idle_snapshot(fake_cli, host["ctl"])
+    result, failed = run_module(mps_daemon, dict(host["args"], default_active_thread_percentage=50,
+                                                 default_pinned_memory_limit="2G"), check_mode=check_mode)
+    fake_cli.done()
+    assert not failed and not result["changed"]
+    assert not any(c["data"] and c["data"].startswith("set_") for c in fake_cli.calls)
+
+
+def test_a_rounded_read_back_is_set_once_then_trusted(run_module, fake_cli, standin_nvml, host):
+    running(host["pipe"])
+    host["log"].mkdir()
+    ctl = host["ctl"]
+    expect_idle_snapshot(fake_cli, ctl, pinned="1G")
+    fake_cli.expect(ctl, "set_default_device_pinned_mem_limit 0 1536M", "")
+    fake_cli.expect(ctl, "get_default_device_pinned_mem_limit 0", "1G\n")
+    expect_idle_snapshot(fake_cli, ctl, pinned="1G")
+    first, _ = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))
+    assert first["changed"]
+    assert json.loads((host["pipe"] / RECORD_FILE).read_text()) == {
+        "daemon_pid": os.getpid(), "pinned_memory_limit": {"0": 1536 * M}}
+    expect_idle_snapshot(fake_cli, ctl, pinned="1G")
+    expect_idle_snapshot(fake_cli, ctl, pinned="1G")
+    second, _ = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))
+    fake_cli.done()
+    assert not second["changed"]
+    assert second["defaults"]["pinned_memory_limit"] == {"0": "1536M"}
+
+
+def test_a_record_of_another_daemon_is_not_trusted(run_module, fake_cli, standin_nvml, host):
+    running(host["pipe"])
+    (host["pipe"] / RECORD_FILE).write_text(json.dumps({"daemon_pid": 1, "pinned_memory_limit": {"0": 1536 * M}}))
+    expect_idle_snapshot(fake_cli, host["ctl"], pinned="1G")
+    result, _ = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"), check_mode=True)
+    assert result["changed"]
+
+
+def test_a_value_the_cli_did_not_take_fails(run_module, fake_cli, standin_nvml, host):
+    running(host["pipe"])
+    ctl = host["ctl"]
+    expect_idle_snapshot(fake_cli, ctl, atp="100.0")
+    # What the H100's CLI answers to a value it ignores: the old value (08_set_default_atp_bad.txt).
+    fake_cli.expect(ctl, "set_default_active_thread_percentage 40", "100.0\n")
+    result, failed = run_module(mps_daemon, dict(host["args"], default_active_thread_percentage=40))
+    assert failed
+    assert result["msg"] == "MPS kept default active thread percentage 100 after setting 40"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"default_active_thread_percentage": 0}, "default_active_thread_percentage must be between 1 and 100, got 0"),
+    ({"default_active_thread_percentage": 150}, "default_active_thread_percentage must be between 1 and 100, got 150"),
+    ({"default_pinned_memory_limit": "lots"}, "'lots' is not a memory size"),
+    ({"default_pinned_memory_limit": {"7": "2G"}}, "device index 7 does not exist (this host has 1 GPU: 0)"),
+    ({"default_pinned_memory_limit": {"GPU-ffffffff": "2G"}}, "no GPU has UUID GPU-ffffffff"),
+    ({"visible_devices": ["3"]}, "device index 3 does not exist"),
+    ({"directory_mode": "rwx"}, "directory_mode must be an octal mode"),
+    ({"timeout": 0}, "timeout must be at least 1 second"),
+])
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_bad_input_fails_before_any_command(run_module, fake_cli, standin_nvml, host, extra, message, check_mode):
+    result, failed = run_module(mps_daemon, dict(host["args"], **extra), check_mode=check_mode)
+    assert failed
+    assert result["msg"].startswith("Invalid MPS settings, nothing was changed: ")
+    assert message in result["msg"]
+    assert fake_cli.calls == []
+    assert not host["pipe"].exists() and not host["log"].exists()
+
+
+def test_a_pipe_directory_under_a_file_is_refused(run_module, fake_cli, host, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    result, failed = run_module(mps_daemon, dict(host["args"], pipe_directory=str(blocker / "pipe")))
+    assert failed and "pipe_directory: %s cannot be created: %s is not a directory" % (blocker / "pipe", blocker) \
+        in result["msg"]
+    assert fake_cli.calls == []
+
+
+def test_no_driver_is_a_clear_error(run_module, fake_cli, standin_nvml, host, monkeypatch):
+    monkeypatch.setenv("GPULAB_STANDIN_NVML", "library-not-found")
+    result, failed = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="2G"))
+    assert failed
+    assert "libnvidia-ml.so.1 was not found. Install the NVIDIA driver" in result["msg"]
+    assert fake_cli.calls == [] and not host["pipe"].exists()
+
+
+def test_a_daemon_that_does_not_start_reports_its_log(run_module, fake_cli, host):
+    ctl = host["ctl"]
+    fake_cli.expect(ctl, "get_server_list", *NO_DAEMON)
+    fake_cli.expect(ctl + ["-d"], None, *transcript_output("02_start_daemon_again.txt"))
+    result, failed = run_module(mps_daemon, host["args"])
+    assert failed
+    assert result["msg"].startswith("MPS control daemon in %s did not start (a daemon process holds the pipe "
+                                    "directory but does not answer): An instance of this daemon is already running"
+                                    % host["pipe"])
+    assert result["cmd"] == ctl + ["-d"] and result["rc"] == 1
+
+
+# --- main(): running servers --------------------------------------------------------------------------
+
+def test_new_defaults_leave_a_busy_server_alone(run_module, fake_cli, standin_nvml, host):
+    running(host["pipe"])
+    ctl = host["ctl"]
+    expect_busy_snapshot(fake_cli, ctl)
+    fake_cli.expect(ctl, "set_default_active_thread_percentage 40", "40.0\n")
+    expect_busy_snapshot(fake_cli, ctl, atp="40.0", server_atp="50.0")
+    result, failed = run_module(mps_daemon, dict(host["args"], default_active_thread_percentage=40,
+                                                 apply_to_running="restart"))
+    fake_cli.done()
+    assert not failed and result["changed"]
+    assert result["restarted_servers"] == []
+    assert result["servers"][0]["matches_defaults"] is False
+    assert any("MPS server 486 still runs with the values it started with" in w and
+               "Left alone because it has 1 client" in w for w in result["warnings"])
+
+
+# --- main(): stop -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_stop_is_refused_while_clients_are_attached(run_module, fake_cli, host, check_mode):
+    running(host["pipe"])
+    expect_busy_snapshot(fake_cli, host["ctl"])
+    result, failed = run_module(mps_daemon, dict(host["args"], state="stopped"), check_mode=check_mode)
+    fake_cli.done()
+    assert failed
+    assert result["msg"] == ("Refusing to stop the MPS control daemon in %s: 1 client attached: 497 (python3, server "
+                             "486). Stop them first, or set force=true to shut their servers down (their work is "
+                             "lost)." % host["pipe"])
+    assert "quit" not in [c["data"] for c in fake_cli.calls]
+    assert (host["pipe"] / PID_FILE).exists()
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_forced_stop_quits_with_a_timeout_and_removes_stale_sockets(run_module, fake_cli, host, check_mode):
+    host["pipe"].mkdir(parents=True)
+    # The daemon's pid file names a process that is gone once quit returns (here: none at all).
+    expect_busy_snapshot(fake_cli, host["ctl"])
+    if not check_mode:
+        fake_cli.expect(host["ctl"], "quit -t 7", *transcript_output("30_quit_t.txt"))
+        fake_cli.expect(host["ctl"], "get_server_list", *NO_DAEMON)
+        fake_cli.expect(host["ctl"], "get_server_list", *NO_DAEMON)
+    for name in ("control", "control_lock", "control_privileged"):
+        (host["pipe"] / name).write_text("")
+    result, failed = run_module(mps_daemon, dict(host["args"], state="stopped", force=True, timeout=7),
+                                check_mode=check_mode)
+    fake_cli.done()
+    assert not failed, result.get("msg")
+    assert result["changed"]
+    assert result["daemon"]["running"] is False
+    assert sorted(os.listdir(host["pipe"])) == ([] if not check_mode else ["control", "control_lock",
+                                                                           "control_privileged"])
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_stopping_a_stopped_daemon_changes_nothing(run_module, fake_cli, host, check_mode):
+    fake_cli.expect(host["ctl"], "get_server_list", *NO_DAEMON)
+    if not check_mode:
+        fake_cli.expect(host["ctl"], "get_server_list", *NO_DAEMON)
+    result, failed = run_module(mps_daemon, dict(host["args"], state="stopped"), check_mode=check_mode)
+    fake_cli.done()
+    assert not failed and not result["changed"]
+    assert result["stale_sockets_removed"] == []
