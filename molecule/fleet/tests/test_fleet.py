@@ -19,7 +19,7 @@ import testinfra
 EPHEMERAL = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 HEALTHY = ["fleet-gpu-01", "fleet-gpu-02", "fleet-gpu-03", "fleet-gpu-04"]
-UNTOUCHED = ["fleet-nodriver-01", "fleet-bare-01", "fleet-badvars-01", "fleet-late-01"]
+UNTOUCHED = ["fleet-nodriver-01", "fleet-bare-01", "fleet-badvars-01", "fleet-badvalues-01", "fleet-gpu-06-late"]
 
 
 def summary(name):
@@ -55,7 +55,8 @@ def test_killed_daemon_was_restarted_and_reported():
 @pytest.mark.parametrize("name, words", [
     ("fleet-nodriver-01", ["libnvidia-ml.so.1"]),
     ("fleet-bare-01", ["nvidia-ml-py"]),
-    ("fleet-badvars-01", ["mps_host_default_active_thread_percentage"]),
+    ("fleet-badvars-01", ["mps_host_service_manager", "upstart"]),
+    ("fleet-badvalues-01", ["150", "lots"]),
 ])
 def test_unready_nodes_were_excluded_with_their_reason(name, words):
     data, nodes = summary("unready")
@@ -69,21 +70,21 @@ def test_unready_nodes_were_excluded_with_their_reason(name, words):
 def test_unready_nodes_did_not_stop_the_others():
     data, nodes = summary("unready")
     assert [n for n in HEALTHY if nodes[n]["result"] == "ok"] == HEALTHY, data["table"]
-    assert data["counts"] == dict(data["counts"], nodes=7, ok=4, excluded=3, failed=0)
+    assert data["counts"] == dict(data["counts"], nodes=8, ok=4, excluded=4, failed=0)
 
 
 def test_failed_batch_stopped_the_rollout_and_says_which_node_and_why():
     data, nodes = summary("gate")
     assert data["stopped"] is True, data["table"]
-    assert "fleet-broken-01" in data["state"]
+    assert "fleet-gpu-05-broken" in data["state"]
     assert nodes["fleet-gpu-01"]["result"] == "ok"
-    broken = nodes["fleet-broken-01"]
+    broken = nodes["fleet-gpu-05-broken"]
     assert broken["result"] == "failed"
     assert broken["step"] in ("apply", "health gate"), broken
     assert broken["reason"], broken
-    assert nodes["fleet-late-01"]["result"] == "not reached"
+    assert nodes["fleet-gpu-06-late"]["result"] == "not reached"
     # The table an operator reads names the node and its reason on one line.
-    assert any(line.startswith("fleet-broken-01") and broken["reason"][:40] in line for line in data["table"])
+    assert any(line.startswith("fleet-gpu-05-broken") and broken["reason"][:40] in line for line in data["table"])
 
 
 @pytest.mark.parametrize("name", HEALTHY)
