@@ -12,11 +12,12 @@ while it holds a context. This client needs no CUDA toolkit, PyTorch or CuPy, so
 runs on any host with a driver. CLIENT_SOURCE is run as `python -c CLIENT_SOURCE` in a child
 process; the same file also runs on its own: `python _cuda_client.py --hold 30`.
 
-Protocol: the child prints one JSON line once its context exists (pid, device, free and total
-memory as the client sees them, the outcome of an optional allocation), then holds the context
-for --hold seconds (or until its stdin closes, with --release-on-stdin 1: how the
-probe module lets it go early), then releases it and exits 0. On a CUDA error
-before that, it prints one JSON line with "error" and exits 2.
+Protocol: once its context exists, the client (with --ps-binary) asks the MPS control daemon for
+its `ps` table until its own PID shows (at most --ps-wait seconds), so that the table is read
+while the context is held; it prints one JSON line (pid, device, free and total memory as the
+client sees them, the outcome of an optional allocation, the raw `ps` output), holds the context
+for --hold seconds (or until its stdin closes, with --release-on-stdin 1), releases it and exits 0.
+On a CUDA error it prints one JSON line with "error" and exits 2.
 """
 
 from __future__ import annotations
@@ -24,10 +25,24 @@ from __future__ import annotations
 import json
 
 CLIENT_SOURCE = r'''
-import ctypes, json, os, select, sys, time
+import ctypes, json, os, select, subprocess, sys, time
+
+def read_ps(binary, pid, wait):
+    """The daemon's ps output, polled until this PID is listed or `wait` seconds pass."""
+    deadline = time.time() + wait
+    while True:
+        try:
+            done = subprocess.run([binary], input="ps\n", capture_output=True, text=True, timeout=20)
+            output, rc = done.stdout + done.stderr, done.returncode
+        except (OSError, subprocess.SubprocessError) as e:
+            output, rc = str(e), -1
+        listed = any(line.split()[:1] == [str(pid)] for line in output.splitlines())
+        if listed or rc != 0 or time.time() >= deadline:
+            return output, rc
+        time.sleep(0.2)
 
 def main(argv):
-    args = dict(device=0, alloc_mib=0, hold=60.0, release_on_stdin=0)
+    args = dict(device=0, alloc_mib=0, hold=60.0, release_on_stdin=0, ps_binary="", ps_wait=10.0)
     it = iter(argv)
     for a in it:
         key = a.lstrip("-").replace("-", "_")
@@ -70,6 +85,8 @@ def main(argv):
     except RuntimeError as e:
         out["error"] = str(e)
         print(json.dumps(out)); sys.stdout.flush(); return 2
+    if args["ps_binary"]:
+        out["ps"], out["ps_rc"] = read_ps(args["ps_binary"], out["pid"], args["ps_wait"])
     print(json.dumps(out)); sys.stdout.flush()
     deadline = time.time() + args["hold"]
     while time.time() < deadline:
@@ -89,15 +106,21 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def client_argv(python, device=0, alloc_mib=0, hold=60, release_on_stdin=True):
+def client_argv(python, device=0, alloc_mib=0, hold=60, release_on_stdin=False, ps_binary=None, ps_wait=10):
     """argv that runs the client with the given Python interpreter."""
-    return [python, "-c", CLIENT_SOURCE, "--device", str(int(device)), "--alloc-mib", str(int(alloc_mib)),
+    argv = [python, "-c", CLIENT_SOURCE, "--device", str(int(device)), "--alloc-mib", str(int(alloc_mib)),
             "--hold", str(float(hold)), "--release-on-stdin", "1" if release_on_stdin else "0"]
+    if ps_binary:
+        argv += ["--ps-binary", ps_binary, "--ps-wait", str(float(ps_wait))]
+    return argv
 
 
-def parse_client_report(line):
-    """The client's JSON line as a dict; ValueError when the line is not one."""
-    report = json.loads(line)
+def parse_client_report(output):
+    """The client's JSON line (the last line of its output) as a dict; ValueError when there is none."""
+    lines = [line for line in (output or "").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("the client printed nothing")
+    report = json.loads(lines[-1])
     if not isinstance(report, dict) or "pid" not in report:
         raise ValueError("not a client report: %r" % (line,))
     return report

@@ -40,21 +40,24 @@ options:
     description: Python interpreter that runs the client. By default the one running this module.
     type: path
   timeout:
-    description: Seconds the client may take to create its context, and to see it in C(ps).
+    description: Seconds the client may wait to see itself in the daemon's C(ps) table (at most 10 are used).
     type: int
     default: 60
 requirements:
   - the NVIDIA driver (libcuda.so.1) and nvidia-cuda-mps-control on the target
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: partial
     details: In check mode only the dial-tone (C(ps)) runs; no CUDA client starts.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 author:
-  - gpulab.mps contributors
+  - gpulab.mps contributors (@gpulab)
 """
 
 EXAMPLES = r"""
@@ -106,25 +109,14 @@ ps:
 """
 
 import os
-import select
-import subprocess
 import sys
-import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import (
     MpsControlError, fail_control, mps_argument_spec, mps_control)
 from ansible_collections.gpulab.mps.plugins.module_utils._cuda_client import client_argv, parse_client_report
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import DaemonNotRunning
-
-
-def read_line(process, timeout):
-    """The child's first stdout line, or None after timeout seconds or at EOF."""
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    if not ready:
-        return None
-    return process.stdout.readline().decode("utf-8", "replace").strip() or None
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import DaemonNotRunning, parse_ps
 
 
 def find_client(rows, pid):
@@ -133,20 +125,6 @@ def find_client(rows, pid):
         if row["pid"] == pid:
             return row
     return None
-
-
-def release(process):
-    """Let the client go (it releases its context when stdin closes); kill it if it hangs."""
-    try:
-        process.stdin.close()
-    except (IOError, OSError):
-        pass
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    return process.stderr.read().decode("utf-8", "replace")
 
 
 def main():
@@ -178,38 +156,27 @@ def main():
     if module.check_mode:
         module.exit_json(**result)
 
-    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=p["pipe_directory"], CUDA_MPS_LOG_DIRECTORY=p["log_directory"])
-    argv = client_argv(p["python"] or sys.executable, p["device"], p["alloc_mib"], hold=p["timeout"] + 30)
-    # A background child, not run_command: the client must hold its context while the daemon is asked.
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=env, close_fds=True)
-    line = read_line(process, p["timeout"])
-    if line is None:
-        stderr = release(process)
-        module.fail_json(msg="The CUDA probe client printed nothing within %d s: %s" % (p["timeout"], stderr.strip()),
-                         **result)
+    # The client reads the daemon's ps table itself while it holds its context, so one blocking
+    # run_command suffices; the table it read is parsed here with the same parser as everywhere.
+    argv = client_argv(p["python"] or sys.executable, p["device"], p["alloc_mib"], hold=0,
+                       ps_binary=control.binary, ps_wait=min(p["timeout"], 10))
+    rc, out, err = module.run_command(argv, environ_update=control.environment())
     try:
-        report = parse_client_report(line)
-    except ValueError:
-        stderr = release(process)
-        module.fail_json(msg="The CUDA probe client printed %r: %s" % (line, stderr.strip()), **result)
-    result.update(client_checked=True, client=report)
+        report = parse_client_report(out)
+    except ValueError as error:
+        module.fail_json(msg="The CUDA probe client gave no report (%s): %s" % (error, (err or out).strip()[-2000:]),
+                         rc=rc, stdout=out, stderr=err, **result)
+    result.update(client_checked=True, client=dict((k, v) for k, v in report.items() if k not in ("ps", "ps_rc")))
     if report.get("error"):
-        release(process)
         module.fail_json(msg="The CUDA probe client could not use GPU %d: %s" % (p["device"], report["error"]),
                          **result)
     row = None
-    deadline = time.time() + min(p["timeout"], 10)
-    try:
-        while row is None and time.time() < deadline:
-            result["ps"] = control.ps() if result["dialtone"] else []
-            row = find_client(result["ps"], process.pid)
-            if row is None:
-                time.sleep(0.2)
-    except MpsControlError as error:
-        release(process)
-        fail_control(module, error, "Cannot read the MPS client list in %s" % p["pipe_directory"], **result)
-    release(process)
+    if result["dialtone"] and report.get("ps_rc") == 0:
+        try:
+            result["ps"] = parse_ps(report.get("ps", ""))
+        except ValueError as error:
+            module.fail_json(msg="Unexpected ps output while the client ran: %s" % error, **result)
+        row = find_client(result["ps"], report["pid"])
     result["under_mps"] = row is not None
     if row is not None:
         result["server"] = row["server"]
@@ -217,11 +184,11 @@ def main():
         module.fail_json(
             msg="CUDA client %d ran on GPU %d but is NOT an MPS client: the daemon in %s does not list it, so it fell "
                 "back to running without MPS. Clients must see that daemon: same CUDA_MPS_PIPE_DIRECTORY, access to its "
-                "sockets, and compute mode DEFAULT or EXCLUSIVE_PROCESS." % (process.pid, p["device"], p["pipe_directory"]),
+                "sockets, and compute mode DEFAULT or EXCLUSIVE_PROCESS." % (report["pid"], p["device"], p["pipe_directory"]),
             **result)
     if not p["expect_mps"] and row is not None:
         module.fail_json(msg="CUDA client %d runs under MPS (server %d), but expect_mps is false" % (
-            process.pid, row["server"]), **result)
+            report["pid"], row["server"]), **result)
     module.exit_json(**result)
 
 

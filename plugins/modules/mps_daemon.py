@@ -81,17 +81,20 @@ requirements:
   - nvidia-ml-py, when O(visible_devices) or O(default_pinned_memory_limit) is given (to check the devices)
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: V(restarted) always changes.
 notes:
   - Defaults set through the CLI live in the daemon's memory; a restarted daemon starts with none.
     The C(gpulab.mps.mps_host) role's systemd unit re-applies them on every start.
 author:
-  - gpulab.mps contributors
+  - gpulab.mps contributors (@gpulab)
 """
 
 EXAMPLES = r"""
@@ -182,6 +185,7 @@ from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
 from ansible_collections.gpulab.mps.plugins.module_utils._nvml import resolve_devices
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import (
     SizeError, mps_size, parse_size, readback_matches)
+
 
 # --- validation (pure: nothing here touches the host) ----------------------------------------------
 

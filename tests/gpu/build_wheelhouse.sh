@@ -18,18 +18,12 @@ for n in 17 24 27 28 31 34; do platforms+=(--platform "manylinux_2_${n}_x86_64")
   --python-version "$pyver" --implementation cp "${platforms[@]}" --platform manylinux2014_x86_64 \
   -d "$dir" -r "$here/tests/gpu/requirements.txt"
 
-# The collections gpulab.mps depends on (galaxy.yml), as installable artifacts: an installed collection
-# keeps MANIFEST.json and FILES.json, which is what ansible-galaxy reads from a tarball.
+# The collections gpulab.mps depends on (galaxy.yml), as installable artifacts made from the ones the
+# `ansible` package installed (pack_collection.py says why it rewrites FILES.json).
 site=$("$venv_python" -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__path__[0]))')
-"$venv_python" - "$here/galaxy.yml" <<'PY' | while read -r ns name; do
-import sys, yaml
-for fqcn in yaml.safe_load(open(sys.argv[1]))["dependencies"]:
-    print(*fqcn.split("."))
-PY
-  src="$site/ansible_collections/$ns/$name"
-  version=$("$venv_python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["collection_info"]["version"])' "$src/MANIFEST.json")
-  (cd "$src" && tar --exclude=__pycache__ -czf "$dir/collections/$ns-$name-$version.tar.gz" $(ls -A))
-done
+deps=$("$venv_python" -c 'import sys, yaml; print(" ".join(yaml.safe_load(open(sys.argv[1]))["dependencies"]))' "$here/galaxy.yml")
+# shellcheck disable=SC2086  # one argument per collection
+"$venv_python" "$here/tests/gpu/pack_collection.py" "$site" "$dir/collections" $deps
 # gpulab.mps itself, built from this checkout.
 "$here/.venv/bin/ansible-galaxy" collection build --force --output-path "$dir/collections" "$here" >/dev/null
 ls -la "$dir" "$dir/collections"

@@ -31,7 +31,7 @@ collections="$PWD/build/gpu-collections"
 
 step "host"
 date -u +%FT%TZ; uname -r
-nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_mode --format=csv,noheader
+nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_mode --format=csv,noheader || echo "nvidia-smi: not found or failed"
 python3 --version
 
 step "install (wheels: ${wheels:-none, from the network})"

@@ -150,7 +150,10 @@ class FakeCli(object):
 def fake_cli(monkeypatch):
     from ansible.module_utils import basic
     cli = FakeCli()
-    monkeypatch.setattr(basic.AnsibleModule, "run_command", lambda self, args, **kw: cli(self, args, **kw))
+    def run_command(self, args, **kwargs):
+        return cli(self, args, **kwargs)
+
+    monkeypatch.setattr(basic.AnsibleModule, "run_command", run_command)
     return cli
 
 

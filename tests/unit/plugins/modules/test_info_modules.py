@@ -77,7 +77,7 @@ def test_gpu_info_refuses_zero_replicas(run_module, standin_nvml):
 
 def test_gpu_info_counts_several_gpus(run_module, standin_nvml, monkeypatch):
     monkeypatch.setenv("GPULAB_STANDIN_GPUS", "4")
-    result, _ = run_module(gpu_info, {})
+    result = run_module(gpu_info, {})[0]
     assert [g["index"] for g in result["gpus"]] == [0, 1, 2, 3]
     assert len(set(g["uuid"] for g in result["gpus"])) == 4
 

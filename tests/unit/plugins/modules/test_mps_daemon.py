@@ -177,13 +177,13 @@ def test_a_rounded_read_back_is_set_once_then_trusted(run_module, fake_cli, stan
     fake_cli.expect(ctl, "set_default_device_pinned_mem_limit 0 1536M", "")
     fake_cli.expect(ctl, "get_default_device_pinned_mem_limit 0", "1G\n")
     expect_idle_snapshot(fake_cli, ctl, pinned="1G")
-    first, _ = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))
+    first = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))[0]
     assert first["changed"]
     assert json.loads((host["pipe"] / RECORD_FILE).read_text()) == {
         "daemon_pid": os.getpid(), "pinned_memory_limit": {"0": 1536 * M}}
     expect_idle_snapshot(fake_cli, ctl, pinned="1G")
     expect_idle_snapshot(fake_cli, ctl, pinned="1G")
-    second, _ = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))
+    second = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))[0]
     fake_cli.done()
     assert not second["changed"]
     assert second["defaults"]["pinned_memory_limit"] == {"0": "1536M"}
@@ -193,7 +193,7 @@ def test_a_record_of_another_daemon_is_not_trusted(run_module, fake_cli, standin
     running(host["pipe"])
     (host["pipe"] / RECORD_FILE).write_text(json.dumps({"daemon_pid": 1, "pinned_memory_limit": {"0": 1536 * M}}))
     expect_idle_snapshot(fake_cli, host["ctl"], pinned="1G")
-    result, _ = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"), check_mode=True)
+    result = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"), check_mode=True)[0]
     assert result["changed"]
 
 
