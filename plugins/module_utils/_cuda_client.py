@@ -122,7 +122,7 @@ def parse_client_report(output):
         raise ValueError("the client printed nothing")
     report = json.loads(lines[-1])
     if not isinstance(report, dict) or "pid" not in report:
-        raise ValueError("not a client report: %r" % (line,))
+        raise ValueError("not a client report: %r" % (lines[-1],))
     return report
 
 

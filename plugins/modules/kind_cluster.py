@@ -24,15 +24,12 @@ requirements:
   - kind on the target (see O(kind_path)), and a Docker engine that the user running the module can reach.
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     description: Reports what would be created or deleted without running C(kind create) or C(kind delete).
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     description: Shows the clusters before and after.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     description: A cluster that already is in the requested state is left alone.
 options:

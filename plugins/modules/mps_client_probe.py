@@ -108,7 +108,6 @@ ps:
   sample: [{pid: 534, id: 1, server: 537, device: GPU-058fcf08-fc4a-49f5, namespace: "4026531836", command: python3}]
 """
 
-import os
 import sys
 
 from ansible.module_utils.basic import AnsibleModule

@@ -150,6 +150,7 @@ class FakeCli(object):
 def fake_cli(monkeypatch):
     from ansible.module_utils import basic
     cli = FakeCli()
+
     def run_command(self, args, **kwargs):
         return cli(self, args, **kwargs)
 
