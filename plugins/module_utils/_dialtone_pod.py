@@ -70,7 +70,9 @@ def dialtone_pod(name="mps-dialtone", namespace="default", image="nvcr.io/nvidia
             raise DialtoneError("pipe directory %r must be an absolute path" % (pipe_directory,))
         pipe_directory = posixpath.normpath(pipe_directory)
         env.insert(0, {"name": "CUDA_MPS_PIPE_DIRECTORY", "value": pipe_directory})
-        env.insert(1, {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"})
+        if not resource:
+            # No device plugin hands out a GPU: ask the nvidia runtime for all of them.
+            env.insert(1, {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"})
         mounts.insert(0, {"name": "mps-pipe", "mountPath": pipe_directory})
         volumes.insert(0, {"name": "mps-pipe", "hostPath": {"path": pipe_directory, "type": "Directory"}})
         if resource:

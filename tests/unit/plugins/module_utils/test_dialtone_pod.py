@@ -108,3 +108,11 @@ def test_missing_binary():
 def test_unexpected_answer():
     diag = dt.diagnose(0, "something else\n", "")
     assert diag["state"] == "error" and diag["ok"] is False
+
+
+def test_host_pod_with_a_resource_leaves_the_devices_to_the_plugin():
+    pod = dt.dialtone_pod(resource="nvidia.com/gpu")
+    container = pod["spec"]["containers"][0]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert all(e["name"] != "NVIDIA_VISIBLE_DEVICES" for e in container["env"])
+    assert {"name": "CUDA_MPS_PIPE_DIRECTORY", "value": "/tmp/nvidia-mps"} in container["env"]
