@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One client of the MPS benchmark: a separate process, because MPS shares the GPU between processes.
+
+mps_benchmark.py starts a pool of these with CUDA_MPS_PIPE_DIRECTORY set for the mode (an empty directory for
+"MPS off", the daemon's for "MPS on"). Each one creates its CUDA context, warms up every workload and checks
+its results, then says "ready" and waits for commands on stdin. Protocol: one JSON object per line; the
+client's own lines on stdout start with "@@gpulab " (libraries may print too).
+
+  -> {"cmd": "run", "workload": "spin", "start_at": <epoch s>, "duration": 1.0, "warmup": 1}
+  <- {"event": "result", "pid", "workload", "count" (launches completed in the window), "latency_ms": [...],
+      "start_delay_ms", "check": "ok" | "<what was wrong>"}
+  -> {"cmd": "exit"}
+
+Every launch is timed from submit to completion (the client synchronizes after each one): that is the latency
+a process sees; the common start instant (start_at, wall clock, shared by the processes of one host) lines
+the clients up. With --probe the client instead reports the device, calibrates the spin kernel to a target
+duration, checks every workload against a reference, and exits.
+
+Backends
+- cupy (preferred): the spin kernel below through NVRTC (fixed blocks per launch, one block fills an SM),
+  cuBLAS SGEMM for matmul, an elementwise kernel for copy.
+- torch: matmul and copy alike; the spin kernel becomes torch.cuda._sleep (ONE block of one thread per
+  launch, so blocks per client = 1).
+- sim: no GPU. A model for testing the harness: launches sleep, and a shared lock file per SM group stands
+  for the hardware (one group under time-slicing; SMs / blocks groups under MPS). The client counts as an MPS
+  client when CUDA_MPS_PIPE_DIRECTORY holds a daemon (files "control" and the daemon's pid file), as the CUDA
+  driver does, and then registers its PID where the test's fake nvidia-cuda-mps-control lists it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+PREFIX = "@@gpulab "
+THREADS = 1024
+CHAINS = 40
+# 40 independent FMA chains per thread: enough independent work for 32 warps to keep an SM's FP32 units busy,
+# and 48 registers per thread (ptxas, sm_90), so that only ONE 1024-thread block fits on an SM (2 x 1024 x 48 >
+# 65536 registers). One block = one SM is what makes the ideal "SMs / blocks per client" exact.
+SPIN_SOURCE = r"""
+#define CHAINS %d
+extern "C" __global__ void __launch_bounds__(%d, 1)
+gpulab_spin(float *out, const long long iters)
+{
+    float acc[CHAINS];
+#pragma unroll
+    for (int c = 0; c < CHAINS; ++c) acc[c] = (float)((threadIdx.x + c) & 255) * 1e-3f;
+    for (long long i = 0; i < iters; ++i) {
+#pragma unroll
+        for (int c = 0; c < CHAINS; ++c) acc[c] = fmaf(acc[c], 0.999f, 0.001f);
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < CHAINS; ++c) s += acc[c];
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+}
+""" % (CHAINS, THREADS)
+
+
+def emit(obj):
+    sys.stdout.write(PREFIX + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def spin_expected(iters):
+    """What every block of gpulab_spin writes, per thread: a_n = 1 + (a_0 - 1) * 0.999^n, summed over chains."""
+    decay = 0.999 ** iters
+    return [sum(1.0 + (((t + c) & 255) * 1e-3 - 1.0) * decay for c in range(CHAINS)) for t in range(THREADS)]
+
+
+def spin_tolerance(iters):
+    # fp32 rounding of a contracting recurrence: a few ulps per step at worst, summed over the chains.
+    return 1e-3 + CHAINS * min(iters, 10 ** 7) * 1.2e-7
+
+
+class Workloads(object):
+    """Base: launch(name) runs one unit of work and returns when it has completed."""
+
+    backend = None
+    spin_blocks = None  # blocks per spin launch, as really launched
+
+    def prepare_run(self, name):
+        """Poison the output of `name` so that the check after the run proves every launch wrote it."""
+
+    def check(self, name):
+        return "ok"
+
+
+class CupyWorkloads(Workloads):
+    backend = "cupy"
+
+    def __init__(self, args):
+        import cupy
+        import numpy
+        self.cp, self.np = cupy, numpy
+        self.device = cupy.cuda.Device(args.device)
+        self.device.use()
+        props = cupy.cuda.runtime.getDeviceProperties(args.device)
+        name = props["name"]
+        self.info = {
+            "name": name.decode() if isinstance(name, bytes) else str(name),
+            "sm_count": int(props["multiProcessorCount"]),
+            "compute_capability": "%d.%d" % (props["major"], props["minor"]),
+            "memory_total_mib": int(props["totalGlobalMem"]) >> 20,
+            "cupy": cupy.__version__,
+        }
+        self.spin_blocks = args.spin_blocks or max(1, self.info["sm_count"] // 8)
+        self.iters = args.spin_iters
+        self.kernel = cupy.RawKernel(SPIN_SOURCE, "gpulab_spin")
+        self.out = cupy.empty(self.spin_blocks * THREADS, dtype=cupy.float32)
+        n = args.matmul_size
+        rng = cupy.random.default_rng(os.getpid())
+        self.a = rng.random((n, n), dtype=cupy.float32) - 0.5
+        self.b = rng.random((n, n), dtype=cupy.float32) - 0.5
+        self.c = cupy.empty((n, n), dtype=cupy.float32)
+        elems = (args.copy_mib << 20) // 4
+        self.x = rng.random(elems, dtype=cupy.float32)
+        self.y = cupy.empty(elems, dtype=cupy.float32)
+        self.copy_reps = args.copy_reps
+        self.c_rows = None
+
+    def sync(self):
+        self.cp.cuda.Device().synchronize()
+
+    def launch(self, name):
+        if name == "spin":
+            self.kernel((self.spin_blocks,), (THREADS,), (self.out, self.np.int64(self.iters)))
+        elif name == "matmul":
+            self.cp.matmul(self.a, self.b, out=self.c)
+        elif name == "copy":
+            for _ in range(self.copy_reps):
+                self.cp.multiply(self.x, 2.0, out=self.y)
+        else:
+            raise ValueError("unknown workload %r" % name)
+        self.sync()
+
+    def prepare_run(self, name):
+        target = {"spin": self.out, "matmul": self.c, "copy": self.y}[name]
+        target.fill(float("nan"))
+        self.sync()
+
+    def check(self, name):
+        np = self.np
+        if name == "spin":
+            got = self.out.get().reshape(self.spin_blocks, THREADS)
+            want = np.array(spin_expected(self.iters), dtype=np.float64)
+            err = float(np.max(np.abs(got - want[None, :]))) if np.all(np.isfinite(got)) else float("nan")
+            return "ok" if err <= spin_tolerance(self.iters) else "spin kernel output off by %r" % err
+        if name == "matmul":
+            rows = self.c[:8].get().astype(np.float64)
+            if self.c_rows is None:  # first check: against float64 on the host, then keep the rows
+                ref = self.a[:8].get().astype(np.float64) @ self.b.get().astype(np.float64)
+                rel = float(np.linalg.norm(rows - ref) / np.linalg.norm(ref)) if np.all(np.isfinite(rows)) else 1.0
+                if not rel < 5e-3:
+                    return "matmul relative error %r against float64" % rel
+                self.c_rows = rows
+                return "ok"
+            same = np.all(np.isfinite(rows)) and float(np.max(np.abs(rows - self.c_rows))) <= 1e-3
+            return "ok" if same else "matmul result changed between runs"
+        if name == "copy":
+            ok = bool(self.cp.all(self.y == self.x * 2.0))
+            return "ok" if ok else "copy output wrong"
+        return "ok"
+
+
+class TorchWorkloads(Workloads):
+    backend = "torch"
+
+    def __init__(self, args):
+        import torch
+        self.torch = torch
+        self.dev = torch.device("cuda", args.device)
+        torch.cuda.set_device(self.dev)
+        props = torch.cuda.get_device_properties(self.dev)
+        self.info = {
+            "name": props.name,
+            "sm_count": int(props.multi_processor_count),
+            "compute_capability": "%d.%d" % (props.major, props.minor),
+            "memory_total_mib": int(props.total_memory) >> 20,
+            "torch": torch.__version__,
+        }
+        # torch has no kernel with a chosen block count; torch.cuda._sleep spins ONE thread block.
+        self.spin_blocks = 1
+        self.iters = args.spin_iters  # clock cycles for _sleep
+        n = args.matmul_size
+        gen = torch.Generator(device=self.dev).manual_seed(os.getpid())
+        self.a = torch.rand((n, n), generator=gen, device=self.dev) - 0.5
+        self.b = torch.rand((n, n), generator=gen, device=self.dev) - 0.5
+        self.c = torch.empty((n, n), device=self.dev)
+        elems = (args.copy_mib << 20) // 4
+        self.x = torch.rand(elems, generator=gen, device=self.dev)
+        self.y = torch.empty(elems, device=self.dev)
+        self.copy_reps = args.copy_reps
+        self.c_rows = None
+
+    def sync(self):
+        self.torch.cuda.synchronize(self.dev)
+
+    def launch(self, name):
+        if name == "spin":
+            self.torch.cuda._sleep(int(self.iters))
+        elif name == "matmul":
+            self.torch.matmul(self.a, self.b, out=self.c)
+        elif name == "copy":
+            for _ in range(self.copy_reps):
+                self.torch.mul(self.x, 2.0, out=self.y)
+        else:
+            raise ValueError("unknown workload %r" % name)
+        self.sync()
+
+    def prepare_run(self, name):
+        if name in ("matmul", "copy"):
+            {"matmul": self.c, "copy": self.y}[name].fill_(float("nan"))
+            self.sync()
+
+    def check(self, name):
+        torch = self.torch
+        if name == "matmul":
+            rows = self.c[:8].double().cpu()
+            if self.c_rows is None:
+                ref = self.a[:8].double() @ self.b.double()
+                ref = ref.cpu()
+                rel = float(torch.linalg.norm(rows - ref) / torch.linalg.norm(ref)) if bool(
+                    torch.isfinite(rows).all()) else 1.0
+                if not rel < 5e-3:
+                    return "matmul relative error %r against float64" % rel
+                self.c_rows = rows
+                return "ok"
+            same = bool(torch.isfinite(rows).all()) and float((rows - self.c_rows).abs().max()) <= 1e-3
+            return "ok" if same else "matmul result changed between runs"
+        if name == "copy":
+            return "ok" if bool(torch.equal(self.y, self.x * 2.0)) else "copy output wrong"
+        return "ok"
+
+
+class SimWorkloads(Workloads):
+    """No GPU: see the module docstring. Launch times are --sim-ms per workload; SMs from --sim-sms."""
+
+    backend = "sim"
+
+    def __init__(self, args):
+        import fcntl
+        self.fcntl = fcntl
+        self.info = {"name": "simulated GPU", "sm_count": args.sim_sms, "compute_capability": "0.0",
+                     "memory_total_mib": 0}
+        self.spin_blocks = args.spin_blocks or max(1, args.sim_sms // 8)
+        self.iters = args.spin_iters
+        self.ms = dict(spin=args.sim_ms, matmul=args.sim_ms * 1.5, copy=args.sim_ms * 0.5)
+        pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
+        self.mps = (os.path.exists(os.path.join(pipe, "control"))
+                    and os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid")))
+        self.sim_dir = args.sim_dir or os.path.join(pipe if self.mps else "/tmp", "gpulab-sim-gpu")
+        os.makedirs(self.sim_dir, exist_ok=True)
+        if self.mps:  # what the fake control's `ps` lists (see tests/unit/benchmarks/fake_mps_control.py)
+            clients = os.path.join(pipe, "sim-clients")
+            os.makedirs(clients, exist_ok=True)
+            with open(os.path.join(clients, str(os.getpid())), "w") as handle:
+                handle.write(os.path.basename(sys.executable))
+        self.handles = {}
+
+    def _slots(self, name):
+        if not self.mps:
+            return 1  # time-slicing: one process on the GPU at a time
+        if name == "spin":
+            return max(1, self.info["sm_count"] // self.spin_blocks)
+        return 1  # matmul and copy fill the GPU by themselves
+
+    def launch(self, name):
+        if name not in self.ms:
+            raise ValueError("unknown workload %r" % name)
+        slots = self._slots(name)
+        while True:
+            for i in range(slots):
+                path = os.path.join(self.sim_dir, "%s-slot%d" % ("mps" if self.mps else "ts", i))
+                handle = self.handles.get(path) or open(path, "a")
+                self.handles[path] = handle
+                try:
+                    self.fcntl.flock(handle, self.fcntl.LOCK_EX | self.fcntl.LOCK_NB)
+                except OSError:
+                    continue
+                try:
+                    time.sleep(self.ms[name] / 1000.0)
+                finally:
+                    self.fcntl.flock(handle, self.fcntl.LOCK_UN)
+                return
+            time.sleep(0.0002)
+
+
+def make_workloads(args):
+    """The backend asked for, or for "auto" the first that initializes: cupy, then torch."""
+    if args.backend == "sim":
+        return SimWorkloads(args), []
+    order = ["cupy", "torch"] if args.backend == "auto" else [args.backend]
+    errors = []
+    for name in order:
+        try:
+            return (CupyWorkloads if name == "cupy" else TorchWorkloads)(args), errors
+        except Exception as exc:  # try the next backend, and say why this one failed
+            errors.append("%s: %s: %s" % (name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
+    raise RuntimeError("no usable backend: " + "; ".join(errors))
+
+
+def time_launches(work, name, count):
+    """Median milliseconds of `count` launches of `name`, each synchronized."""
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        work.launch(name)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def calibrate_spin(work, target_ms):
+    """Pick spin iterations (cycles for torch) so that one launch alone takes about target_ms."""
+    iters = work.iters
+    for _ in range(6):
+        work.iters = iters
+        work.launch("spin")  # warm
+        ms = time_launches(work, "spin", 5)
+        if ms <= 0:
+            iters *= 4
+            continue
+        new = max(16, int(iters * target_ms / ms))
+        if abs(new - iters) <= 0.05 * iters:
+            break
+        iters = new
+    work.iters = iters
+    return iters, time_launches(work, "spin", 5)
+
+
+def warm_up(work, workloads, launches):
+    """First launches pay for module load, NVRTC/cuBLAS set-up and clocks: keep them out of the figures."""
+    checks = {}
+    for name in workloads:
+        work.prepare_run(name)
+        for _ in range(launches):
+            work.launch(name)
+        checks[name] = work.check(name)
+    return checks
+
+
+def run_command(work, cmd):
+    """One timed run: warm-up launches, wait for the common start, then launch-and-wait until the window ends."""
+    name, start_at, duration = cmd["workload"], float(cmd["start_at"]), float(cmd["duration"])
+    max_launches = int(cmd.get("max_launches", 100000))
+    work.prepare_run(name)
+    for _ in range(int(cmd.get("warmup", 1))):
+        work.launch(name)
+    # Sleep until just before the start, then spin on the clock: processes start within ~0.1 ms of each other.
+    while True:
+        left = start_at - time.time()
+        if left <= 0:
+            break
+        time.sleep(left - 0.002 if left > 0.003 else 0)
+    begin = time.time()
+    end_at = start_at + duration
+    done, latency = 0, []
+    while done < max_launches:
+        t0 = time.perf_counter()
+        work.launch(name)
+        latency.append(round((time.perf_counter() - t0) * 1000.0, 4))
+        if time.time() > end_at:
+            break  # this launch ended after the window: not counted, so that no client gets a longer window
+        done += 1
+    return {"event": "result", "pid": os.getpid(), "workload": name, "count": done,
+            "latency_ms": latency[:done], "start_delay_ms": round((begin - start_at) * 1000.0, 3),
+            "check": work.check(name)}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", default="auto", choices=["auto", "cupy", "torch", "sim"])
+    p.add_argument("--device", type=int, default=0)
+    p.add_argument("--workloads", default="spin,matmul,copy")
+    p.add_argument("--spin-blocks", type=int, default=0, help="blocks per spin launch (0: SMs // 8)")
+    p.add_argument("--spin-iters", type=int, default=4096, help="loop count (torch: clock cycles)")
+    p.add_argument("--matmul-size", type=int, default=4096)
+    p.add_argument("--copy-mib", type=int, default=256)
+    p.add_argument("--copy-reps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=3, help="warm-up launches of each workload at start")
+    p.add_argument("--probe", action="store_true", help="report the device, calibrate, check, exit")
+    p.add_argument("--target-ms", type=float, default=2.0, help="probe: spin launch duration to calibrate to")
+    p.add_argument("--sim-sms", type=int, default=132)
+    p.add_argument("--sim-ms", type=float, default=4.0)
+    p.add_argument("--sim-dir", default="")
+    p.add_argument("--sim-fail", default="", help="sim: 'init' fails at start, 'hang' never answers a run")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    names = [w for w in args.workloads.split(",") if w]
+    try:
+        if args.backend == "sim" and args.sim_fail == "init":
+            raise RuntimeError("simulated start-up failure")
+        work, errors = make_workloads(args)
+        if work.backend == "torch" and args.probe:
+            work.iters = 2000000  # clock cycles for torch.cuda._sleep (about 1 ms), before calibration
+        if args.probe:
+            checks = warm_up(work, names, args.warmup)
+            probe = {"event": "probe", "pid": os.getpid(), "backend": work.backend, "backend_errors": errors,
+                     "device": work.info, "spin_blocks": work.spin_blocks, "checks": checks, "solo_ms": {}}
+            if "spin" in names:
+                probe["spin_iters"], probe["solo_ms"]["spin"] = calibrate_spin(work, args.target_ms)
+                work.prepare_run("spin")
+                work.launch("spin")
+                probe["checks"]["spin"] = work.check("spin")
+                if work.backend == "cupy":
+                    try:
+                        probe["spin_registers"] = int(work.kernel.num_regs)
+                    except Exception:  # informative only
+                        probe["spin_registers"] = None
+            for name in names:
+                if name != "spin":
+                    probe["solo_ms"][name] = time_launches(work, name, 5)
+            emit(probe)
+            return 0
+        checks = warm_up(work, names, args.warmup)
+        emit({"event": "ready", "pid": os.getpid(), "backend": work.backend, "checks": checks,
+              "spin_blocks": work.spin_blocks, "spin_iters": work.iters, "device": work.info})
+        for line in sys.stdin:
+            line = line.strip()
+            if not line:
+                continue
+            cmd = json.loads(line)
+            if cmd.get("cmd") == "exit":
+                return 0
+            if cmd.get("cmd") == "run":
+                if args.sim_fail == "hang":
+                    time.sleep(3600)
+                emit(run_command(work, cmd))
+            else:
+                emit({"event": "error", "pid": os.getpid(), "message": "unknown command %r" % cmd.get("cmd")})
+        return 0  # stdin closed: the benchmark is gone
+    except Exception as exc:
+        emit({"event": "error", "pid": os.getpid(), "message": "%s: %s" % (type(exc).__name__, exc),
+              "traceback": traceback.format_exc()[-2000:]})
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
