@@ -239,7 +239,7 @@ def verdicts(rows, workloads, sm_count):
             elif "costs" in kinds and "helps" not in kinds:
                 verdict = "MPS costs throughput here"
             elif "helps" in kinds and "costs" not in kinds:
-                verdict = "MPS gains a little (fewer context switches), though one client already fills the GPU"
+                verdict = "MPS gains a little here (fewer context switches between the processes)"
             else:
                 verdict = "mixed: no consistent effect"
             lines.append("%s: one client already fills the GPU; %s: MPS/time-slicing x%.2f to x%.2f over N=%s." % (

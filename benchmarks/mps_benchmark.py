@@ -583,8 +583,8 @@ class Pool(object):
                     client.pid, client.proc.poll(), client.stderr_tail()))
         return collect(active, "result", lead + duration + timeout)
 
-    def close(self):
-        left = stop_clients(self.clients)
+    def close(self, grace=10.0):
+        left = stop_clients(self.clients, grace)
         if left:
             self.say("WARNING: clients still alive after SIGKILL: %s" % left)
         self.clients = []
@@ -620,6 +620,8 @@ def parse_args(argv):
                                                    "--quick 80); every configuration still gets one run")
     p.add_argument("--deadline-s", type=float, help="hard stop: clean up and report (default budget + 150)")
     p.add_argument("--start-timeout", type=float, default=240.0, help="seconds for a pool of clients to be ready")
+    p.add_argument("--ps-wait", type=float, default=10.0,
+                   help="seconds to wait for every MPS-on client to show in the daemon's ps")
     p.add_argument("--run-timeout", type=float, default=60.0,
                    help="seconds a run may take beyond its window before its clients count as hung")
     p.add_argument("--sim-sms", type=int, default=132, help=argparse.SUPPRESS)
@@ -855,8 +857,9 @@ def start_pool(args, say, state, mode, daemon, parse_ps, argv, no_mps):
     state["pools"].append(pool)
     t_pool = time.time()
     pool.start(args.start_timeout)
-    say("mode %s: %d clients ready in %.1f s" % (mode, size, time.time() - t_pool))
-    membership = check_membership(mode, pool.pids(), daemon, parse_ps, want_mps, say, no_mps)
+    say("mode %s: %d clients ready in %.1f s (pids %s)" % (mode, size, time.time() - t_pool,
+                                                           " ".join(str(p) for p in pool.pids())))
+    membership = check_membership(mode, pool.pids(), daemon, parse_ps, want_mps, say, no_mps, wait=args.ps_wait)
     state["checks"].append(membership)
     say("check: " + membership["line"])
     if membership["ok"]:
@@ -898,7 +901,7 @@ def run_mode(args, say, state, mode, daemon, parse_ps, argv, no_mps, share, tota
                     state["problems"].append("%s N=%d %s repeat %d failed: %s" % (
                         workload, n, mode, rep, str(exc).splitlines()[0][:300]))
                     say("FAILED %s N=%d %s: %s" % (workload, n, mode, exc))
-                    pool.close()
+                    pool.close(grace=2.0)  # its clients may be hung: no long wait for a clean exit
                     state["pools"].remove(pool)
                     if failures >= 2:
                         state["problems"].append("mode %s abandoned after %d failed runs" % (mode, failures))

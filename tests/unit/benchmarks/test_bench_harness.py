@@ -1,0 +1,276 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The benchmark's orchestration, end to end without a GPU: benchmarks/mps_benchmark.py with simulated clients
+(mps_bench_client.py --backend sim) and a fake nvidia-cuda-mps-control (fake_mps_control.py beside this file).
+
+What is checked is the harness, never speed: the plan runs in both modes, clients are proven MPS clients or
+not, a client that silently runs without MPS fails the MPS mode, a hung client times out, a signal stops it,
+and in every case the script leaves no process behind and quits the daemon it started (never one it did not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "mps_benchmark.py")
+FAKE = os.path.join(HERE, "fake_mps_control.py")
+TRANSCRIPTS = os.path.join(ROOT, "tests", "unit", "fixtures", "h100-transcripts")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import mps_benchmark as bench  # noqa: E402
+
+SMALL = ["--backend", "sim", "--control-binary", FAKE, "--ns", "1,4", "--workloads", "spin,matmul",
+         "--repeats", "2", "--duration", "0.2", "--sim-ms", "2", "--start-timeout", "30"]
+
+
+def alive(pid):
+    return bench.pid_alive(int(pid))
+
+
+def run_bench(tmp_path, *extra, env=None, timeout=120):
+    out = tmp_path / "out"
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    done = subprocess.run([sys.executable, SCRIPT, "--out", str(out)] + SMALL + list(extra), capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+    result = None
+    if (out / "mps_benchmark.json").exists():
+        result = json.loads((out / "mps_benchmark.json").read_text())
+    return done, result, out
+
+
+def started_pids(result):
+    """Every process the benchmark started that could outlive it: probe, clients, its own daemon."""
+    pids = [result["probe"]["pid"]]
+    for check in result["checks"]:
+        pids.extend(check["pids"])
+    daemon = result["environment"]["daemon"]
+    if daemon and daemon["own"] and daemon["pid"]:
+        pids.append(daemon["pid"])
+    return pids
+
+
+def assert_nothing_left(pids):
+    deadline = time.time() + 5
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    assert [p for p in pids if alive(p)] == []
+
+
+def test_both_modes_measured_checked_and_cleaned_up(tmp_path):
+    done, result, out = run_bench(tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(os.listdir(str(out))) >= ["mps_benchmark.json", "mps_benchmark.log", "mps_benchmark.md"]
+    # Every configuration in both modes, every repeat.
+    assert [(r["workload"], r["n"]) for r in result["rows"]] == [("spin", 1), ("spin", 4), ("matmul", 1),
+                                                                 ("matmul", 4)]
+    assert all(r["ts"] and r["mps"] and r["ts_repeats"] == 2 and r["mps_repeats"] == 2 for r in result["rows"])
+    assert len(result["runs"]) == 2 * 2 * 2 * 2
+    # The membership checks, at the start and at the end of each mode, over the 4 clients of the pool.
+    starts = dict((c["mode"], c) for c in result["checks"] if c["when"] == "start")
+    assert starts["ts"]["ok"] and starts["ts"]["in_ps"] == [] and len(starts["ts"]["pids"]) == 4
+    assert starts["mps"]["ok"] and starts["mps"]["in_ps"] == starts["mps"]["pids"]
+    assert set(starts["ts"]["pids"]).isdisjoint(starts["mps"]["pids"])
+    assert [c["ok"] for c in result["checks"]] == [True] * 4
+    assert result["problems"] == []
+    assert result["environment"]["ps_parser"].endswith(os.path.join("plugins", "module_utils"))
+    # The summary table comes last, after the cleanup messages.
+    tail = [line for line in done.stdout.rstrip().splitlines() if not line.startswith("note: PNG not written")]
+    first = max(i for i, line in enumerate(tail) if line.startswith("MPS benchmark: simulated GPU"))
+    assert "MPS control daemon" in "\n".join(tail[:first]) and "stopped" in "\n".join(tail[:first])
+    assert tail[first + 1].split() == ["work", "N", "TS/s", "MPS/s", "MPS/TS", "ideal", "eff", "TS", "p50", "MPS",
+                                       "p50", "verdict"]
+    assert tail[-2].startswith("check: MPS off: 4/4 clients are NOT MPS clients")
+    assert tail[-1].startswith("check: MPS on: 4/4 clients are MPS clients")
+    # The private daemon was quit, its folders removed, and no process is left.
+    assert not os.path.exists(result["environment"]["daemon"]["pipe_directory"])
+    assert_nothing_left(started_pids(result))
+    markdown = (out / "mps_benchmark.md").read_text()
+    assert "| spin | 4 |" in markdown and "## What MPS buys here, and where it does not help" in markdown
+
+
+def test_clients_that_silently_run_without_mps_fail_the_mps_mode(tmp_path):
+    """The fake daemon's ps lists nobody: exactly what a client whose pipe directory is wrong looks like."""
+    done, result, _out = run_bench(tmp_path, "--ps-wait", "1", env={"FAKE_MPS_HIDE": "1"})
+    assert done.returncode == 1
+    mps = [c for c in result["checks"] if c["mode"] == "mps"]
+    assert len(mps) == 1 and not mps[0]["ok"] and len(mps[0]["missing"]) == 4
+    assert any("are NOT in `ps` of the MPS daemon" in p for p in result["problems"])
+    assert all(r["ts"] is not None and r["mps"] is None for r in result["rows"])
+    assert "mode mps is not measured" in done.stdout
+    assert "PROBLEM: 4 of 4 clients are NOT in `ps`" in done.stdout.splitlines()[-1]
+    assert_nothing_left(started_pids(result))
+
+
+def test_a_hung_client_times_out_and_is_killed(tmp_path):
+    done, result, _out = run_bench(tmp_path, "--ns", "1", "--workloads", "spin", "--repeats", "1",
+                                   "--run-timeout", "1", "--sim-fail", "hang", timeout=90)
+    assert done.returncode == 1
+    failed = [r for r in result["runs"] if r.get("error")]
+    assert [(r["mode"], r["n"]) for r in failed] == [("ts", 1), ("mps", 1)]
+    assert all("no 'result' within" in r["error"] for r in failed)
+    assert_nothing_left(started_pids(result))
+
+
+def test_a_client_that_cannot_start_is_reported(tmp_path):
+    done, result, _out = run_bench(tmp_path, "--ns", "1", "--repeats", "1", "--sim-fail", "init")
+    assert done.returncode in (1, 2)
+    assert "simulated start-up failure" in done.stdout
+    assert result["runs"] == []
+    assert_nothing_left(started_pids(result))
+
+
+def test_sigterm_stops_cleans_up_and_reports_what_was_measured(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--out", str(out)] + SMALL + ["--repeats", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "[3/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=60)
+    text = "".join(lines) + rest
+    assert proc.returncode == 1, text[-3000:]
+    assert "INTERRUPTED (signal %d)" % signal.SIGTERM in text
+    result = json.loads((out / "mps_benchmark.json").read_text())
+    assert any("interrupted" in p for p in result["problems"])
+    assert 3 <= len(result["runs"]) < 2 * 2 * 2 * 20
+    assert_nothing_left(started_pids(result))
+
+
+def test_sigkill_leaves_no_client_behind(tmp_path):
+    """Clients die with the benchmark (PR_SET_PDEATHSIG), even when it gets no chance to clean up."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--out", str(out)] + SMALL + ["--repeats", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    clients, daemon = [], None
+    for line in proc.stdout:
+        match = re.search(r"MPS control daemon started: pid (\d+)", line)
+        if match:
+            daemon = int(match.group(1))
+        match = re.search(r"clients ready in [0-9.]+ s \(pids ([0-9 ]+)\)", line)
+        if match:
+            clients = [int(p) for p in match.group(1).split()]
+            break
+    try:
+        assert clients and all(alive(p) for p in clients)
+        proc.kill()
+        proc.wait(timeout=10)
+        assert_nothing_left(clients)
+    finally:
+        proc.stdout.close()
+        if daemon and alive(daemon):  # a real daemon would survive SIGKILL of its starter too
+            os.kill(daemon, signal.SIGTERM)
+
+
+def test_given_daemon_is_used_and_left_running(tmp_path):
+    pipe, log = tmp_path / "pipe", tmp_path / "log"
+    pipe.mkdir()
+    log.mkdir()
+    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=str(pipe), CUDA_MPS_LOG_DIRECTORY=str(log))
+    assert subprocess.run([FAKE, "-d"], env=env, timeout=10).returncode == 0
+    deadline = time.time() + 10
+    while not (pipe / "nvidia-cuda-mps-control.pid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    daemon = int((pipe / "nvidia-cuda-mps-control.pid").read_text())
+    try:
+        done, result, _out = run_bench(tmp_path, "--pipe-dir", str(pipe), "--log-dir", str(log), "--ns", "1,2",
+                                       "--repeats", "1")
+        assert done.returncode == 0, done.stdout[-3000:]
+        assert result["environment"]["daemon"] == {"pipe_directory": str(pipe), "own": False, "pid": None}
+        assert "using the MPS daemon that runs in %s" % pipe in done.stdout
+        assert "MPS control daemon started" not in done.stdout
+        assert alive(daemon)  # not ours to stop
+        on = [c for c in result["checks"] if c["mode"] == "mps" and c["when"] == "start"][0]
+        assert on["ok"] and on["pipe_directory"] == str(pipe)
+        assert_nothing_left(started_pids(result))
+    finally:
+        subprocess.run([FAKE], input="quit\n", text=True, env=env, timeout=10)
+
+
+def test_given_pipe_dir_without_daemon_is_an_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done, result, _out = run_bench(tmp_path, "--pipe-dir", str(empty))
+    assert done.returncode == 2
+    assert "no MPS control daemon answers in %s (--pipe-dir)" % empty in done.stdout
+    assert result is None
+
+
+def test_dry_run_touches_nothing(tmp_path):
+    done, result, out = run_bench(tmp_path, "--dry-run")
+    assert done.returncode == 0
+    assert "dry run: nothing started" in done.stdout
+    assert "plan: workloads spin,matmul; N 1,4; modes ts,mps; 2 repeats of 0.20 s; 16 runs" in done.stdout
+    assert not out.exists() and result is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ns", "1,64"], "between 1 and 48"),
+    (["--workloads", "spin,fft"], "unknown workload"),
+    (["--modes", "mps,other"], "--modes takes ts and/or mps"),
+    (["--repeats", "0", "--duration", "1"], None),  # 0 means "the preset's": accepted
+])
+def test_arguments_are_validated(argv, message, capsys):
+    if message is None:
+        assert bench.parse_args(argv).repeats == 3
+        return
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_presets():
+    full, quick = bench.parse_args([]), bench.parse_args(["--quick"])
+    assert (full.ns, full.workloads, full.repeats, full.duration) == ([1, 2, 4, 8, 16], ["spin", "matmul", "copy"],
+                                                                      3, 1.0)
+    assert (quick.ns, quick.workloads, quick.duration) == ([1, 4, 8, 16], ["spin", "matmul"], 0.3)
+    # The plans stay inside the lead's budget: runs alone, before client start-up (about 30 s on an H100).
+    assert bench.estimate(full) < 170
+    assert bench.estimate(quick) < 45
+
+
+def read_transcript(name):
+    with open(os.path.join(TRANSCRIPTS, name)) as handle:
+        lines = handle.read().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("$ ") and not line.startswith("[exit"))
+
+
+def test_collection_parser_found_from_a_bare_checkout():
+    """On the GPU host the script runs from a checkout without `make collection`: it must still import the
+    collection's parser (plugins/module_utils/_mps_control.py and its _sizes), not fall back to its own."""
+    code = ("import sys; sys.path.insert(0, %r); import mps_benchmark as b; parse, origin = b.load_parse_ps(); "
+            "print(origin); print(parse.__module__)" % os.path.join(ROOT, "benchmarks"))
+    env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONPATH")
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=30,
+                          cwd="/")
+    assert done.returncode == 0, done.stderr
+    origin, module = done.stdout.split()
+    assert origin == os.path.join(ROOT, "plugins", "module_utils")
+    assert module == "ansible_collections.gpulab.mps.plugins.module_utils._mps_control"
+
+
+@pytest.mark.parametrize("name", ["22_ps_busy.txt", "05_ps_empty.txt"])
+def test_builtin_parser_agrees_with_the_collection(name):
+    parse_ps, origin = bench.load_parse_ps()
+    assert parse_ps is not bench._builtin_parse_ps, origin
+    text = read_transcript(name)
+    assert bench._builtin_parse_ps(text) == parse_ps(text)
+
+
+def test_recorded_ps_gives_the_client_pid():
+    rows = bench._builtin_parse_ps(read_transcript("22_ps_busy.txt"))
+    assert [(r["pid"], r["server"], r["device"]) for r in rows] == [(497, 486, "GPU-058fcf08-fc4a-49f5")]
