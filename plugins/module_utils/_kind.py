@@ -125,8 +125,7 @@ def kind_config(gpus, name="gpulab", layout="single", pipe_directory="/tmp/nvidi
     for worker in workers:
         devices = ["all"] if worker["gpus"] == "all" else worker["gpus"]
         nodes.append(node("worker", [device_mount(d, device_mount_style) for d in devices], {GPU_LABEL: "true"}))
-    for _ in range(int(cpu_workers)):
-        nodes.append(node("worker"))
+    nodes.extend(node("worker") for dummy in range(int(cpu_workers)))
     return {"kind": "Cluster", "apiVersion": API_VERSION, "name": name, "nodes": nodes}
 
 

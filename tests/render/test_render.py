@@ -70,7 +70,7 @@ def rendered(tmp_path_factory):
     playbook = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     proc = subprocess.run([playbook, "-i", "localhost,", os.path.join(HERE, "render.yml"), "-e", "render_root=%s" % out],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, "render.yml failed:\n%s\n%s" % (proc.stdout[-4000:], proc.stderr[-2000:])
     return str(out)
 
@@ -151,7 +151,7 @@ def test_manifests_validate(n, mode, owner, replicas):
 
 def test_individual_config_is_not_upstream():
     """The per-GPU names exist only in the fork's format: upstream's strict schema rejects them."""
-    _, config = plugin_config_of(dp.manifests(h100s(2), mode="individual", replicas=4, image=FORK_IMAGE))
+    dummy, config = plugin_config_of(dp.manifests(h100s(2), mode="individual", replicas=4, image=FORK_IMAGE))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(config, DEVICE_PLUGIN_V1)
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -62,8 +61,14 @@ def serve():
         conn.close()
 
     while True:
-        conn, _ = server.accept()
+        conn = server.accept()[0]
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def stop():
+    if os.path.exists(PIDFILE):
+        os.unlink(PIDFILE)
+    os._exit(0)
 
 
 def answer(line, state):
@@ -89,7 +94,7 @@ def answer(line, state):
     if words[0] == "get_default_device_pinned_mem_limit":
         return state["limit"] + "\n" if state["limit"] else ""
     if words[0] == "quit":
-        threading.Timer(0.2, lambda: (os.path.exists(PIDFILE) and os.unlink(PIDFILE), os._exit(0))).start()
+        threading.Timer(0.2, stop).start()
         return ""
     return 'Unknown command "%s"\n' % words[0]
 

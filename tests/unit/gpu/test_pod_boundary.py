@@ -31,7 +31,7 @@ def _unshare_works():
     if os.geteuid() != 0:
         return False
     try:
-        return subprocess.run(["unshare", "--mount", "--pid", "--fork", "--ipc", "true"], timeout=10).returncode == 0
+        return subprocess.run(["unshare", "--mount", "--pid", "--fork", "--ipc", "true"], timeout=10, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -67,7 +67,7 @@ def daemon_pid(out):
 
 def test_script_parses_and_is_executable():
     assert os.access(SCRIPT, os.X_OK)
-    assert subprocess.run(["bash", "-n", SCRIPT]).returncode == 0
+    assert subprocess.run(["bash", "-n", SCRIPT], check=False).returncode == 0
 
 
 def test_script_never_changes_gpu_state():
@@ -83,7 +83,8 @@ def test_script_never_changes_gpu_state():
 def test_cases_verdicts_and_cleanup(tmp_path):
     pipe = "/tmp/pb_unit_%d" % os.getpid()
     out = str(tmp_path / "out")
-    proc = subprocess.run([SCRIPT, out], env=env_for(pipe, PB_HOLD="5"), capture_output=True, text=True, timeout=170)
+    proc = subprocess.run([SCRIPT, out], env=env_for(pipe, PB_HOLD="5"), capture_output=True, text=True, timeout=170,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {row["case"]: row for row in csv.DictReader(open(os.path.join(out, "summary.tsv")), delimiter="\t")}
     assert list(rows) == ["host", "pod", "pod_hostipc", "pod_nopipe", "pod_hostshm", "pod_hostpid", "seed001"]
@@ -131,7 +132,7 @@ def test_killed_midway_still_cleans_up(tmp_path):
     assert pid and not alive(pid)
     assert not os.path.exists(pipe)
     assert stage_of(out) and not os.path.exists(stage_of(out))
-    leftovers = subprocess.run(["pgrep", "-f", FAKES], capture_output=True, text=True).stdout.split()
+    leftovers = subprocess.run(["pgrep", "-f", FAKES], capture_output=True, text=True, check=False).stdout.split()
     assert leftovers == []
 
 
@@ -143,24 +144,26 @@ def test_refuses_a_pipe_directory_in_use(tmp_path):
     control = env["PB_MPS_CONTROL"]
     subprocess.run([control, "-d"], env=dict(env, CUDA_MPS_PIPE_DIRECTORY=pipe), check=True, timeout=10)
     try:
-        for _ in range(50):
+        for dummy in range(50):
             if os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid")):
                 break
             time.sleep(0.1)
         foreign = int(open(os.path.join(pipe, "nvidia-cuda-mps-control.pid")).read())
-        proc = subprocess.run([SCRIPT, str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([SCRIPT, str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60,
+                              check=False)
         assert proc.returncode == 2
         assert "already listens" in proc.stderr
         assert alive(foreign), "the script must leave a daemon it did not start alone"
     finally:
-        subprocess.run([control], input="quit\n", env=dict(env, CUDA_MPS_PIPE_DIRECTORY=pipe), text=True, timeout=10)
+        subprocess.run([control], input="quit\n", env=dict(env, CUDA_MPS_PIPE_DIRECTORY=pipe), text=True, timeout=10,
+                       check=False)
         time.sleep(0.5)
-        subprocess.run(["rm", "-rf", pipe])
+        subprocess.run(["rm", "-rf", pipe], check=False)
 
 
 def test_bad_knobs_are_refused(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the script checks root first")
     proc = subprocess.run([SCRIPT, str(tmp_path / "out")], env=env_for("/run/not_tmp"), capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "must be under /tmp" in proc.stderr

@@ -146,7 +146,7 @@ def test_absent_when_already_gone(run, check_mode):
 
 
 def test_wait_zero_omits_flag(run):
-    _, calls = run({"name": "lab", "wait": 0}, [NONE, (0, "", ""), (0, "lab-control-plane\n", "")])
+    dummy, calls = run({"name": "lab", "wait": 0}, [NONE, (0, "", ""), (0, "lab-control-plane\n", "")])
     assert calls[1] == [KIND, "create", "cluster", "--name", "lab"]
 
 
@@ -163,7 +163,7 @@ def test_get_clusters_failure_reports_command(run):
 
 def test_create_failure_reports_output(run):
     err = "ERROR: failed to create cluster: node(s) already exist for a cluster with the name \"gpulab\"\n"
-    result, _ = run({"name": "gpulab"}, [NONE, (1, "", err)], expect=FailJson)
+    result, dummy = run({"name": "gpulab"}, [NONE, (1, "", err)], expect=FailJson)
     assert "kind create cluster gpulab failed (exit 1)" in result["msg"]
     assert "already exist" in result["msg"]
     assert result["cmd"][:3] == [KIND, "create", "cluster"]
