@@ -21,7 +21,7 @@ SANITY_ROOT := build/ansible_collections/gpulab/mps
 WHEELHOUSE ?= wheelhouse
 WHEEL_PYTHON ?= 3.12
 
-.PHONY: help venv collection lab test lint unit render sanity molecule molecule-default molecule-fleet \
+.PHONY: help venv collection lab test lint unit render sanity molecule molecule-default molecule-fleet molecule-kind-host \
 	images standins wheelhouse gpu-lane benchmark fleet-scale teardown clean
 
 help:
@@ -89,7 +89,7 @@ standins: collection
 
 molecule: standins
 	@if docker info >/dev/null 2>&1; then \
-		$(MAKE) --no-print-directory molecule-default molecule-fleet; \
+		$(MAKE) --no-print-directory molecule-default molecule-fleet molecule-kind-host; \
 	elif [ "$(REQUIRE_DOCKER)" = 1 ]; then \
 		echo "ERROR: REQUIRE_DOCKER=1 but no Docker engine answers ('docker info' failed): molecule cannot run." >&2; \
 		exit 1; \
@@ -105,6 +105,9 @@ molecule-default: images
 
 molecule-fleet: images
 	molecule test -s fleet
+
+molecule-kind-host: images
+	molecule test -s kind_host
 
 # --- GPU host -------------------------------------------------------------------------------------
 wheelhouse: collection
