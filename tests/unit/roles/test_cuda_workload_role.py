@@ -1,0 +1,201 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""roles/cuda_workload through ansible-playbook, without a GPU.
+
+Host variant: the real role against a fake nvcc (fakes/nvcc builds a stand-in kernel_pair that speaks the
+workload protocol) and the fake MPS control daemon: it ships the files, builds the kernel pair, runs it with MPS
+off and on, proves membership both ways, and a second run changes nothing. A daemon whose `ps` lists nobody
+(clients that silently run without MPS) must fail the role with that finding.
+Pod variant: the ConfigMap and Pod the role would apply, validated against Kubernetes 1.33 (strict).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import kubernetes_validate
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+FILES = os.path.join(ROOT, "roles", "cuda_workload", "files")
+FAKE_CONTROL = os.path.join(ROOT, "tests", "unit", "benchmarks", "fake_mps_control.py")
+FAKE_NVCC = os.path.join(HERE, "fakes", "nvcc")
+KUBERNETES_VERSION = "1.33"
+
+
+def playbook(tags, extra, env=None, check=False):
+    binary = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
+    argv = [binary, "-i", "localhost,", os.path.join(HERE, "cuda_workload.yml"), "--tags", tags,
+            "-e", json.dumps(extra)]
+    if check:
+        argv.append("--check")
+    full_env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                    ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    full_env.update(env or {})
+    return subprocess.run(argv, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def recap(output):
+    match = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", output)
+    assert match, output[-3000:]
+    return dict(zip(("ok", "changed", "unreachable", "failed"), (int(g) for g in match.groups())))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A fake MPS daemon and the variables that point the role at the fakes."""
+    pipe, log = tmp_path / "pipe", tmp_path / "log"
+    pipe.mkdir()
+    log.mkdir()
+    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=str(pipe), CUDA_MPS_LOG_DIRECTORY=str(log))
+    subprocess.run([FAKE_CONTROL, "-d"], env=env, check=True, timeout=10)
+    deadline = time.time() + 10
+    while not (pipe / "nvidia-cuda-mps-control.pid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    extra = {
+        "cuda_workload_directory": str(tmp_path / "workloads"),
+        "cuda_workload_python": sys.executable,  # no PyTorch or CuPy here: the kernel pair needs nvcc then
+        "cuda_workload_matmul_enabled": False,
+        "cuda_workload_nvcc": FAKE_NVCC,
+        "cuda_workload_pipe_directory": str(pipe),
+        "cuda_workload_control_binary": FAKE_CONTROL,
+        "cuda_workload_modes": ["no-mps", "mps"],
+        "cuda_workload_timeout": 60,
+    }
+    yield extra
+    subprocess.run([FAKE_CONTROL], input="quit\n", text=True, env=env, timeout=10)
+
+
+def test_host_variant_builds_runs_proves_and_is_idempotent(lab, tmp_path):
+    first = playbook("host", lab)
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert recap(first.stdout)["changed"] >= 2  # files copied, kernel pair built
+    for name in ("run_workloads.py", "matmul_worker.py", "kernel_pair.py", "kernel_pair.cu", "kernel_pair_kernels.cuh"):
+        with open(os.path.join(FILES, name)) as want, open(str(tmp_path / "workloads" / name)) as got:
+            assert got.read() == want.read()
+    assert os.access(str(tmp_path / "workloads" / "kernel_pair"), os.X_OK)
+    out = " ".join(first.stdout.split())
+    assert re.search(r"no-mps add: pid \d+ not an MPS client \(absent from ps\); median 0\.5 ms over 3 iterations "
+                     r"\(cuda-c\); check ok", out), out[-3000:]
+    assert re.search(r"mps scale: pid (\d+) an MPS client \(pid \1 in ps \(server \d+\)\); median 0\.5 ms", out)
+    second = playbook("host", lab)
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert recap(second.stdout) == dict(recap(second.stdout), changed=0, failed=0)
+
+
+def test_host_variant_fails_on_clients_without_mps(lab):
+    done = playbook("host", dict(lab, cuda_workload_modes=["mps"]), env={"FAKE_MPS_HIDE": "1"})
+    assert done.returncode != 0
+    assert "kernel_pair (mps) failed on localhost: add, scale ran WITHOUT MPS: not in `ps` of the daemon in" in \
+        " ".join(done.stdout.split())
+
+
+def test_host_variant_falls_back_when_nvcc_fails(lab):
+    """A failed build is reported, and the CuPy/PyTorch version runs instead (here it cannot: no library), so the
+    role says that neither a library nor a working build is there."""
+    done = playbook("host", lab, env={"FAKE_NVCC_FAIL": "1"})
+    text = " ".join(done.stdout.split())
+    assert "could not build kernel_pair.cu, so the kernel pair runs through CuPy/PyTorch instead" in text
+    assert "simulated compile failure" in text
+    assert done.returncode != 0
+    assert "neither CuPy nor PyTorch can be imported" in text
+
+
+def test_host_variant_needs_a_library_for_matmul(lab):
+    done = playbook("host", dict(lab, cuda_workload_matmul_enabled=True))
+    assert done.returncode != 0
+    assert "has neither PyTorch nor CuPy. The matmul worker needs one of them" in " ".join(done.stdout.split())
+
+
+def test_host_variant_check_mode_changes_nothing(lab, tmp_path):
+    done = playbook("host", lab, check=True)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert not (tmp_path / "workloads").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"cuda_workload_modes": ["mps", "sometimes"]}, "sometimes"),  # the argument spec
+    ({"cuda_workload_modes": []}, "modes a non-empty list of mps, no-mps (got [])"),  # the role's own check
+])
+def test_bad_settings_are_refused(lab, override, message):
+    done = playbook("host", dict(lab, **override))
+    assert done.returncode != 0
+    text = " ".join(done.stdout.split())
+    assert message in text and "cuda_workload" in text, text[-2000:]
+
+
+@pytest.fixture(scope="module")
+def pods(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pods")
+    cases = {
+        "host": {"cuda_workload_pod_source": "host", "cuda_workload_pipe_directory": "/tmp/nvidia-mps"},
+        "plugin": {"cuda_workload_pod_source": "plugin", "cuda_workload_pod_resource": "nvidia.com/gpu",
+                   "cuda_workload_pod_node": "lab-worker", "cuda_workload_pod_host_ipc": True},
+    }
+    rendered = {}
+    for name, extra in cases.items():
+        path = str(out / ("%s.json" % name))
+        done = playbook("pod", dict(extra, render_out=path))
+        assert done.returncode == 0, done.stdout[-4000:]
+        with open(path) as handle:
+            rendered[name] = json.load(handle)
+    return rendered
+
+
+@pytest.mark.parametrize("case", ["host", "plugin"])
+def test_pod_objects_are_valid_kubernetes(pods, case):
+    objects = pods[case]
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Pod"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("case", ["host", "plugin"])
+def test_pod_carries_the_role_files_unchanged(pods, case):
+    config_map = pods[case][0]
+    for name in ("run_workloads.py", "matmul_worker.py", "kernel_pair.py", "kernel_pair.cu", "kernel_pair_kernels.cuh"):
+        with open(os.path.join(FILES, name)) as handle:
+            assert config_map["data"][name] == handle.read().rstrip("\n") + "\n", name
+
+
+def test_pod_host_source_mounts_the_pipe_and_runs_the_runner(pods):
+    pod = pods["host"][1]
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:8] == ["python3", "/opt/gpulab-workloads/run_workloads.py", "--mode", "mps", "--timeout", "300",
+                           "--pipe-dir", "/tmp/nvidia-mps"]
+    assert command[8:] == [
+        "--workload=matmul-0=python3 /opt/gpulab-workloads/matmul_worker.py --size 4096 --iterations 10 --device 0 "
+        "--handshake",
+        "--workload=matmul-1=python3 /opt/gpulab-workloads/matmul_worker.py --size 4096 --iterations 10 --device 0 "
+        "--handshake",
+        "--workload=add=python3 /opt/gpulab-workloads/kernel_pair.py --kernel add --n 16777216 --blocks 4 "
+        "--iterations 10 --device 0 --handshake",
+        "--workload=scale=python3 /opt/gpulab-workloads/kernel_pair.py --kernel scale --n 16777216 --blocks 4 "
+        "--iterations 10 --device 0 --handshake",
+    ]
+    env = dict((e["name"], e["value"]) for e in container["env"])
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == "/tmp/nvidia-mps" and env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert {"name": "mps-pipe", "hostPath": {"path": "/tmp/nvidia-mps", "type": "Directory"}} in spec["volumes"]
+    assert {"name": "mps-pipe", "mountPath": "/tmp/nvidia-mps"} in container["volumeMounts"]
+    assert spec["hostIPC"] is False and spec["restartPolicy"] == "Never"
+    assert spec["activeDeadlineSeconds"] == 420 and spec["runtimeClassName"] == "nvidia"
+    assert "resources" not in container and "nodeName" not in spec
+
+
+def test_pod_plugin_source_asks_for_a_replica(pods):
+    pod = pods["plugin"][1]
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    assert "--pipe-dir" not in container["command"]  # the plugin sets CUDA_MPS_PIPE_DIRECTORY
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert not [v for v in spec["volumes"] if v["name"] == "mps-pipe"]
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in [e["name"] for e in container["env"]]
+    assert spec["hostIPC"] is True and spec["nodeName"] == "lab-worker"
