@@ -1,8 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What an operator checks after a fleet rollout: the summaries of the four rollouts of this
-scenario (converge, kill, unready, gate: see side_effect.yml) and the nodes themselves.
+"""What an operator checks after a fleet rollout: the summaries of the five rollouts of this
+scenario (converge, kill, k8s, unready, gate: see side_effect.yml) and the nodes themselves.
 
 The nodes are systemd containers with the NVIDIA STAND-INS of tests/standins/ (no GPU here); the
 values they report (driver 580.159.04, H100 80GB HBM3) are the ones recorded on a real H100.
@@ -10,8 +10,11 @@ values they report (driver 580.159.04, H100 80GB HBM3) are the ones recorded on 
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import json
 import os
+import re
 
 import pytest
 import testinfra
@@ -102,3 +105,44 @@ def test_excluded_and_unreached_nodes_were_not_touched(name):
     host = node_host(name)
     assert host.run("systemctl cat nvidia-mps.service").rc != 0, "%s got an MPS unit" % name
     assert not host.file("/run/nvidia-mps").exists
+
+
+def k8s_journal():
+    with open(os.path.join(EPHEMERAL, "k8s-journal.jsonl")) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def daemon_start_time(name):
+    """Wall-clock time (epoch) of the last start of the node's MPS control daemon, from its control.log."""
+    log = node_host(name).file("/var/log/nvidia-mps/control.log").content_string
+    stamps = re.findall(r"^\[(\S+ \S+) Control\s+\d+\] Starting control daemon", log, re.MULTILINE)
+    parsed = datetime.datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S.%f")
+    return calendar.timegm(parsed.timetuple()) + parsed.microsecond / 1e6
+
+
+def events(journal, node):
+    return [(e["event"], e.get("pod")) for e in journal if e.get("node") == node]
+
+
+def test_k8s_node_needing_change_is_drained_before_mps_and_uncordoned_after():
+    # Kubernetes here is the STAND-IN API of tests/standins/fake_kube_api.py (see side_effect.yml).
+    journal = k8s_journal()
+    assert events(journal, "k8s-gpu-04") == [("cordon", None), ("evict", "default/work-k8s-gpu-04"), ("uncordon", None)]
+    times = dict((e["event"], e["time"]) for e in journal if e.get("node") == "k8s-gpu-04")
+    assert times["evict"] < daemon_start_time("fleet-gpu-04") < times["uncordon"]
+    data, nodes = summary("k8s")
+    assert nodes["fleet-gpu-04"]["kubernetes"] == "drained and uncordoned", data["table"]
+
+
+def test_k8s_node_cordoned_before_the_rollout_stays_cordoned():
+    journal = k8s_journal()
+    assert events(journal, "fleet-gpu-02") == [("evict", "default/work-fleet-gpu-02")]
+    _, nodes = summary("k8s")
+    assert nodes["fleet-gpu-02"]["kubernetes"] == "drained; left cordoned as it was before the rollout"
+
+
+def test_k8s_node_that_needs_no_change_keeps_its_pods():
+    assert events(k8s_journal(), "fleet-gpu-01") == []
+    data, nodes = summary("k8s")
+    assert nodes["fleet-gpu-01"]["kubernetes"] == "not drained (MPS needed no change)"
+    assert data["counts"]["ok"] == 4 and data["state"] == "complete"
