@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -122,6 +121,7 @@ class Workload(object):
         self.proc = subprocess.Popen(shlex.split(command), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, preexec_fn=die_with_parent, close_fds=True)
         self.lines, self.buffer, self.ready, self.result, self.under_mps = [], b"", None, None, None
+        self.eof = False  # its output is closed: everything it printed has been read
 
     def feed(self, data):
         self.buffer += data
@@ -158,7 +158,10 @@ class Workload(object):
 
 
 def pump(workloads, until, deadline):
-    """Read every workload's output until until(w) holds for all, they exit, or the deadline passes."""
+    """Read every workload's output until until(w) holds for all, or the deadline passes.
+
+    A workload is done when its output reaches EOF, not when it exits: a fast one may exit with lines still
+    in the pipe."""
     selector = selectors.DefaultSelector()
     for w in workloads:
         selector.register(w.proc.stdout, selectors.EVENT_READ, w)
@@ -171,6 +174,7 @@ def pump(workloads, until, deadline):
                     key.data.feed(data)
                 else:
                     selector.unregister(key.fileobj)
+                    key.data.eof = True
                     key.data.proc.wait()
             if not selector.get_map():
                 break
@@ -222,7 +226,7 @@ def main(argv=None):
                 problems.append("%s: cannot start %r: %s" % (name, command, exc))
         if problems:
             raise RuntimeError("start")
-        pump(workloads, lambda w: w.ready is not None or w.proc.poll() is not None, deadline)
+        pump(workloads, lambda w: w.ready is not None or w.eof, deadline)
         not_ready = [w.name for w in workloads if w.ready is None]
         if not_ready:
             problems.append("workloads %s never said READY (no CUDA context?): %s" % (not_ready, " | ".join(
@@ -263,9 +267,9 @@ def main(argv=None):
 
         for w in workloads:
             w.go()
-        pump(workloads, lambda w: w.proc.poll() is not None, deadline)
+        pump(workloads, lambda w: w.eof, deadline)
         for w in workloads:
-            if w.proc.poll() is None:
+            if not w.eof:
                 problems.append("%s did not finish within --timeout %.0f s" % (w.name, args.timeout))
     except RuntimeError:
         pass

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -7,7 +6,8 @@
 It speaks like the real one (tests/unit/fixtures/h100-transcripts): `-d` starts a background "daemon" process
 that writes the pid file and a `control` entry in CUDA_MPS_PIPE_DIRECTORY; commands come on stdin; with no
 daemon it prints "Cannot find MPS control daemon process" and exits 1; `ps` prints "Server not found" or the
-client table. Its clients are the simulated benchmark clients (mps_bench_client.py --backend sim), which
+client table; the queries gpulab.mps.mps_daemon and mps_info make get plausible answers (no limits set, 100%
+threads). Its clients are the simulated benchmark clients (mps_bench_client.py --backend sim), which
 register their PID in <pipe>/sim-clients/ when they find a daemon, as the CUDA driver connects to one.
 
 Fault injection (environment of the fake): FAKE_MPS_HIDE=1 makes `ps` list no client (clients that silently
@@ -112,6 +112,15 @@ def main(argv):
                 for i, client in enumerate(listed):
                     print("%-9d %-9d %-14d %-25s %-14s %-15s" % (client, i + 1, pid + 1, "GPU-00000000-0000-0000",
                                                                   "4026531836", "python3"))
+        elif command in ("get_default_active_thread_percentage",) or command.startswith("get_active_thread_percentage "):
+            print("100.0")
+        elif command.startswith(("get_default_device_pinned_mem_limit ", "get_device_pinned_mem_limit ")):
+            pass  # no limit set: the real CLI prints nothing
+        elif command.startswith("get_server_status "):
+            print("ACTIVE")
+        elif command.startswith("get_client_list "):
+            for client in listed:
+                print(client)
         elif command.startswith("quit"):
             open(os.path.join(pipe, "fake-quit"), "w").close()
         else:

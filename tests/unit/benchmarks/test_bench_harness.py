@@ -24,7 +24,8 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "mps_benchmark.py")
-FAKE = os.path.join(HERE, "fake_mps_control.py")
+sys.path.insert(0, HERE)
+from fake_exec import FAKE_MPS_CONTROL as FAKE  # noqa: E402
 TRANSCRIPTS = os.path.join(ROOT, "tests", "unit", "fixtures", "h100-transcripts")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 

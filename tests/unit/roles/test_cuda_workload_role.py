@@ -26,8 +26,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 FILES = os.path.join(ROOT, "roles", "cuda_workload", "files")
-FAKE_CONTROL = os.path.join(ROOT, "tests", "unit", "benchmarks", "fake_mps_control.py")
-FAKE_NVCC = os.path.join(HERE, "fakes", "nvcc")
+sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
+from fake_exec import FAKE_MPS_CONTROL as FAKE_CONTROL, executable  # noqa: E402
+
+FAKE_NVCC = executable(os.path.join(HERE, "fakes", "fake_nvcc.py"), "nvcc")
 KUBERNETES_VERSION = "1.33"
 
 

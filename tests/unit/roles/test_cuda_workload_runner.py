@@ -19,7 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 FILES = os.path.join(ROOT, "roles", "cuda_workload", "files")
 RUNNER = os.path.join(FILES, "run_workloads.py")
-FAKE_CONTROL = os.path.join(ROOT, "tests", "unit", "benchmarks", "fake_mps_control.py")
+sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
+from fake_exec import FAKE_MPS_CONTROL as FAKE_CONTROL  # noqa: E402
 TRANSCRIPTS = os.path.join(ROOT, "tests", "unit", "fixtures", "h100-transcripts")
 sys.path.insert(0, FILES)
 

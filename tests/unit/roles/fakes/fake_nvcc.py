@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A fake nvcc for the cuda_workload role tests: `nvcc [flags] -o OUT SRC` writes OUT, a stand-in kernel_pair
 that speaks the same protocol (READY, wait for a line, iterations, RESULT) and connects to the fake MPS daemon the
 way the CUDA driver does (only when CUDA_MPS_PIPE_DIRECTORY holds a live daemon). FAKE_NVCC_FAIL=1 fails the build."""

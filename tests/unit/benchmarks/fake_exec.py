@@ -1,0 +1,34 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Executable stand-ins for the fake NVIDIA tools of these tests.
+
+The fakes are Python files without a shebang (the sanity shebang test accepts only `python`, which not every
+host has); the code under test runs them as programs, so each gets a small shell wrapper that calls it with the
+Python running the tests. Wrappers live in a temporary folder removed at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+
+_FOLDER = tempfile.mkdtemp(prefix="gpulab-fake-tools-")
+atexit.register(shutil.rmtree, _FOLDER, True)
+
+
+def executable(script, name):
+    """Path of an executable `name` that runs `script` with this Python, passing its arguments on."""
+    path = os.path.join(_FOLDER, name)
+    with open(path, "w") as handle:
+        handle.write('#!/bin/sh\nexec %s %s "$@"\n' % (shlex.quote(sys.executable), shlex.quote(script)))
+    os.chmod(path, 0o755)
+    return path
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAKE_MPS_CONTROL = executable(os.path.join(HERE, "fake_mps_control.py"), "nvidia-cuda-mps-control")
