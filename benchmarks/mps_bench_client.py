@@ -328,7 +328,8 @@ def calibrate_spin(work, target_ms):
         if ms <= 0:
             iters *= 4
             continue
-        new = max(16, int(iters * target_ms / ms))
+        # At most x16 a step, and never past 2^40: a launch that takes no time (no GPU work) must not run away.
+        new = max(16, min(int(iters * min(16.0, target_ms / ms)), 1 << 40))
         if abs(new - iters) <= 0.05 * iters:
             break
         iters = new
