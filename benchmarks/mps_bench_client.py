@@ -135,7 +135,7 @@ class CupyWorkloads(Workloads):
         elif name == "matmul":
             self.cp.matmul(self.a, self.b, out=self.c)
         elif name == "copy":
-            for _ in range(self.copy_reps):
+            for _unused in range(self.copy_reps):
                 self.cp.multiply(self.x, 2.0, out=self.y)
         else:
             raise ValueError("unknown workload %r" % name)
@@ -209,7 +209,7 @@ class TorchWorkloads(Workloads):
         elif name == "matmul":
             self.torch.matmul(self.a, self.b, out=self.c)
         elif name == "copy":
-            for _ in range(self.copy_reps):
+            for _unused in range(self.copy_reps):
                 self.torch.mul(self.x, 2.0, out=self.y)
         else:
             raise ValueError("unknown workload %r" % name)
@@ -310,7 +310,7 @@ def make_workloads(args):
 def time_launches(work, name, count):
     """Median milliseconds of `count` launches of `name`, each synchronized."""
     times = []
-    for _ in range(count):
+    for _unused in range(count):
         t0 = time.perf_counter()
         work.launch(name)
         times.append((time.perf_counter() - t0) * 1000.0)
@@ -321,7 +321,7 @@ def time_launches(work, name, count):
 def calibrate_spin(work, target_ms):
     """Pick spin iterations (cycles for torch) so that one launch alone takes about target_ms."""
     iters = work.iters
-    for _ in range(6):
+    for _unused in range(6):
         work.iters = iters
         work.launch("spin")  # warm
         ms = time_launches(work, "spin", 5)
@@ -342,7 +342,7 @@ def warm_up(work, workloads, launches):
     checks = {}
     for name in workloads:
         work.prepare_run(name)
-        for _ in range(launches):
+        for _unused in range(launches):
             work.launch(name)
         checks[name] = work.check(name)
     return checks
@@ -353,7 +353,7 @@ def run_command(work, cmd):
     name, start_at, duration = cmd["workload"], float(cmd["start_at"]), float(cmd["duration"])
     max_launches = int(cmd.get("max_launches", 100000))
     work.prepare_run(name)
-    for _ in range(int(cmd.get("warmup", 1))):
+    for _unused in range(int(cmd.get("warmup", 1))):
         work.launch(name)
     # Sleep until just before the start, then spin on the clock: processes start within ~0.1 ms of each other.
     while True:
@@ -377,7 +377,7 @@ def run_command(work, cmd):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     p.add_argument("--backend", default="auto", choices=["auto", "cupy", "torch", "sim"])
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--workloads", default="spin,matmul,copy")

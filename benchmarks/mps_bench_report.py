@@ -218,8 +218,8 @@ def verdicts(rows, workloads, sm_count):
             if under:
                 lines.append("%s (%d blocks per client, %d SMs): MPS helps where the SMs have room: %s." % (
                     name, blocks, sm_count, "; ".join(
-                        "N=%d x%.2f of an ideal x%.2f (%.0f%%)" % (r["n"], r["mps_vs_ts"], r["ideal"],
-                                                                  100.0 * r["efficiency"]) for r in under)))
+                        "N=%d x%.2f of an ideal x%.2f (%.0f%%)" % (
+                            r["n"], r["mps_vs_ts"], r["ideal"], 100.0 * r["efficiency"]) for r in under)))
             if over:
                 # Compare with the largest N that still fit: what did the extra clients buy?
                 ref = max(under or [r for r in mine if r["n"] <= sat] or [mine[0]], key=lambda r: r["n"])
@@ -296,10 +296,10 @@ def render_markdown(result):
     for name, info in result["workloads"].items():
         out.append("- `%s`: %s" % (name, info.get("description", "")))
     out.append("")
-    out.append("| " + " | ".join(c for c, _ in TABLE_COLUMNS) + " |")
-    out.append("|" + "|".join("---" for _ in TABLE_COLUMNS) + "|")
+    out.append("| " + " | ".join(c for c, _key in TABLE_COLUMNS) + " |")
+    out.append("|" + "|".join("---" for _unused in TABLE_COLUMNS) + "|")
     for row in rows:
-        out.append("| " + " | ".join(_cell(row, key) for _, key in TABLE_COLUMNS) + " |")
+        out.append("| " + " | ".join(_cell(row, key) for _title, key in TABLE_COLUMNS) + " |")
     out.append("")
     out.append("Throughput is the sum of the clients' launch rates; *ideal* is min(N, SMs / blocks per client) for "
                "the low-occupancy kernel and 1 for workloads that fill the GPU; *of ideal* is (MPS / time-slicing) / "

@@ -217,7 +217,7 @@ class Daemon(object):
         """(rc, output) of one command sent on stdin, as `echo text | nvidia-cuda-mps-control`."""
         try:
             done = subprocess.run([self.binary], input=text + "\n", capture_output=True, text=True,
-                                  env=self.env(), timeout=timeout)
+                                  env=self.env(), timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise BenchError("`echo %s | %s` did not answer within %d s (pipe directory %s)"
                              % (text, self.binary, timeout, self.pipe_dir))
@@ -528,7 +528,7 @@ def collect(clients, want, timeout):
                 raise BenchError("no %r within %.0f s from client(s) %s; stderr: %s" % (
                     want, timeout, sorted(c.pid for c in pending.values()),
                     " | ".join(c.stderr_tail(400) for c in pending.values())[:1500]))
-            for key, _ in selector.select(timeout=min(left, 1.0)):
+            for key, _events in selector.select(timeout=min(left, 1.0)):
                 client = pending[key.fd]
                 data = os.read(key.fd, 65536)
                 if not data:
@@ -561,8 +561,8 @@ class Pool(object):
 
     def start(self, timeout):
         for i in range(self.size):
-            self.clients.append(Client(self.argv, self.env, os.path.join(self.workdir, "%s-client%02d.err"
-                                                                           % (self.mode, i))))
+            stderr_path = os.path.join(self.workdir, "%s-client%02d.err" % (self.mode, i))
+            self.clients.append(Client(self.argv, self.env, stderr_path))
         ready = collect(self.clients, "ready", timeout)
         bad = dict((r["pid"], r["checks"]) for r in ready if any(v != "ok" for v in r["checks"].values()))
         if bad:
@@ -615,8 +615,9 @@ def parse_args(argv):
     p.add_argument("--pipe-dir", help="use the MPS daemon already running there (else start a private one)")
     p.add_argument("--log-dir", help="with --pipe-dir: that daemon's log directory (for the report)")
     p.add_argument("--control-binary", help="path of nvidia-cuda-mps-control (default: PATH and NVIDIA's places)")
-    p.add_argument("--budget-s", type=float, help="stop adding repeats past this many seconds (default 240; "
-                                                   "--quick 80); every configuration still gets one run")
+    p.add_argument("--budget-s", type=float,
+                   help="stop adding repeats past this many seconds (default 240; --quick 80); every "
+                        "configuration still gets one run")
     p.add_argument("--deadline-s", type=float, help="hard stop: clean up and report (default budget + 150)")
     p.add_argument("--start-timeout", type=float, default=240.0, help="seconds for a pool of clients to be ready")
     p.add_argument("--ps-wait", type=float, default=10.0,

@@ -126,7 +126,7 @@ def main():
         result(check="error", error="no CUDA library works (torch or cupy): " + "; ".join(errors))
         return 2
     try:
-        for _ in range(args.warmup):
+        for _unused in range(args.warmup):
             work.matmul()
         work.timed()
         if not handshake(args.handshake):

@@ -99,7 +99,7 @@ def mps_ps(binary, pipe_dir):
     """(answered, rows, raw output) of `ps` on the daemon of pipe_dir."""
     env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=pipe_dir)
     try:
-        done = subprocess.run([binary], input="ps\n", capture_output=True, text=True, env=env, timeout=20)
+        done = subprocess.run([binary], input="ps\n", capture_output=True, text=True, env=env, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         return False, [], str(exc)
     out = done.stdout + done.stderr
@@ -168,7 +168,7 @@ def pump(workloads, until, deadline):
     try:
         while time.time() < deadline and not all(until(w) for w in workloads):
             events = selector.select(timeout=min(1.0, max(0.0, deadline - time.time())))
-            for key, _ in events:
+            for key, _mask in events:
                 data = os.read(key.fileobj.fileno(), 65536)
                 if data:
                     key.data.feed(data)
@@ -204,7 +204,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     specs = []
     for item in args.workload:
-        name, _, command = item.partition("=")
+        name, _sep, command = item.partition("=")
         if not name or not command.strip():
             p.error("--workload takes NAME=COMMAND, got %r" % item)
         specs.append((name, command))

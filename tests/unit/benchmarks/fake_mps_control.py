@@ -110,8 +110,8 @@ def main(argv):
             else:
                 print("PID       ID        SERVER         DEVICE                    NAMESPACE      COMMAND        ")
                 for i, client in enumerate(listed):
-                    print("%-9d %-9d %-14d %-25s %-14s %-15s" % (client, i + 1, pid + 1, "GPU-00000000-0000-0000",
-                                                                  "4026531836", "python3"))
+                    print("%-9d %-9d %-14d %-25s %-14s %-15s" % (
+                        client, i + 1, pid + 1, "GPU-00000000-0000-0000", "4026531836", "python3"))
         elif command in ("get_default_active_thread_percentage",) or command.startswith("get_active_thread_percentage "):
             print("100.0")
         elif command.startswith(("get_default_device_pinned_mem_limit ", "get_device_pinned_mem_limit ")):

@@ -44,7 +44,7 @@ def run_bench(tmp_path, *extra, env=None, timeout=120):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     done = subprocess.run([sys.executable, SCRIPT, "--out", str(out)] + SMALL + list(extra), capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+                          text=True, timeout=timeout, env=full_env, check=False)
     result = None
     if (out / "mps_benchmark.json").exists():
         result = json.loads((out / "mps_benchmark.json").read_text())
@@ -142,7 +142,7 @@ def test_sigterm_stops_cleans_up_and_reports_what_was_measured(tmp_path):
         if "[3/" in line:
             proc.send_signal(signal.SIGTERM)
             break
-    rest, _ = proc.communicate(timeout=60)
+    rest, _err = proc.communicate(timeout=60)
     text = "".join(lines) + rest
     assert proc.returncode == 1, text[-3000:]
     assert "INTERRUPTED (signal %d)" % signal.SIGTERM in text
@@ -182,7 +182,7 @@ def test_given_daemon_is_used_and_left_running(tmp_path):
     pipe.mkdir()
     log.mkdir()
     env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=str(pipe), CUDA_MPS_LOG_DIRECTORY=str(log))
-    assert subprocess.run([FAKE, "-d"], env=env, timeout=10).returncode == 0
+    assert subprocess.run([FAKE, "-d"], env=env, timeout=10, check=False).returncode == 0
     deadline = time.time() + 10
     while not (pipe / "nvidia-cuda-mps-control.pid").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -199,7 +199,7 @@ def test_given_daemon_is_used_and_left_running(tmp_path):
         assert on["ok"] and on["pipe_directory"] == str(pipe)
         assert_nothing_left(started_pids(result))
     finally:
-        subprocess.run([FAKE], input="quit\n", text=True, env=env, timeout=10)
+        subprocess.run([FAKE], input="quit\n", text=True, env=env, timeout=10, check=False)
 
 
 def test_given_pipe_dir_without_daemon_is_an_error(tmp_path):
@@ -257,7 +257,7 @@ def test_collection_parser_found_from_a_bare_checkout():
             "print(origin); print(parse.__module__)" % os.path.join(ROOT, "benchmarks"))
     env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONPATH")
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=30,
-                          cwd="/")
+                          cwd="/", check=False)
     assert done.returncode == 0, done.stderr
     origin, module = done.stdout.split()
     assert origin == os.path.join(ROOT, "plugins", "module_utils")

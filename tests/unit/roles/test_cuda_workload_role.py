@@ -42,7 +42,7 @@ def playbook(tags, extra, env=None, check=False):
     full_env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                     ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
     full_env.update(env or {})
-    return subprocess.run(argv, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(argv, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def recap(output):
@@ -73,7 +73,7 @@ def lab(tmp_path):
         "cuda_workload_timeout": 60,
     }
     yield extra
-    subprocess.run([FAKE_CONTROL], input="quit\n", text=True, env=env, timeout=10)
+    subprocess.run([FAKE_CONTROL], input="quit\n", text=True, env=env, timeout=10, check=False)
 
 
 def test_host_variant_builds_runs_proves_and_is_idempotent(lab, tmp_path):

@@ -61,7 +61,7 @@ def daemon(tmp_path):
     while not (pipe / "nvidia-cuda-mps-control.pid").exists() and time.time() < deadline:
         time.sleep(0.05)
     yield str(pipe)
-    subprocess.run([FAKE_CONTROL], input="quit\n", text=True, env=env, timeout=10)
+    subprocess.run([FAKE_CONTROL], input="quit\n", text=True, env=env, timeout=10, check=False)
 
 
 def run(tmp_path, mode, pipe, *behaviours, env=None, timeout=30):
@@ -72,7 +72,7 @@ def run(tmp_path, mode, pipe, *behaviours, env=None, timeout=30):
     for i, behaviour in enumerate(behaviours):
         argv += ["--workload", "w%d=%s %s %s" % (i, sys.executable, script, behaviour)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
-                          env=dict(os.environ, **(env or {})))
+                          env=dict(os.environ, **(env or {})), check=False)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     return done, report
 
