@@ -120,9 +120,8 @@ class NVMLError(Exception):
     }
 
     def __new__(cls, value):
-        if cls == NVMLError:
-            cls = NVMLError._valClassMapping.get(value, cls)
-        obj = Exception.__new__(cls)
+        klass = NVMLError._valClassMapping.get(value, cls) if cls == NVMLError else cls
+        obj = Exception.__new__(klass)
         obj.value = value
         return obj
 

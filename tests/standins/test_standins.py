@@ -47,13 +47,20 @@ def read_transcript(name):
 
 @pytest.fixture
 def mps_env(tmp_path):
+    # The stand-in runs under this Python (its shebang says `python`, which not every host has).
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "nvidia-cuda-mps-control"
+    wrapper.write_text('#!/bin/sh\nexec "%s" "%s" "$@"\n' % (sys.executable, CONTROL))
+    wrapper.chmod(0o755)
     env = dict(os.environ)
     env["CUDA_MPS_PIPE_DIRECTORY"] = str(tmp_path / "pipe")
     env["CUDA_MPS_LOG_DIRECTORY"] = str(tmp_path / "log")
-    env["PATH"] = HERE + os.pathsep + env["PATH"]
+    env["PATH"] = str(bindir) + os.pathsep + env["PATH"]
+    env["STANDIN_CONTROL"] = str(wrapper)
     env.pop("GPULAB_STANDIN_GPUS", None)
     yield env
-    subprocess.run([CONTROL], input="quit\n", env=env, capture_output=True, text=True, check=False)
+    subprocess.run([str(wrapper)], input="quit\n", env=env, capture_output=True, text=True, check=False)
     pid_file = tmp_path / "pipe" / "nvidia-cuda-mps-control.pid"
     deadline = time.time() + 5
     while pid_file.exists() and time.time() < deadline:
@@ -61,7 +68,8 @@ def mps_env(tmp_path):
 
 
 def ctl(env, command):
-    result = subprocess.run([CONTROL], input=command + "\n", env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run([env["STANDIN_CONTROL"]], input=command + "\n", env=env, capture_output=True, text=True,
+                            check=False)
     return result.stdout, result.returncode
 
 
@@ -73,7 +81,7 @@ def test_replays_the_recorded_session(mps_env):
 
 
 def test_pipe_directory_as_recorded_and_quit_leaves_sockets(mps_env):
-    subprocess.run([CONTROL, "-d"], env=mps_env, check=True)
+    subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=True)
     pipe = mps_env["CUDA_MPS_PIPE_DIRECTORY"]
     modes = dict((n, os.lstat(os.path.join(pipe, n)).st_mode) for n in os.listdir(pipe))
     # 03_pipe_dir_listing: srw-rw-rw- control, -rw-rw-rw- control_lock, srwxr-xr-x control_privileged,
@@ -98,18 +106,18 @@ def test_pipe_directory_as_recorded_and_quit_leaves_sockets(mps_env):
 
 
 def test_killed_daemon_leaves_stale_files_and_starts_again(mps_env):
-    subprocess.run([CONTROL, "-d"], env=mps_env, check=True)
+    subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=True)
     pipe = mps_env["CUDA_MPS_PIPE_DIRECTORY"]
     with open(os.path.join(pipe, "nvidia-cuda-mps-control.pid")) as handle:
         os.kill(int(handle.read()), 9)
     time.sleep(0.2)
     assert ctl(mps_env, "get_server_list") == ("Cannot find MPS control daemon process\n", 1)
-    assert subprocess.run([CONTROL, "-d"], env=mps_env, check=False).returncode == 0
+    assert subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=False).returncode == 0
     assert ctl(mps_env, "get_default_active_thread_percentage") == ("100.0\n", 0)
 
 
 def test_hidden_client_hook_gives_recorded_table_shapes(mps_env):
-    subprocess.run([CONTROL, "-d"], env=mps_env, check=True)
+    subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=True)
     ctl(mps_env, "set_default_active_thread_percentage 50")
     ctl(mps_env, "set_default_device_pinned_mem_limit 0 1536M")
     sleeper = subprocess.Popen(["sleep", "60"])
@@ -118,10 +126,10 @@ def test_hidden_client_hook_gives_recorded_table_shapes(mps_env):
         out, rc = ctl(mps_env, "get_server_list")
         server = int(out)
         assert rc == 0
-        table, _ = ctl(mps_env, "ps")
+        table = ctl(mps_env, "ps")[0]
         header, row = table.splitlines()
         # 22_ps_busy: same header, same column widths, the UUID cut to 22 characters.
-        _, recorded, _ = read_transcript("22_ps_busy")
+        recorded = read_transcript("22_ps_busy")[1]
         assert header == recorded.splitlines()[0]
         assert row.startswith("%-10d%-10d%-15d%-26s" % (sleeper.pid, 1, server, "GPU-058fcf08-fc4a-49f5"))
         assert ctl(mps_env, "get_client_list %d" % server) == ("%d\n" % sleeper.pid, 0)
@@ -143,7 +151,7 @@ def test_hidden_client_hook_gives_recorded_table_shapes(mps_env):
 
 
 def test_new_defaults_bind_only_new_servers(mps_env):
-    subprocess.run([CONTROL, "-d"], env=mps_env, check=True)
+    subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=True)
     assert ctl(mps_env, "start_server -uid %d" % os.getuid()) == ("", 0)
     server = int(ctl(mps_env, "get_server_list")[0])
     ctl(mps_env, "set_default_active_thread_percentage 25")
@@ -206,7 +214,7 @@ def test_pynvml_fakes_more_gpus(nvml, monkeypatch):
 def test_crash_knob_kills_the_daemon_after_start(mps_env):
     """Fault injection for the fleet scenario: -d succeeds, then the daemon dies, leaving its pid file."""
     env = dict(mps_env, GPULAB_STANDIN_MPS="crash-on-start")
-    assert subprocess.run([CONTROL, "-d"], env=env, check=False).returncode == 0
+    assert subprocess.run([env["STANDIN_CONTROL"], "-d"], env=env, check=False).returncode == 0
     time.sleep(1.0)
     assert ctl(mps_env, "get_server_list") == ("Cannot find MPS control daemon process\n", 1)
     assert os.path.exists(os.path.join(mps_env["CUDA_MPS_PIPE_DIRECTORY"], "nvidia-cuda-mps-control.pid"))

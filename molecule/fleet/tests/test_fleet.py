@@ -137,7 +137,7 @@ def test_k8s_node_needing_change_is_drained_before_mps_and_uncordoned_after():
 def test_k8s_node_cordoned_before_the_rollout_stays_cordoned():
     journal = k8s_journal()
     assert events(journal, "fleet-gpu-02") == [("evict", "default/work-fleet-gpu-02")]
-    _, nodes = summary("k8s")
+    nodes = summary("k8s")[1]
     assert nodes["fleet-gpu-02"]["kubernetes"] == "drained; left cordoned as it was before the rollout"
 
 
