@@ -85,6 +85,20 @@ class Workloads(object):
 
     backend = None
     spin_blocks = None  # blocks per spin launch, as really launched
+    iters = 0
+
+    def launch(self, name):
+        raise NotImplementedError
+
+    def smoke(self):
+        """One short launch of everything, so that a backend that cannot compile or run fails HERE, at start,
+        and "auto" moves on to the next one (CuPy compiles its kernel at the first launch, not before)."""
+        iters, self.iters = self.iters, 16
+        try:
+            for name in ("spin", "matmul", "copy"):
+                self.launch(name)
+        finally:
+            self.iters = iters
 
     def prepare_run(self, name):
         """Poison the output of `name` so that the check after the run proves every launch wrote it."""
@@ -125,6 +139,7 @@ class CupyWorkloads(Workloads):
         self.y = cupy.empty(elems, dtype=cupy.float32)
         self.copy_reps = args.copy_reps
         self.c_rows = None
+        self.smoke()
 
     def sync(self):
         self.cp.cuda.Device().synchronize()
@@ -199,6 +214,7 @@ class TorchWorkloads(Workloads):
         self.y = torch.empty(elems, device=self.dev)
         self.copy_reps = args.copy_reps
         self.c_rows = None
+        self.smoke()
 
     def sync(self):
         self.torch.cuda.synchronize(self.dev)

@@ -388,8 +388,10 @@ def check_membership(mode, pids, daemon, parse_ps, want_mps, say, client_pipe, w
             "mps_clients": None if mps_set is None else sorted(p for p in pids if p in mps_set),
         }
         if not want_mps and mps_set is not None and set(pids) & mps_set:
-            problems.append("NVML lists clients %s as MPS clients although MPS should be off"
-                            % sorted(set(pids) & mps_set))
+            # The daemon's ps is the proof the mode rests on; NVML is a second witness. If they disagree, say
+            # so loudly, but do not throw the mode away on it.
+            result["witness_disagrees"] = ("NVML lists clients %s as MPS clients although they are not in the "
+                                           "daemon's ps and MPS should be off" % sorted(set(pids) & mps_set))
         if want_mps and mps_set is not None and set(pids) - mps_set:
             say("note: NVML does not list %s among MPS client processes (the daemon's ps does)"
                 % sorted(set(pids) - mps_set))
@@ -862,6 +864,9 @@ def start_pool(args, say, state, mode, daemon, parse_ps, argv, no_mps):
     membership = check_membership(mode, pool.pids(), daemon, parse_ps, want_mps, say, no_mps, wait=args.ps_wait)
     state["checks"].append(membership)
     say("check: " + membership["line"])
+    if membership.get("witness_disagrees"):
+        state["problems"].append(membership["witness_disagrees"])
+        say("WARNING: " + membership["witness_disagrees"])
     if membership["ok"]:
         return pool
     for problem in membership["problems"]:

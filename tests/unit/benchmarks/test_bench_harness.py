@@ -275,3 +275,52 @@ def test_builtin_parser_agrees_with_the_collection(name):
 def test_recorded_ps_gives_the_client_pid():
     rows = bench._builtin_parse_ps(read_transcript("22_ps_busy.txt"))
     assert [(r["pid"], r["server"], r["device"]) for r in rows] == [(497, 486, "GPU-058fcf08-fc4a-49f5")]
+
+
+class FakeDaemon(object):
+    """Stands for Daemon: `ps` answers with a recorded-format table of the given PIDs."""
+
+    pipe_dir = "/tmp/pipe-of-test"
+
+    def __init__(self, pids):
+        self.pids = pids
+
+    def ps(self):
+        if not self.pids:
+            return "Server not found\n"
+        head = "PID       ID        SERVER         DEVICE                    NAMESPACE      COMMAND        \n"
+        return head + "".join("%-9d %-9d %-14d %-25s %-14s %-15s\n" % (p, i + 1, 486, "GPU-058fcf08-fc4a-49f5",
+                                                                        "4026531836", "python3")
+                              for i, p in enumerate(self.pids))
+
+
+@pytest.mark.parametrize("want_mps, listed, nvml_mps, ok, disagrees", [
+    (True, [11, 12], {11, 12}, True, False),
+    (True, [11], {11, 12}, False, False),          # 12 silently runs without MPS: the mode is refused
+    (True, [11, 12], set(), True, False),          # NVML does not list them: a note, not a failure
+    (False, [], set(), True, False),
+    (False, [12], set(), False, False),            # an "MPS off" client in the daemon's ps
+    (False, [], {12}, True, True),                 # only NVML says so: reported, the mode still runs
+])
+def test_membership_check(monkeypatch, want_mps, listed, nvml_mps, ok, disagrees):
+    monkeypatch.setattr(bench, "nvml_processes", lambda: {"compute": {11, 12}, "mps": nvml_mps, "driver": "580"})
+    notes = []
+    result = bench.check_membership("mps" if want_mps else "ts", [11, 12], FakeDaemon(listed),
+                                    bench._builtin_parse_ps, want_mps, notes.append, "/tmp/empty", wait=0)
+    assert result["ok"] is ok
+    assert bool(result.get("witness_disagrees")) is disagrees
+    assert result["in_ps"] == sorted(listed)
+    if want_mps and not ok:
+        assert result["problems"] == ["1 of 2 clients are NOT in `ps` of the MPS daemon in /tmp/pipe-of-test "
+                                      "(PIDs [12]): they run without MPS"]
+    if want_mps and ok:
+        assert result["line"].startswith("MPS on: 2/2 clients are MPS clients (server 486)")
+    if not want_mps and ok:
+        assert result["line"].startswith("MPS off: 2/2 clients are NOT MPS clients (pipe directory /tmp/empty")
+
+
+def test_membership_check_without_nvml(monkeypatch):
+    monkeypatch.setattr(bench, "nvml_processes", lambda: None)
+    result = bench.check_membership("mps", [11], FakeDaemon([11]), bench._builtin_parse_ps, True, print, "/e", wait=0)
+    assert result["ok"] and result["nvml"] is None
+    assert result["line"].endswith("by `ps` of /tmp/pipe-of-test")
