@@ -31,9 +31,9 @@ MPS daemon
 It never changes compute mode, clocks, power, persistence or MIG, and never resets the GPU.
 
 Output in --out: mps_benchmark.json (everything), mps_benchmark.md (table and verdicts), mps_benchmark.png,
-mps_benchmark.log (this console output), and the own daemon's mps_control.log / mps_server.log. The last thing
-printed is a short summary table. Exit status: 0 measured and every check passed; 1 a check or a run failed
-(what was measured is still written); 2 it could not start (no GPU, no MPS binaries, bad arguments).
+mps_benchmark.log (this console output), and mps_daemon.log (control.log and server.log of its own daemon).
+The last thing printed is a short summary table. Exit status: 0 measured and every check passed; 1 a check or a
+run failed (what was measured is still written); 2 it could not start (no GPU, no MPS binaries, bad arguments).
 
 The provisioning time (site.yml host stages, cold and warm) is not measured here: tests/gpu/run.sh times it.
 """
@@ -1021,10 +1021,12 @@ def write_outputs(args, state, result, say):
         json.dump(result, handle, indent=1, sort_keys=True, default=str)
     with open(os.path.join(out, "mps_benchmark.md"), "w") as handle:
         handle.write(report.render_markdown(result))
-    for name, text in (state.get("logs") or {}).items():
-        if text:
-            with open(os.path.join(out, "mps_%s.log" % name), "w") as handle:
-                handle.write(text + "\n")
+    logs = state.get("logs") or {}
+    if any(logs.values()):
+        # One file for both logs of the script's own daemon: few files come back from a remote run.
+        with open(os.path.join(out, "mps_daemon.log"), "w") as handle:
+            for name in ("control", "server"):
+                handle.write("==> %s.log <==\n%s\n\n" % (name, logs.get(name) or "(empty)"))
     say("wrote %s" % ", ".join(sorted(os.listdir(out))))
     write_log(args, say)
 
