@@ -234,6 +234,7 @@ def verdicts(rows, workloads, sm_count):
             kinds = set(classify(r) for r in mine if r["n"] > 1)
             ratios = [r["mps_vs_ts"] for r in mine if r["n"] > 1] or [r["mps_vs_ts"] for r in mine]
             what = info.get("label") or name
+            why = info.get("fills") or "one client already fills the GPU"
             if kinds <= {"no difference"}:
                 verdict = "MPS does not help (no difference beyond noise)"
             elif "costs" in kinds and "helps" not in kinds:
@@ -242,8 +243,9 @@ def verdicts(rows, workloads, sm_count):
                 verdict = "MPS gains a little here (fewer context switches between the processes)"
             else:
                 verdict = "mixed: no consistent effect"
-            lines.append("%s: one client already fills the GPU; %s: MPS/time-slicing x%.2f to x%.2f over N=%s." % (
-                what, verdict, min(ratios), max(ratios), ",".join(str(r["n"]) for r in mine if r["n"] > 1) or "1"))
+            lines.append("%s: %s; %s: MPS/time-slicing x%.2f to x%.2f over N=%s." % (
+                what, why, verdict, min(ratios), max(ratios),
+                ",".join(str(r["n"]) for r in mine if r["n"] > 1) or "1"))
     return lines
 
 
@@ -394,11 +396,16 @@ def plot(result, path):
         top.set_ylabel("aggregate throughput (x)")
         top.grid(True, alpha=0.3)
         top.legend(fontsize=8)
-        for mode, style in (("ts", "o-"), ("mps", "s-")):
+        for mode, style, color in (("ts", "o", "C0"), ("mps", "s", "C1")):
             pts = [(r["n"], r[mode + "_latency_p50_ms"]) for r in mine if r.get(mode + "_latency_p50_ms")]
             if pts:
-                bottom.plot([p[0] for p in pts], [p[1] for p in pts], style, label=MODE_NAMES[mode])
-        bottom.set_title("%s: per-client launch latency (median)" % name, fontsize=10)
+                bottom.plot([p[0] for p in pts], [p[1] for p in pts], style + "-", color=color,
+                            label=MODE_NAMES[mode] + ", median client")
+            pts = [(r["n"], r[mode + "_latency_worst_ms"]) for r in mine if r.get(mode + "_latency_worst_ms")]
+            if pts:
+                bottom.plot([p[0] for p in pts], [p[1] for p in pts], style + ":", color=color, alpha=0.6,
+                            label=MODE_NAMES[mode] + ", worst client")
+        bottom.set_title("%s: per-client launch latency (client medians)" % name, fontsize=10)
         bottom.set_xscale("log", base=2)
         bottom.set_ylim(bottom=0)
         bottom.set_xticks(ns)

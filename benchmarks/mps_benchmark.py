@@ -709,12 +709,14 @@ def describe_workloads(args, probe):
         n = args.matmul_size
         info["matmul"] = {"blocks": None, "unit": "TFLOP/s", "unit_per_launch": 2.0 * n ** 3 / 1e12,
                           "label": "matmul %dx%d float32" % (n, n),
+                          "fills": "one client already keeps every SM busy",
                           "description": "%dx%d float32 matmul (cuBLAS SGEMM), fills the GPU, %.2f ms alone"
                                          % (n, n, solo.get("matmul", 0))}
     if "copy" in args.workloads:
         moved = 4 * 2 * (args.copy_mib << 20)
         info["copy"] = {"blocks": None, "unit": "GB/s", "unit_per_launch": moved / 1e9,
                         "label": "memory-bound copy",
+                        "fills": "one client already saturates memory bandwidth",
                         "description": "memory-bound y = 2x over %d MiB, 4 passes per launch (%.1f GB moved), "
                                        "saturates memory bandwidth, %.2f ms alone"
                                        % (args.copy_mib, moved / 1e9, solo.get("copy", 0))}
@@ -764,6 +766,11 @@ def main(argv=None):
         state["problems"].append("interrupted (%s): results are partial" % exc)
         say("INTERRUPTED (%s): cleaning up" % exc)
         status = 1
+    except Exception as exc:  # a bug of this script: still clean up and write what was measured
+        import traceback
+        state["problems"].append("internal error: %s: %s" % (type(exc).__name__, exc))
+        say("INTERNAL ERROR: %s" % traceback.format_exc())
+        status = 1 if state["runs"] else 2
     finally:
         signal.alarm(0)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -772,8 +779,8 @@ def main(argv=None):
     if state["problems"] and status == 0:
         status = 1
     if state["probe"] is None:
-        say("nothing was measured")
         write_log(args, say)
+        print("\nnothing was measured:\n" + "\n".join("PROBLEM: " + p for p in state["problems"]), flush=True)
         return status or 2
     result = build_result(args, state)
     write_outputs(args, state, result, say)
@@ -1013,7 +1020,10 @@ def write_log(args, say):
 
 def write_outputs(args, state, result, say):
     out = args.out
-    why = report.plot(result, os.path.join(out, "mps_benchmark.png"))
+    try:
+        why = report.plot(result, os.path.join(out, "mps_benchmark.png"))
+    except Exception as exc:  # the plot is the least of the outputs: never lose the others to it
+        why = "plotting failed: %s: %s" % (type(exc).__name__, exc)
     if why:
         result["notes"].append("PNG not written: %s" % why)
         say("PNG not written: %s" % why)

@@ -86,8 +86,8 @@ WORKLOADS+=(--workload "scale=$KERNEL_PAIR --kernel scale --handshake")
 rc=0
 for mode in no-mps mps; do
   say "mode $mode: $((WORKERS + 2)) workloads side by side"
-  if ! timeout 300 "$PY" "$FILES/run_workloads.py" --mode "$mode" --pipe-dir "$PIPE" --control-binary "$CTL" \
-      --timeout 240 "${WORKLOADS[@]}" >"$WORK/$mode.json" 2>>"$LOG"; then
+  if ! timeout 120 "$PY" "$FILES/run_workloads.py" --mode "$mode" --pipe-dir "$PIPE" --control-binary "$CTL" \
+      --timeout 90 "${WORKLOADS[@]}" >"$WORK/$mode.json" 2>>"$LOG"; then
     rc=1
   fi
 done
