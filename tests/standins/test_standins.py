@@ -218,3 +218,20 @@ def test_crash_knob_kills_the_daemon_after_start(mps_env):
     time.sleep(1.0)
     assert ctl(mps_env, "get_server_list") == ("Cannot find MPS control daemon process\n", 1)
     assert os.path.exists(os.path.join(mps_env["CUDA_MPS_PIPE_DIRECTORY"], "nvidia-cuda-mps-control.pid"))
+
+
+def test_foreground_mode_serves_and_logs_to_stdout(mps_env):
+    """`-f` (what a Type=simple unit would run): the same daemon in the foreground, log lines on stdout."""
+    daemon = subprocess.Popen([mps_env["STANDIN_CONTROL"], "-f"], env=mps_env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 10
+        while ctl(mps_env, "get_server_list")[1] != 0 and time.time() < deadline:
+            time.sleep(0.1)
+        assert ctl(mps_env, "get_default_active_thread_percentage") == ("100.0\n", 0)
+        assert ctl(mps_env, "quit") == ("", 0)
+        out = daemon.communicate(timeout=10)[0]
+    finally:
+        daemon.kill()
+    assert daemon.returncode == 0
+    assert "] Starting control daemon using socket %s/control\n" % mps_env["CUDA_MPS_PIPE_DIRECTORY"] in out
+    assert "] Cmd:get_default_active_thread_percentage\n" in out
