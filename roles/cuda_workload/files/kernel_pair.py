@@ -30,18 +30,25 @@ def handshake(enabled):
     return bool(sys.stdin.readline())
 
 
+class Unavailable(Exception):
+    """This library cannot set the kernels up here (no NVRTC, no device...): try the next one."""
+
+
 def with_cupy(args):
-    import cupy
-    with open(os.path.join(HERE, "kernel_pair_kernels.cuh")) as handle:
-        module = cupy.RawModule(code=handle.read())
-    kernel = module.get_function("gpulab_add" if args.kernel == "add" else "gpulab_scale")
-    cupy.cuda.Device(args.device).use()
-    props = cupy.cuda.runtime.getDeviceProperties(args.device)
-    idx = cupy.arange(args.n, dtype=cupy.int64)
-    a = ((idx % 1000).astype(cupy.float32) * cupy.float32(0.001) + cupy.float32(0.5))
-    b = (cupy.float32(1.0) + (idx % 7).astype(cupy.float32))
-    c = cupy.empty_like(a)
-    n = cupy.int64(args.n)
+    try:
+        import cupy
+        cupy.cuda.Device(args.device).use()
+        with open(os.path.join(HERE, "kernel_pair_kernels.cuh")) as handle:
+            module = cupy.RawModule(code=handle.read())
+        kernel = module.get_function("gpulab_add" if args.kernel == "add" else "gpulab_scale")  # compiles
+        props = cupy.cuda.runtime.getDeviceProperties(args.device)
+        idx = cupy.arange(args.n, dtype=cupy.int64)
+        a = ((idx % 1000).astype(cupy.float32) * cupy.float32(0.001) + cupy.float32(0.5))
+        b = (cupy.float32(1.0) + (idx % 7).astype(cupy.float32))
+        c = cupy.empty_like(a)
+        n = cupy.int64(args.n)
+    except Exception as exc:
+        raise Unavailable("cupy: %s: %s" % (type(exc).__name__, exc))
     if not handshake(args.handshake):
         return 0
     start, stop = cupy.cuda.Event(), cupy.cuda.Event()
@@ -67,13 +74,16 @@ def with_cupy(args):
 
 
 def with_torch(args):
-    import torch
-    dev = torch.device("cuda", args.device)
-    idx = torch.arange(args.n, device=dev)
-    a = (idx % 1000).float() * 0.001 + 0.5
-    b = 1.0 + (idx % 7).float()
-    c = torch.empty_like(a)
-    props = torch.cuda.get_device_properties(dev)
+    try:
+        import torch
+        dev = torch.device("cuda", args.device)
+        idx = torch.arange(args.n, device=dev)
+        a = (idx % 1000).float() * 0.001 + 0.5
+        b = 1.0 + (idx % 7).float()
+        c = torch.empty_like(a)
+        props = torch.cuda.get_device_properties(dev)
+    except Exception as exc:
+        raise Unavailable("torch: %s: %s" % (type(exc).__name__, exc))
     if not handshake(args.handshake):
         return 0
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -119,10 +129,13 @@ def main():
             continue
         try:
             return run(args)
+        except Unavailable as exc:  # set-up failed before any work: the next library may do
+            errors.append(str(exc))
         except Exception as exc:  # report it in the protocol, as kernel_pair.cu does
             result(kernel=args.kernel, check="error", error="%s: %s" % (type(exc).__name__, exc))
             return 2
-    result(kernel=args.kernel, check="error", error="neither CuPy nor PyTorch can be imported: " + "; ".join(errors))
+    result(kernel=args.kernel, check="error", error="neither CuPy nor PyTorch can run the kernels here: "
+           + "; ".join(errors))
     return 2
 
 

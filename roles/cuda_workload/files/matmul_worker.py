@@ -45,6 +45,8 @@ class Torch(object):
         self.b = torch.rand((size, size), generator=gen, device=self.dev) - 0.5
         self.c = torch.empty((size, size), device=self.dev)
         self.device_name = torch.cuda.get_device_properties(self.dev).name
+        self.matmul()  # fails here, not after the handshake, when this library cannot run on this GPU
+        torch.cuda.synchronize(self.dev)
 
     def matmul(self):
         self.torch.matmul(self.a, self.b, out=self.c)
@@ -81,6 +83,8 @@ class Cupy(object):
         self.c = cupy.empty((size, size), dtype=cupy.float32)
         name = cupy.cuda.runtime.getDeviceProperties(device)["name"]
         self.device_name = name.decode() if isinstance(name, bytes) else name
+        self.matmul()
+        cupy.cuda.Device(device).synchronize()
 
     def matmul(self):
         self.cp.matmul(self.a, self.b, out=self.c)
