@@ -289,8 +289,8 @@ class FakeDaemon(object):
         if not self.pids:
             return "Server not found\n"
         head = "PID       ID        SERVER         DEVICE                    NAMESPACE      COMMAND        \n"
-        return head + "".join("%-9d %-9d %-14d %-25s %-14s %-15s\n" % (p, i + 1, 486, "GPU-058fcf08-fc4a-49f5",
-                                                                        "4026531836", "python3")
+        row = "%-9d %-9d %-14d %-25s %-14s %-15s\n"
+        return head + "".join(row % (p, i + 1, 486, "GPU-058fcf08-fc4a-49f5", "4026531836", "python3")
                               for i, p in enumerate(self.pids))
 
 
