@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """roles/cuda_workload through ansible-playbook, without a GPU.
 
-Host variant: the real role against a fake nvcc (fakes/nvcc builds a stand-in kernel_pair that speaks the
+Host variant: the real role against a fake nvcc (fakes/fake_nvcc.py builds a stand-in kernel_pair speaking the
 workload protocol) and the fake MPS control daemon: it ships the files, builds the kernel pair, runs it with MPS
 off and on, proves membership both ways, and a second run changes nothing. A daemon whose `ps` lists nobody
 (clients that silently run without MPS) must fail the role with that finding.
