@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 2
 mkdir -p "$out/work"
 export PYTHONUNBUFFERED=1
 summary="$out/summary.txt"

@@ -49,8 +49,8 @@ def test_node_plans():
     gpus = [dict(H100, index=i) for i in range(2)]
     plans = FILTERS["device_plugin_node_plans"](gpus, [{"name": "w1", "gpus": [0]}, {"name": "w2", "gpus": [1]}],
                                                 mode="individual", replicas=2)
-    assert [(p["name"], p["plan"]["resources"]) for p in plans] == [("w1", {"nvidia.com/gpu0": 2}),
-                                                                   ("w2", {"nvidia.com/gpu0": 2})]
+    assert [(p["name"], p["plan"]["resources"]) for p in plans] == [
+        ("w1", {"nvidia.com/gpu0": 2}), ("w2", {"nvidia.com/gpu0": 2})]
     assert plans[1]["plan"]["gpus"][0]["host_index"] == 1
     with pytest.raises(AnsibleFilterError, match="no nodes given"):
         FILTERS["device_plugin_node_plans"](gpus, [])

@@ -18,8 +18,8 @@ V100 = {"index": 0, "name": "Tesla V100-SXM2-16GB", "compute_capability": [7, 0]
 P100 = {"index": 0, "name": "Tesla P100-PCIE-16GB", "compute_capability": "6.0", "memory_total_mib": 16280}
 
 
-def gpus(n, model=H100):
-    return [dict(model, index=i, uuid="GPU-%08d" % i) for i in range(n)]
+def gpus(n, model=None):
+    return [dict(model or H100, index=i, uuid="GPU-%08d" % i) for i in range(n)]
 
 
 def test_h100_memory_per_replica_is_total_over_replicas():
