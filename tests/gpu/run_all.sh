@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Every GPU run of this project in one call, for a GPU host lent for a few minutes:
-#   1. the GPU lane (tests/gpu/run.sh: modules against the real driver and MPS, site.yml cold and warm)
-#   2. the pod boundary experiment (tests/gpu/pod_boundary.sh: which of hostIPC, pipe mount, /dev/shm a pod needs)
-#   3. the MPS benchmark (benchmarks/mps_benchmark.py: MPS against time-slicing)
+# Every GPU run of this project, for a GPU host lent for a few minutes:
+#   lane          tests/gpu/run.sh: the modules against the real driver and MPS, site.yml cold and warm (~3 min)
+#   pod_boundary  tests/gpu/pod_boundary.sh: which of hostIPC, pipe mount, /dev/shm a pod needs (~2 min)
+#   workloads     benchmarks/sample_workloads.sh: the seed workloads with and without MPS (~30 s)
+#   benchmark     benchmarks/mps_benchmark.py: MPS against time-slicing (~3-4 min; --quick ~1 min)
 # Each step has its own time limit and starts and stops its own MPS daemon; a failing step does not stop the
-# next. Results go to OUT as one archive per step (lane.tar.gz, pod_boundary.tar.gz, benchmark.tar.gz) and
-# summary.txt; the summary is also printed last.
+# next. Results go to OUT as one archive per step (<step>.tar.gz) and summary.txt, printed last.
 #
-#   tests/gpu/run_all.sh OUT [--wheels DIR] [--quick]      (about 8 minutes on an H100; --quick about 5)
+#   tests/gpu/run_all.sh OUT [--steps lane,pod_boundary,workloads,benchmark] [--wheels DIR] [--quick]
+# All four steps take about 9 minutes; within a 10-minute call limit, run them as two calls:
+#   --steps lane,pod_boundary   then   --steps workloads,benchmark
 set -u
-out=${1:?usage: run_all.sh OUT [--wheels DIR] [--quick]}
+out=${1:?usage: run_all.sh OUT [--steps a,b] [--wheels DIR] [--quick]}
 shift
-wheels=() quick=()
+steps=lane,pod_boundary,workloads,benchmark wheels=() quick=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --steps) steps=$2; shift 2 ;;
     --wheels) wheels=(--wheels "$2"); shift 2 ;;
     --quick) quick=(--quick); shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -21,24 +24,30 @@ while [ $# -gt 0 ]; do
 done
 cd "$(dirname "$0")/../.." || exit 2
 mkdir -p "$out/work"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PATH="/usr/local/nvidia/bin:$PATH"
 summary="$out/summary.txt"
 : > "$summary"
 note() { echo "$*" | tee -a "$summary"; }
 
-note "run_all $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
-timeout 330 tests/gpu/run.sh "${wheels[@]}" --out "$out/work/lane"
-note "lane: exit $? ($(grep -E '^site.yml --tags host' "$out/work/lane/gpu-lane.log" 2>/dev/null || echo 'no timing'))"
-timeout 200 tests/gpu/pod_boundary.sh "$out/work/pod_boundary"
-note "pod boundary: exit $?"
-timeout 280 python3 benchmarks/mps_benchmark.py "${quick[@]}" --out "$out/work/benchmark"
-note "benchmark: exit $?"
-note "MPS processes left: $(pgrep -a nvidia-cuda-mps || echo none)"
-
-for step in lane pod_boundary benchmark; do
+note "run_all $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi'): $steps"
+for step in ${steps//,/ }; do
+  case "$step" in
+    lane) timeout 330 tests/gpu/run.sh "${wheels[@]}" --out "$out/work/lane"; rc=$?
+          note "lane: exit $rc; $(grep -E '^site.yml --tags host' "$out/work/lane/gpu-lane.log" 2>/dev/null)" ;;
+    pod_boundary) timeout 200 tests/gpu/pod_boundary.sh "$out/work/pod_boundary"; note "pod boundary: exit $?" ;;
+    workloads) timeout 120 bash benchmarks/sample_workloads.sh "$out/work/workloads"; note "workloads: exit $?" ;;
+    benchmark) timeout 400 python3 benchmarks/mps_benchmark.py "${quick[@]}" --out "$out/work/benchmark"
+               note "benchmark: exit $?" ;;
+    *) note "unknown step $step" ;;
+  esac
   [ -d "$out/work/$step" ] && tar -C "$out/work" -czf "$out/$step.tar.gz" "$step"
 done
+note "MPS processes left: $(pgrep -a nvidia-cuda-mps || echo none)"
 rm -rf "$out/work"
-echo; echo "=== pod boundary"; tar -xzOf "$out/pod_boundary.tar.gz" pod_boundary/summary.txt 2>/dev/null
-echo; echo "=== benchmark"; tar -xzOf "$out/benchmark.tar.gz" benchmark/mps_benchmark.md 2>/dev/null | head -60
+for step in ${steps//,/ }; do
+  case "$step" in
+    pod_boundary) echo; echo "=== pod boundary"; tar -xzOf "$out/pod_boundary.tar.gz" pod_boundary/summary.txt 2>/dev/null ;;
+    benchmark) echo; echo "=== benchmark"; tar -xzOf "$out/benchmark.tar.gz" benchmark/mps_benchmark.md 2>/dev/null | head -60 ;;
+  esac
+done
 echo; echo "=== summary"; cat "$summary"
