@@ -14,6 +14,8 @@ description:
   - Fails with a message that says what to do when NVML or the driver is missing, when the kernel
     driver is not loaded, or when the driver is older than O(min_version).
   - Changes nothing.
+extends_documentation_fragment:
+  - gpulab.mps.attributes
 options:
   min_version:
     description:
@@ -25,13 +27,10 @@ requirements:
   - the NVIDIA driver (libnvidia-ml.so.1)
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 author:
   - gpulab.mps contributors (@gpulab)

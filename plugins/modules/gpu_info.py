@@ -16,6 +16,8 @@ description:
   - Given O(replicas), also the memory each replica gets when the GPU is shared that many ways
     (total MiB divided by replicas, rounded down), as the NVIDIA device plugin computes it.
   - Changes nothing.
+extends_documentation_fragment:
+  - gpulab.mps.attributes
 options:
   replicas:
     description:
@@ -26,13 +28,10 @@ requirements:
   - the NVIDIA driver (libnvidia-ml.so.1)
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 author:
   - gpulab.mps contributors (@gpulab)

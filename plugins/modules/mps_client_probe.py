@@ -20,6 +20,7 @@ description:
   - Changes nothing that lasts; the first client of a daemon makes it start an MPS server, as any
     CUDA program would. In check mode only the dial-tone runs, no client.
 extends_documentation_fragment:
+  - gpulab.mps.attributes
   - gpulab.mps.mps_control
 options:
   device:
@@ -47,14 +48,11 @@ requirements:
   - the NVIDIA driver (libcuda.so.1) and nvidia-cuda-mps-control on the target
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: partial
     details: In check mode only the dial-tone (C(ps)) runs; no CUDA client starts.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 author:
   - gpulab.mps contributors (@gpulab)

@@ -20,6 +20,7 @@ description:
   - Where systemd manages the daemon (role C(gpulab.mps.mps_host)), use this module with
     O(state=started) after the service starts, to set and verify the defaults.
 extends_documentation_fragment:
+  - gpulab.mps.attributes
   - gpulab.mps.mps_control
 options:
   state:
@@ -81,13 +82,10 @@ requirements:
   - nvidia-ml-py, when O(visible_devices) or O(default_pinned_memory_limit) is given (to check the devices)
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: V(restarted) always changes.
 notes:

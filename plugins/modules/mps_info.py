@@ -16,6 +16,7 @@ description:
     per-server change - with exact pinned memory limits in bytes (C(logged)).
   - Changes nothing.
 extends_documentation_fragment:
+  - gpulab.mps.attributes
   - gpulab.mps.mps_control
 options:
   devices:
@@ -29,13 +30,10 @@ requirements:
   - nvidia-ml-py (optional, to list the devices)
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 author:
   - gpulab.mps contributors (@gpulab)

@@ -1,28 +1,26 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Make `ansible_collections.gpulab.mps` importable from the checkout (`make collection` links it
-as .collections/ansible_collections/gpulab/mps), the way ansible-test's unit runner would."""
+"""Fixtures of the unit tests: recorded H100 output, and a harness that drives modules as Ansible does.
+
+The collection is importable through pytest.ini's pythonpath (.collections, made by `make collection`).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COLLECTIONS = os.path.join(ROOT, ".collections")
-if not os.path.isdir(os.path.join(COLLECTIONS, "ansible_collections", "gpulab", "mps")):
-    raise RuntimeError("%s/ansible_collections/gpulab/mps is missing: run `make collection` first" % COLLECTIONS)
-if COLLECTIONS not in sys.path:
-    sys.path.insert(0, COLLECTIONS)
+if not os.path.isdir(os.path.join(ROOT, ".collections", "ansible_collections", "gpulab", "mps")):
+    raise RuntimeError("%s/.collections/ansible_collections/gpulab/mps is missing: run `make collection` first" % ROOT)
 
 
 # --- recorded H100 output -------------------------------------------------------------------------
-import json  # noqa: E402
-import re  # noqa: E402
-
-import pytest  # noqa: E402
-
 FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "h100-transcripts")
 _COMMAND_RE = re.compile(r"^\$ (?:echo (?P<quoted>\"?)(?P<stdin>.*?)(?P=quoted) \| )?(?P<argv>.*)$")
 
@@ -174,4 +172,4 @@ def standin_nvml(monkeypatch):
     return standin
 
 
-__all__ = ["json", "load_transcript", "transcript_output", "transcript_text", "ModuleExit", "FakeCli"]
+__all__ = ["load_transcript", "transcript_output", "transcript_text", "ModuleExit", "FakeCli"]
