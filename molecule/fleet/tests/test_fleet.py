@@ -146,3 +146,11 @@ def test_k8s_node_that_needs_no_change_keeps_its_pods():
     data, nodes = summary("k8s")
     assert nodes["fleet-gpu-01"]["kubernetes"] == "not drained (MPS needed no change)"
     assert data["counts"]["ok"] == 4 and data["state"] == "complete"
+
+
+def test_unreached_node_reports_no_change_in_the_recap():
+    # Preflight only reads (the MPS plan runs in check mode and is reported unchanged there).
+    with open(os.path.join(EPHEMERAL, "rollout-gate.log")) as handle:
+        log = re.sub(r"\x1b\[[0-9;]*m", "", handle.read())
+    recap = re.search(r"^fleet-gpu-06-late\s+:.*$", log, re.MULTILINE).group(0)
+    assert re.search(r"\bchanged=0\b", recap) and re.search(r"\bfailed=0\b", recap), recap
