@@ -8,7 +8,6 @@ The collection is importable through pytest.ini's pythonpath (.collections, made
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
