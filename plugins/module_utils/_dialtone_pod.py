@@ -108,7 +108,8 @@ def dialtone_pod(name="mps-dialtone", namespace="default", image="nvcr.io/nvidia
 def diagnose(rc, stdout="", stderr="", pipe_directory="/tmp/nvidia-mps", node=None, pod=None):
     """What the dial-tone output means: {"ok", "state", "message"}.
 
-    States: answered (the daemon answered `ps`), daemon_died (Transport endpoint is not connected),
+    States: answered (the daemon answered `ps`: a table, "Server not found", or nothing when a server
+    runs without clients), daemon_died (Transport endpoint is not connected),
     refused (Connection refused), no_daemon (nothing listens where the pod looks), no_binary (the
     image lacks nvidia-cuda-mps-control), error (anything else).
     """
@@ -143,6 +144,10 @@ def diagnose(rc, stdout="", stderr="", pipe_directory="/tmp/nvidia-mps", node=No
             "MPS dial-tone failed in %s: nvidia-cuda-mps-control is not in the container. Run the pod with "
             "runtimeClassName nvidia (the NVIDIA runtime injects the MPS binaries with the compute "
             "capability) or use an image that ships them. Output: %s" % (where, tail))}
+    if rc == 0 and not out.strip():
+        # A daemon with a server but no client answers `ps` with nothing at all (H100, driver 580).
+        return {"ok": True, "state": "answered", "clients": [], "message": (
+            "MPS daemon answered in %s through %s (a server runs, no client attached)" % (where, pipe_directory))}
     if rc == 0 and (SERVER_NOT_FOUND in out or _PS_HEADER_RE.search(out)):
         clients = []
         if _PS_HEADER_RE.search(stdout or ""):

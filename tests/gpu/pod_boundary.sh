@@ -286,6 +286,8 @@ run_case() {
   elif grep -q "Transport endpoint is not connected" <<<"$dial"; then dial="daemon died"
   elif grep -q "Connection refused" <<<"$dial"; then dial="refused"
   elif grep -qE "Server not found|^PID +ID +SERVER" <<<"$dial"; then dial="answers"
+  # A server with no client: `ps` prints nothing and exits 0 (transcript 60): the daemon answered.
+  elif [[ "$dial" == $'== dialtone\n== dialtone rc=0' ]]; then dial="answers (idle)"
   elif [[ -z "$dial" ]]; then dial="not run (setup exit $(grep -m1 '^== case exit' "$log" | cut -d' ' -f4))"
   else dial="other: $(sed -n 2p <<<"$dial" | cut -c1-40)"; fi
 

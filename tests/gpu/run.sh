@@ -9,7 +9,8 @@
 #    the checkout's own .venv.
 # 2. Runs tests/gpu/lane.yml: the modules against the real driver and MPS.
 # 3. Runs site.yml's host stages twice on localhost and checks that the second run changes nothing,
-#    timing both (cold and warm), then stops the lab's daemon.
+#    timing both (cold and warm); runs the sample workloads (--tags host,workload) and the benchmark
+#    playbook (--quick) with the host's python3, then stops the lab's daemon.
 # Everything it prints also goes to OUT/gpu-lane.log (default build/gpu-lane).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,10 +22,12 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--wheels DIR] [--out DIR]" >&2; exit 2 ;;
   esac
 done
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 exec > >(tee "$out/gpu-lane.log") 2>&1
 
 step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+# The host's own Python (PyTorch, CuPy) runs the CUDA workloads; .venv-gpu runs Ansible.
+host_python=$(command -v python3)
 export PATH="$PWD/.venv-gpu/bin:/usr/local/nvidia/bin:$PATH"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg" ANSIBLE_FORCE_COLOR=0 PYTHONUNBUFFERED=1
 collections="$PWD/build/gpu-collections"
@@ -68,13 +71,31 @@ start=$(date +%s%N); "${site[@]}" | tee "$out/site-cold.log"; cold=$(( ($(date +
 step "site.yml host stages, warm (must change nothing)"
 start=$(date +%s%N); "${site[@]}" | tee "$out/site-warm.log"; warm=$(( ($(date +%s%N) - start) / 1000000 ))
 recap=$(grep -E '^localhost +:' "$out/site-warm.log")
+step "site.yml sample workloads under the lab's daemon (--tags host,workload)"
+ansible-playbook site.yml -i inventories/lab --tags host,workload -e "cuda_workload_python=$host_python" \
+  | tee "$out/site-workload.log" || true  # judged by its recap below
+workload_recap=$(grep -E '^localhost +:' "$out/site-workload.log")
+
 step "stop the lab's daemon"
-ansible localhost -i inventories/lab -m gpulab.mps.mps_daemon -a "state=stopped force=true timeout=5" | head -3
+# All of it: cutting the output short (head) kills ansible with a broken pipe.
+ansible localhost -i inventories/lab -m gpulab.mps.mps_daemon -a "state=stopped force=true timeout=5" -o
+
+
+step "the benchmark playbook, quick (make benchmark ANSIBLE_ARGS=...)"
+ansible-playbook playbooks/benchmark.yml -i inventories/lab \
+  -e '{"benchmark_args": ["--quick"]}' -e "benchmark_python=$host_python" -e "benchmark_fetch_to=$out/benchmark" \
+  | tee "$out/benchmark-playbook.log" || true
+bench_recap=$(grep -E '^localhost +:' "$out/benchmark-playbook.log")
 
 step "summary"
 echo "lane: passed (tests/gpu/lane.yml)"
 printf 'site.yml --tags host: cold %d.%03d s, warm %d.%03d s\n' $((cold / 1000)) $((cold % 1000)) $((warm / 1000)) $((warm % 1000))
 echo "warm run recap: $recap"
+echo "workload run recap: $workload_recap"
+echo "benchmark playbook recap: $bench_recap"
+for r in "$workload_recap" "$bench_recap"; do
+  grep -qE 'failed=0' <<<"$r" || { echo "FAIL: a playbook failed: $r"; exit 1; }
+done
 if ! grep -qE 'changed=0 .*failed=0' <<<"$recap"; then
   echo "FAIL: the second site.yml run changed something or failed"; exit 1
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU run of this project, for a GPU host lent for a few minutes:
-#   lane          tests/gpu/run.sh: the modules against the real driver and MPS, site.yml cold and warm (~3 min)
+#   lane          tests/gpu/run.sh: the modules against the real driver and MPS, site.yml cold and warm,
+#                 the sample workloads and the benchmark playbook (--quick) through Ansible (~4 min)
 #   pod_boundary  tests/gpu/pod_boundary.sh: which of hostIPC, pipe mount, /dev/shm a pod needs (~2 min)
 #   workloads     benchmarks/sample_workloads.sh: the seed workloads with and without MPS (~30 s)
 #   benchmark     benchmarks/mps_benchmark.py: MPS against time-slicing (~3-4 min; --quick ~1 min)
@@ -32,7 +33,7 @@ note() { echo "$*" | tee -a "$summary"; }
 note "run_all $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi'): $steps"
 for step in ${steps//,/ }; do
   case "$step" in
-    lane) timeout 330 tests/gpu/run.sh "${wheels[@]}" --out "$out/work/lane"; rc=$?
+    lane) timeout 450 tests/gpu/run.sh "${wheels[@]}" --out "$out/work/lane"; rc=$?
           note "lane: exit $rc; $(grep -E '^site.yml --tags host' "$out/work/lane/gpu-lane.log" 2>/dev/null)" ;;
     pod_boundary) timeout 200 tests/gpu/pod_boundary.sh "$out/work/pod_boundary"; note "pod boundary: exit $?" ;;
     workloads) timeout 120 bash benchmarks/sample_workloads.sh "$out/work/workloads"; note "workloads: exit $?" ;;
@@ -42,7 +43,9 @@ for step in ${steps//,/ }; do
   esac
   [ -d "$out/work/$step" ] && tar -C "$out/work" -czf "$out/$step.tar.gz" "$step"
 done
-note "MPS processes left: $(pgrep -a nvidia-cuda-mps || echo none)"
+# Zombies (Z) are gone already, waiting only for a reaper that this container may not have.
+left=$(ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/ && $3 ~ /nvidia-cuda-mps/')
+note "MPS processes left: ${left:-none}"
 rm -rf "$out/work"
 for step in ${steps//,/ }; do
   case "$step" in
