@@ -13,11 +13,15 @@ and that the script always quits its daemon and removes what it made, even when 
 
 from __future__ import annotations
 
+import atexit
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -39,10 +43,28 @@ def _unshare_works():
 needs_namespaces = pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare (mount, PID, IPC namespaces)")
 
 
+def _outside_tmp():
+    """The fakes and a Python that the cases can still see: the script hides /tmp from them, and a
+    checkout (with its .venv) may itself live under /tmp, as CI's may."""
+    python = os.path.realpath(sys.executable)
+    if not ROOT.startswith("/tmp/"):
+        return FAKES, python
+    fakes = tempfile.mkdtemp(prefix="gpulab-pb-fakes-", dir="/var/tmp")
+    atexit.register(shutil.rmtree, fakes, True)
+    for name in os.listdir(FAKES):
+        shutil.copy2(os.path.join(FAKES, name), fakes)
+    return fakes, python
+
+
+FAKES_RUN, PYTHON = _outside_tmp()
+
+
 def env_for(pipe, **extra):
-    env = dict(os.environ, PB_MPS_CONTROL=os.path.join(FAKES, "nvidia-cuda-mps-control"),
-               PB_CLIENT=os.path.join(FAKES, "cuda_client.py"), PB_NVIDIA_SMI="/nonexistent/nvidia-smi",
-               PB_HOLD="3", PB_PIPE=pipe)
+    # The fake control runs `python3` from PATH: the real interpreter's directory comes first.
+    env = dict(os.environ, PB_MPS_CONTROL=os.path.join(FAKES_RUN, "nvidia-cuda-mps-control"),
+               PB_CLIENT=os.path.join(FAKES_RUN, "cuda_client.py"), PB_NVIDIA_SMI="/nonexistent/nvidia-smi",
+               PB_HOLD="3", PB_PIPE=pipe, PB_PYTHON=PYTHON,
+               PATH=os.path.dirname(PYTHON) + os.pathsep + os.environ.get("PATH", ""))
     env.update(extra)
     return env
 
@@ -132,7 +154,7 @@ def test_killed_midway_still_cleans_up(tmp_path):
     assert pid and not alive(pid)
     assert not os.path.exists(pipe)
     assert stage_of(out) and not os.path.exists(stage_of(out))
-    leftovers = subprocess.run(["pgrep", "-f", FAKES], capture_output=True, text=True, check=False).stdout.split()
+    leftovers = subprocess.run(["pgrep", "-f", FAKES_RUN], capture_output=True, text=True, check=False).stdout.split()
     assert leftovers == []
 
 
