@@ -11,17 +11,28 @@ import pytest
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _dialtone_pod as dt
 
-TRANSCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "shared", "reference",
-                           "h100-transcripts")
+TRANSCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "h100-transcripts")
 
 
 def transcript_output(name):
-    """The output lines of a recorded `$ cmd / output / [exit N]` transcript, or None without the copy."""
-    path = os.path.join(TRANSCRIPTS, name)
-    if not os.path.exists(path):
-        return None
-    lines = open(path).read().splitlines()
+    """The output lines of a recorded `$ cmd / output / [exit N]` transcript (a copy in tests/unit/fixtures)."""
+    lines = open(os.path.join(TRANSCRIPTS, name)).read().splitlines()
     return "\n".join(line for line in lines[1:] if not line.startswith("[exit")) + "\n"
+
+
+def recorded_answers(name, command):
+    """Every (stdout, exit) the transcript `name` recorded for `command`."""
+    lines = open(os.path.join(TRANSCRIPTS, name)).read().splitlines()
+    answers = []
+    for index, line in enumerate(lines):
+        if line == "$ " + command:
+            out = []
+            for following in lines[index + 1:]:
+                if following.startswith("[exit "):
+                    answers.append(("".join(x + "\n" for x in out), int(following[6:-1])))
+                    break
+                out.append(following)
+    return answers
 
 
 def test_host_pod_mounts_the_pipe_and_a_memory_shm():
@@ -65,23 +76,21 @@ def test_bad_pod_input(kwargs, message):
 
 
 def test_answered_no_server():
-    out = transcript_output("05_ps_empty.txt") or "Server not found\n"
+    out = transcript_output("05_ps_empty.txt")
     diag = dt.diagnose(0, out, "")
     assert diag["ok"] is True and diag["state"] == "answered"
     assert "no server running yet" in diag["message"]
 
 
 def test_answered_with_clients():
-    out = transcript_output("22_ps_busy.txt") or (
-        "PID       ID        SERVER         DEVICE                    NAMESPACE      COMMAND        \n"
-        "497       2         486            GPU-058fcf08-fc4a-49f5    4026531836     python3        \n")
+    out = transcript_output("22_ps_busy.txt")
     diag = dt.diagnose(0, out, "", pod="mps-dialtone")
     assert diag["ok"] is True
     assert diag["clients"] == [{"pid": 497, "server": 486, "device": "GPU-058fcf08-fc4a-49f5", "command": "python3"}]
 
 
 def test_no_daemon():
-    out = transcript_output("00_control_no_daemon.txt") or "Cannot find MPS control daemon process\n"
+    out = transcript_output("00_control_no_daemon.txt")
     diag = dt.diagnose(1, out, "", pipe_directory="/tmp/nvidia-mps", node="gpulab-worker")
     assert diag["state"] == "no_daemon" and diag["ok"] is False
     assert "gpulab-worker" in diag["message"] and "/tmp/nvidia-mps" in diag["message"]
@@ -103,6 +112,23 @@ def test_missing_binary():
     diag = dt.diagnose(127, "", "sh: 1: nvidia-cuda-mps-control: not found\n")
     assert diag["state"] == "no_binary"
     assert "runtimeClassName nvidia" in diag["message"]
+
+
+def test_answered_by_an_idle_server():
+    """A server with no client answers `ps` with nothing, exit 0 (H100, driver 580): still a dial-tone.
+
+    The pod-boundary run on the H100 showed it in every pod case; the diagnosis once called it an error."""
+    idle = [answer for answer in recorded_answers("60_cli_exploration.txt", "echo ps | nvidia-cuda-mps-control")
+            if answer[0] == ""]
+    assert idle, "transcript 60 records an empty `ps` answer"
+    for stdout, rc in idle:
+        diag = dt.diagnose(rc, stdout, "", node="gpulab-worker", pod="mps-dialtone")
+        assert diag["ok"] is True and diag["state"] == "answered" and diag["clients"] == []
+        assert "no client attached" in diag["message"]
+
+
+def test_empty_output_with_an_error_exit_is_not_a_dial_tone():
+    assert dt.diagnose(1, "", "")["ok"] is False
 
 
 def test_unexpected_answer():
