@@ -9,8 +9,9 @@
 #    the checkout's own .venv.
 # 2. Runs tests/gpu/lane.yml: the modules against the real driver and MPS.
 # 3. Runs site.yml's host stages twice on localhost and checks that the second run changes nothing,
-#    timing both (cold and warm); runs the sample workloads (--tags host,workload) and the benchmark
-#    playbook (--quick) with the host's python3, then stops the lab's daemon.
+#    timing both (cold and warm); runs the sample workloads (--tags host,workload) with the host's python3;
+#    sets new defaults through site.yml (must change, then not), rolls fleet.yml out to this one host,
+#    runs teardown.yml (no daemon may answer after it), and runs the benchmark playbook (--quick).
 # Everything it prints also goes to OUT/gpu-lane.log (default build/gpu-lane).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -76,7 +77,28 @@ ansible-playbook site.yml -i inventories/lab --tags host,workload -e "cuda_workl
   | tee "$out/site-workload.log" || true  # judged by its recap below
 workload_recap=$(grep -E '^localhost +:' "$out/site-workload.log")
 
-step "stop the lab's daemon"
+step "site.yml with new defaults (50 %, 8G, idle servers restarted): must change, then must not"
+defaults=(-e mps_host_default_active_thread_percentage=50 -e mps_host_default_pinned_memory_limit=8G
+          -e mps_host_apply_to_running=restart)
+ansible-playbook site.yml -i inventories/lab --tags host "${defaults[@]}" | tee "$out/site-defaults.log" || true
+ansible-playbook site.yml -i inventories/lab --tags host "${defaults[@]}" | tee "$out/site-defaults-again.log" || true
+defaults_recap=$(grep -E '^localhost +:' "$out/site-defaults.log")
+defaults_again_recap=$(grep -E '^localhost +:' "$out/site-defaults-again.log")
+ansible localhost -i inventories/lab -m gpulab.mps.mps_info -a pipe_directory=/tmp/nvidia-mps -o \
+  | tee "$out/info-defaults.log" || true
+
+step "fleet.yml with this host as the fleet (back to the inventory's defaults)"
+ansible-playbook playbooks/fleet.yml -i inventories/lab -e fleet_hosts=gpu_hosts \
+  -e "fleet_summary_file=$out/fleet-summary.json" | tee "$out/fleet.log" || true
+fleet_recap=$(grep -E '^localhost +:' "$out/fleet.log")
+
+step "teardown.yml: the lab's daemon goes"
+ansible-playbook playbooks/teardown.yml -i inventories/lab | tee "$out/teardown.log" || true
+teardown_recap=$(grep -E '^localhost +:' "$out/teardown.log")
+after_teardown=$(echo get_server_list | CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps nvidia-cuda-mps-control 2>&1 || true)
+echo "after teardown, get_server_list on /tmp/nvidia-mps: $after_teardown"
+
+step "stop the lab's daemon (a safety net: teardown should have done it)"
 # All of it: cutting the output short (head) kills ansible with a broken pipe.
 ansible localhost -i inventories/lab -m gpulab.mps.mps_daemon -a "state=stopped force=true timeout=5" -o
 
@@ -93,9 +115,20 @@ printf 'site.yml --tags host: cold %d.%03d s, warm %d.%03d s\n' $((cold / 1000))
 echo "warm run recap: $recap"
 echo "workload run recap: $workload_recap"
 echo "benchmark playbook recap: $bench_recap"
-for r in "$workload_recap" "$bench_recap"; do
-  grep -qE 'failed=0' <<<"$r" || { echo "FAIL: a playbook failed: $r"; exit 1; }
+echo "new defaults recap: $defaults_recap"
+echo "new defaults again recap: $defaults_again_recap"
+echo "fleet recap: $fleet_recap"
+echo "teardown recap: $teardown_recap"
+fail=0
+for r in "$workload_recap" "$bench_recap" "$defaults_recap" "$fleet_recap" "$teardown_recap"; do
+  grep -qE 'failed=0' <<<"$r" || { echo "FAIL: a playbook failed: $r"; fail=1; }
 done
+grep -qE 'changed=[1-9]' <<<"$defaults_recap" || { echo "FAIL: new defaults changed nothing"; fail=1; }
+grep -q '"active_thread_percentage": 50.0' "$out/info-defaults.log" && grep -q '"0": "8G"' "$out/info-defaults.log" \
+  || { echo "FAIL: mps_info does not read back 50 % and 8G"; fail=1; }
+grep -qE 'changed=0 .*failed=0' <<<"$defaults_again_recap" || { echo "FAIL: the new defaults were not idempotent"; fail=1; }
+grep -q "Cannot find MPS control daemon" <<<"$after_teardown" || { echo "FAIL: a daemon still answers after teardown"; fail=1; }
+[ "$fail" = 0 ] || exit 1
 if ! grep -qE 'changed=0 .*failed=0' <<<"$recap"; then
   echo "FAIL: the second site.yml run changed something or failed"; exit 1
 fi
