@@ -84,10 +84,11 @@ ansible-playbook site.yml -i inventories/lab --tags host "${defaults[@]}" | tee 
 ansible-playbook site.yml -i inventories/lab --tags host "${defaults[@]}" | tee "$out/site-defaults-again.log" || true
 defaults_recap=$(grep -E '^localhost +:' "$out/site-defaults.log")
 defaults_again_recap=$(grep -E '^localhost +:' "$out/site-defaults-again.log")
-ansible localhost -i inventories/lab -m gpulab.mps.mps_info -a pipe_directory=/tmp/nvidia-mps -o \
+ANSIBLE_LOAD_CALLBACK_PLUGINS=1 ANSIBLE_STDOUT_CALLBACK=ansible.builtin.json \
+  ansible localhost -i inventories/lab -m gpulab.mps.mps_info -a pipe_directory=/tmp/nvidia-mps \
   | tee "$out/info-defaults.log" || true
 
-step "fleet.yml with this host as the fleet (back to the inventory's defaults)"
+step "fleet.yml with this host as the fleet (settings already in place: must change nothing)"
 ansible-playbook playbooks/fleet.yml -i inventories/lab -e fleet_hosts=gpu_hosts \
   -e "fleet_summary_file=$out/fleet-summary.json" | tee "$out/fleet.log" || true
 fleet_recap=$(grep -E '^localhost +:' "$out/fleet.log")
@@ -100,7 +101,7 @@ echo "after teardown, get_server_list on /tmp/nvidia-mps: $after_teardown"
 
 step "stop the lab's daemon (a safety net: teardown should have done it)"
 # All of it: cutting the output short (head) kills ansible with a broken pipe.
-ansible localhost -i inventories/lab -m gpulab.mps.mps_daemon -a "state=stopped force=true timeout=5" -o
+ansible localhost -i inventories/lab -m gpulab.mps.mps_daemon -a "state=stopped force=true timeout=5"
 
 
 step "the benchmark playbook, quick (make benchmark ANSIBLE_ARGS=...)"
