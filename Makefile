@@ -6,6 +6,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+# WHEELS=dir (made by `make wheelhouse`): install offline from it, for an air-gapped GPU host. It carries
+# what the host stages need (ansible-core, nvidia-ml-py, the collections), into a venv of its own.
+WHEELS ?=
+ifneq ($(WHEELS),)
+VENV ?= .venv-offline
+endif
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -25,7 +31,7 @@ WHEEL_PYTHON ?= 3.12
 	images standins wheelhouse gpu-lane benchmark fleet-scale teardown clean
 
 help:
-	@echo "make lab        run site.yml against $(INVENTORY) (TAGS=..., SKIP_TAGS=..., ANSIBLE_ARGS=...)"
+	@echo "make lab        run site.yml against $(INVENTORY) (TAGS=..., SKIP_TAGS=..., ANSIBLE_ARGS=...; WHEELS=dir offline)"
 	@echo "make test       lint + unit + render + sanity + molecule (what CI runs)"
 	@echo "make teardown   undo what the lab created"
 	@echo "make wheelhouse build $(WHEELHOUSE)/ for an air-gapped GPU host (Python $(WHEEL_PYTHON))"
@@ -33,11 +39,23 @@ help:
 	@echo "make benchmark  MPS vs time-slicing benchmark (on a GPU host)"
 
 # --- set-up ---------------------------------------------------------------------------------------
+ifeq ($(WHEELS),)
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
+else
+# Some Pythons come without ensurepip: then the host's own pip installs into a venv made without one.
+$(VENV)/.installed: tests/gpu/requirements.txt
+	test -d $(WHEELS)/collections || { echo "$(WHEELS)/collections missing: build it with make wheelhouse"; exit 2; }
+	if $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip --version >/dev/null 2>&1; then pip=($(BIN)/python -m pip); \
+	else rm -rf $(VENV); $(PYTHON) -m venv --without-pip $(VENV); pip=($(PYTHON) -m pip --python $(BIN)/python); fi; \
+	"$${pip[@]}" install --quiet --disable-pip-version-check --no-index --find-links $(WHEELS) -r tests/gpu/requirements.txt
+	$(BIN)/ansible-galaxy collection install --offline --force -p .collections \
+	  $(filter-out $(WHEELS)/collections/gpulab-mps-%,$(wildcard $(WHEELS)/collections/*.tar.gz))
+	touch $@
+endif
 
 venv: $(VENV)/.installed
 
