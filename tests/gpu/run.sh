@@ -27,8 +27,6 @@ mkdir -p "$out" && out=$(cd "$out" && pwd)
 exec > >(tee "$out/gpu-lane.log") 2>&1
 
 step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
-# The host's own Python (PyTorch, CuPy) runs the CUDA workloads; .venv-gpu runs Ansible.
-host_python=$(command -v python3)
 export PATH="$PWD/.venv-gpu/bin:/usr/local/nvidia/bin:$PATH"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg" ANSIBLE_FORCE_COLOR=0 PYTHONUNBUFFERED=1
 collections="$PWD/build/gpu-collections"
@@ -73,7 +71,7 @@ step "site.yml host stages, warm (must change nothing)"
 start=$(date +%s%N); "${site[@]}" | tee "$out/site-warm.log"; warm=$(( ($(date +%s%N) - start) / 1000000 ))
 recap=$(grep -E '^localhost +:' "$out/site-warm.log")
 step "site.yml sample workloads under the lab's daemon (--tags host,workload)"
-ansible-playbook site.yml -i inventories/lab --tags host,workload -e "cuda_workload_python=$host_python" \
+ansible-playbook site.yml -i inventories/lab --tags host,workload \
   | tee "$out/site-workload.log" || true  # judged by its recap below
 workload_recap=$(grep -E '^localhost +:' "$out/site-workload.log")
 
@@ -84,8 +82,8 @@ ansible-playbook site.yml -i inventories/lab --tags host "${defaults[@]}" | tee 
 ansible-playbook site.yml -i inventories/lab --tags host "${defaults[@]}" | tee "$out/site-defaults-again.log" || true
 defaults_recap=$(grep -E '^localhost +:' "$out/site-defaults.log")
 defaults_again_recap=$(grep -E '^localhost +:' "$out/site-defaults-again.log")
-ANSIBLE_LOAD_CALLBACK_PLUGINS=1 ANSIBLE_STDOUT_CALLBACK=ansible.builtin.json \
-  ansible localhost -i inventories/lab -m gpulab.mps.mps_info -a pipe_directory=/tmp/nvidia-mps \
+# Ad hoc output, as JSON: the module's result, indented (ansible.cfg asks for YAML elsewhere).
+ANSIBLE_CALLBACK_RESULT_FORMAT=json ansible localhost -i inventories/lab -m gpulab.mps.mps_info -a pipe_directory=/tmp/nvidia-mps \
   | tee "$out/info-defaults.log" || true
 
 step "fleet.yml with this host as the fleet (settings already in place: must change nothing)"
@@ -106,7 +104,7 @@ ansible localhost -i inventories/lab -m gpulab.mps.mps_daemon -a "state=stopped 
 
 step "the benchmark playbook, quick (make benchmark ANSIBLE_ARGS=...)"
 ansible-playbook playbooks/benchmark.yml -i inventories/lab \
-  -e '{"benchmark_args": ["--quick"]}' -e "benchmark_python=$host_python" -e "benchmark_fetch_to=$out/benchmark" \
+  -e '{"benchmark_args": ["--quick"]}' -e "benchmark_fetch_to=$out/benchmark" \
   | tee "$out/benchmark-playbook.log" || true
 bench_recap=$(grep -E '^localhost +:' "$out/benchmark-playbook.log")
 

@@ -117,6 +117,37 @@ def test_host_variant_needs_a_library_for_matmul(lab):
     assert "has neither PyTorch nor CuPy. The matmul worker needs one of them" in " ".join(done.stdout.split())
 
 
+def test_host_variant_auto_finds_the_python_with_a_library(lab, tmp_path):
+    """cuda_workload_python auto skips the first python3 on PATH (as under `make lab`: the lab's venv, with neither
+    library) and takes the next one that has PyTorch or CuPy."""
+    venv_bin, gpu_bin = tmp_path / "venv-bin", tmp_path / "gpu-bin"
+    venv_bin.mkdir()
+    gpu_bin.mkdir()
+    os.symlink(sys.executable, str(venv_bin / "python3"))
+    marker = tmp_path / "gpu-python-ran"
+    # A python3 that says it has CuPy when probed, and otherwise is this Python (and leaves a mark).
+    (gpu_bin / "python3").write_text(
+        "#!/bin/bash\n"
+        "if [ \"$1\" = -c ] && [[ \"$2\" == *find_spec* ]]; then echo cupy; exit 0; fi\n"
+        "touch %s\nexec %s \"$@\"\n" % (marker, sys.executable))
+    os.chmod(str(gpu_bin / "python3"), 0o755)
+    path = "%s:%s:%s" % (venv_bin, gpu_bin, os.environ["PATH"])
+    done = playbook("host", dict(lab, cuda_workload_python="auto", cuda_workload_python_candidates=[]), env={"PATH": path})
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert marker.exists(), "the workloads did not run with the python3 that has a library"
+
+
+def test_host_variant_auto_without_any_library_says_where_it_looked(lab, tmp_path):
+    venv_bin = tmp_path / "venv-bin"
+    venv_bin.mkdir()
+    os.symlink(sys.executable, str(venv_bin / "python3"))
+    path = "%s:/usr/bin:/bin" % venv_bin
+    done = playbook("host", dict(lab, cuda_workload_python="auto", cuda_workload_python_candidates=[],
+                                 cuda_workload_matmul_enabled=True), env={"PATH": path})
+    assert done.returncode != 0
+    assert "nor does any other python3 on PATH or in cuda_workload_python_candidates" in " ".join(done.stdout.split())
+
+
 def test_host_variant_check_mode_changes_nothing(lab, tmp_path):
     done = playbook("host", lab, check=True)
     assert done.returncode == 0, done.stdout[-4000:]
