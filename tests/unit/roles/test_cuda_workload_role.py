@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import kubernetes_validate
 import pytest
@@ -27,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 FILES = os.path.join(ROOT, "roles", "cuda_workload", "files")
 sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
-from fake_exec import FAKE_MPS_CONTROL as FAKE_CONTROL, executable  # noqa: E402
+from fake_exec import FAKE_MPS_CONTROL as FAKE_CONTROL, executable, fake_mps_daemon  # noqa: E402
 
 FAKE_NVCC = executable(os.path.join(HERE, "fakes", "fake_nvcc.py"), "nvcc")
 KUBERNETES_VERSION = "1.33"
@@ -54,26 +53,18 @@ def recap(output):
 @pytest.fixture
 def lab(tmp_path):
     """A fake MPS daemon and the variables that point the role at the fakes."""
-    pipe, log = tmp_path / "pipe", tmp_path / "log"
-    pipe.mkdir()
-    log.mkdir()
-    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=str(pipe), CUDA_MPS_LOG_DIRECTORY=str(log))
-    subprocess.run([FAKE_CONTROL, "-d"], env=env, check=True, timeout=10)
-    deadline = time.time() + 10
-    while not (pipe / "nvidia-cuda-mps-control.pid").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    extra = {
-        "cuda_workload_directory": str(tmp_path / "workloads"),
-        "cuda_workload_python": sys.executable,  # no PyTorch or CuPy here: the kernel pair needs nvcc then
-        "cuda_workload_matmul_enabled": False,
-        "cuda_workload_nvcc": FAKE_NVCC,
-        "cuda_workload_pipe_directory": str(pipe),
-        "cuda_workload_control_binary": FAKE_CONTROL,
-        "cuda_workload_modes": ["no-mps", "mps"],
-        "cuda_workload_timeout": 60,
-    }
-    yield extra
-    subprocess.run([FAKE_CONTROL], input="quit\n", text=True, env=env, timeout=10, check=False)
+    with fake_mps_daemon(tmp_path) as pipe:
+        extra = {
+            "cuda_workload_directory": str(tmp_path / "workloads"),
+            "cuda_workload_python": sys.executable,  # no PyTorch or CuPy here: the kernel pair needs nvcc then
+            "cuda_workload_matmul_enabled": False,
+            "cuda_workload_nvcc": FAKE_NVCC,
+            "cuda_workload_pipe_directory": pipe,
+            "cuda_workload_control_binary": FAKE_CONTROL,
+            "cuda_workload_modes": ["no-mps", "mps"],
+            "cuda_workload_timeout": 60,
+        }
+        yield extra
 
 
 def test_host_variant_builds_runs_proves_and_is_idempotent(lab, tmp_path):

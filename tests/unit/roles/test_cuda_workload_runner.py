@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 FILES = os.path.join(ROOT, "roles", "cuda_workload", "files")
 RUNNER = os.path.join(FILES, "run_workloads.py")
 sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
-from fake_exec import FAKE_MPS_CONTROL as FAKE_CONTROL  # noqa: E402
+from fake_exec import FAKE_MPS_CONTROL as FAKE_CONTROL, fake_mps_daemon  # noqa: E402
 TRANSCRIPTS = os.path.join(ROOT, "tests", "unit", "fixtures", "h100-transcripts")
 sys.path.insert(0, FILES)
 
@@ -51,17 +51,9 @@ sys.exit(0 if check == "ok" else 1)
 
 @pytest.fixture
 def daemon(tmp_path):
-    """A running fake MPS control daemon: its pipe directory and environment."""
-    pipe, log = tmp_path / "pipe", tmp_path / "log"
-    pipe.mkdir()
-    log.mkdir()
-    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=str(pipe), CUDA_MPS_LOG_DIRECTORY=str(log))
-    subprocess.run([FAKE_CONTROL, "-d"], env=env, check=True, timeout=10)
-    deadline = time.time() + 10
-    while not (pipe / "nvidia-cuda-mps-control.pid").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    yield str(pipe)
-    subprocess.run([FAKE_CONTROL], input="quit\n", text=True, env=env, timeout=10, check=False)
+    """A running fake MPS control daemon: its pipe directory."""
+    with fake_mps_daemon(tmp_path) as pipe:
+        yield pipe
 
 
 def run(tmp_path, mode, pipe, *behaviours, env=None, timeout=30):
