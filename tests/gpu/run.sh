@@ -9,7 +9,7 @@
 #    the checkout's own .venv.
 # 2. Runs tests/gpu/lane.yml: the modules against the real driver and MPS.
 # 3. Runs site.yml's host stages twice on localhost and checks that the second run changes nothing,
-#    timing both (cold and warm); runs the sample workloads (--tags host,workload) with the host's python3;
+#    timing both (cold and warm); runs the sample workloads (--tags host,workload: cuda_workload_python auto);
 #    sets new defaults through site.yml (must change, then not), rolls fleet.yml out to this one host,
 #    runs teardown.yml (no daemon may answer after it), and runs the benchmark playbook (--quick).
 # Everything it prints also goes to OUT/gpu-lane.log (default build/gpu-lane).
@@ -100,7 +100,6 @@ echo "after teardown, get_server_list on /tmp/nvidia-mps: $after_teardown"
 step "stop the lab's daemon (a safety net: teardown should have done it)"
 # All of it: cutting the output short (head) kills ansible with a broken pipe.
 ansible localhost -i inventories/lab -m gpulab.mps.mps_daemon -a "state=stopped force=true timeout=5"
-
 
 step "the benchmark playbook, quick (make benchmark ANSIBLE_ARGS=...)"
 ansible-playbook playbooks/benchmark.yml -i inventories/lab \
