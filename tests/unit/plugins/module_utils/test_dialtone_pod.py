@@ -5,34 +5,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _dialtone_pod as dt
-
-TRANSCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "h100-transcripts")
-
-
-def transcript_output(name):
-    """The output lines of a recorded `$ cmd / output / [exit N]` transcript (a copy in tests/unit/fixtures)."""
-    lines = open(os.path.join(TRANSCRIPTS, name)).read().splitlines()
-    return "\n".join(line for line in lines[1:] if not line.startswith("[exit")) + "\n"
-
-
-def recorded_answers(name, command):
-    """Every (stdout, exit) the transcript `name` recorded for `command`."""
-    lines = open(os.path.join(TRANSCRIPTS, name)).read().splitlines()
-    answers = []
-    for index, line in enumerate(lines):
-        if line == "$ " + command:
-            out = []
-            for following in lines[index + 1:]:
-                if following.startswith("[exit "):
-                    answers.append(("".join(x + "\n" for x in out), int(following[6:-1])))
-                    break
-                out.append(following)
-    return answers
+from conftest import load_transcript, transcript_output
 
 
 def test_host_pod_mounts_the_pipe_and_a_memory_shm():
@@ -76,22 +52,22 @@ def test_bad_pod_input(kwargs, message):
 
 
 def test_answered_no_server():
-    out = transcript_output("05_ps_empty.txt")
-    diag = dt.diagnose(0, out, "")
+    out, rc = transcript_output("05_ps_empty.txt")
+    diag = dt.diagnose(rc, out, "")
     assert diag["ok"] is True and diag["state"] == "answered"
     assert "no server running yet" in diag["message"]
 
 
 def test_answered_with_clients():
-    out = transcript_output("22_ps_busy.txt")
-    diag = dt.diagnose(0, out, "", pod="mps-dialtone")
+    out, rc = transcript_output("22_ps_busy.txt")
+    diag = dt.diagnose(rc, out, "", pod="mps-dialtone")
     assert diag["ok"] is True
     assert diag["clients"] == [{"pid": 497, "server": 486, "device": "GPU-058fcf08-fc4a-49f5", "command": "python3"}]
 
 
 def test_no_daemon():
-    out = transcript_output("00_control_no_daemon.txt")
-    diag = dt.diagnose(1, out, "", pipe_directory="/tmp/nvidia-mps", node="gpulab-worker")
+    out, rc = transcript_output("00_control_no_daemon.txt")
+    diag = dt.diagnose(rc, out, "", pipe_directory="/tmp/nvidia-mps", node="gpulab-worker")
     assert diag["state"] == "no_daemon" and diag["ok"] is False
     assert "gpulab-worker" in diag["message"] and "/tmp/nvidia-mps" in diag["message"]
 
@@ -118,8 +94,8 @@ def test_answered_by_an_idle_server():
     """A server with no client answers `ps` with nothing, exit 0 (H100, driver 580): still a dial-tone.
 
     The pod-boundary run on the H100 showed it in every pod case; the diagnosis once called it an error."""
-    idle = [answer for answer in recorded_answers("60_cli_exploration.txt", "echo ps | nvidia-cuda-mps-control")
-            if answer[0] == ""]
+    idle = [(entry["output"], entry["rc"]) for entry in load_transcript("60_cli_exploration.txt")
+            if entry["stdin"] == "ps" and entry["output"] == ""]
     assert idle, "transcript 60 records an empty `ps` answer"
     for stdout, rc in idle:
         diag = dt.diagnose(rc, stdout, "", node="gpulab-worker", pod="mps-dialtone")
