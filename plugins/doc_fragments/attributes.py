@@ -17,3 +17,15 @@ attributes:
     description:
       - When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
 """
+
+    # The modules that only read: check mode runs them in full, there is nothing to diff, and a second run
+    # reports what the first did.
+    INFO_MODULE = r"""
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+"""

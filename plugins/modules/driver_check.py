@@ -16,6 +16,7 @@ description:
   - Changes nothing.
 extends_documentation_fragment:
   - gpulab.mps.attributes
+  - gpulab.mps.attributes.info_module
 options:
   min_version:
     description:
@@ -25,13 +26,6 @@ options:
 requirements:
   - nvidia-ml-py (module pynvml) on the target
   - the NVIDIA driver (libnvidia-ml.so.1)
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 author:
   - gpulab.mps contributors (@gpulab)
 """

@@ -22,16 +22,18 @@ author:
   - gpulab.mps contributors (@gpulab)
 requirements:
   - kind on the target (see O(kind_path)), and a Docker engine that the user running the module can reach.
+extends_documentation_fragment:
+  - gpulab.mps.attributes
 attributes:
   check_mode:
     support: full
-    description: Reports what would be created or deleted without running C(kind create) or C(kind delete).
+    details: Reports what would be created or deleted without running C(kind create) or C(kind delete).
   diff_mode:
     support: full
-    description: Shows the clusters before and after.
+    details: Shows the clusters before and after.
   idempotent:
     support: full
-    description: A cluster that already is in the requested state is left alone.
+    details: A cluster that already is in the requested state is left alone.
 options:
   name:
     description:

@@ -17,6 +17,7 @@ description:
   - Changes nothing.
 extends_documentation_fragment:
   - gpulab.mps.attributes
+  - gpulab.mps.attributes.info_module
   - gpulab.mps.mps_control
 options:
   devices:
@@ -28,13 +29,6 @@ options:
 requirements:
   - nvidia-cuda-mps-control on the target
   - nvidia-ml-py (optional, to list the devices)
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 author:
   - gpulab.mps contributors (@gpulab)
 """
