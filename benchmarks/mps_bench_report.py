@@ -354,6 +354,18 @@ def render_summary(result):
     return "\n".join(lines)
 
 
+def _n_axis(axes, ns, title, ylabel):
+    """Title, labels, grid and legend of a plot against N (log2 axis, a tick at every N)."""
+    axes.set_title(title, fontsize=10)
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(ns)
+    axes.set_xticklabels([str(n) for n in ns])
+    axes.set_xlabel("concurrent clients N")
+    axes.set_ylabel(ylabel)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+
+
 def plot(result, path):
     """PNG: per workload, aggregate throughput vs N for both modes (with the ideal), and MPS p50 latency.
 
@@ -388,14 +400,7 @@ def plot(result, path):
                      color="grey")
         highest = max([r["ideal"] for r in mine] + [r[m] / base for r in mine for m in MODES if r.get(m) and base])
         top.set_ylim(0, max(1.2, highest * 1.15))
-        top.set_title("%s: throughput vs one client alone" % name, fontsize=10)
-        top.set_xscale("log", base=2)
-        top.set_xticks(ns)
-        top.set_xticklabels([str(n) for n in ns])
-        top.set_xlabel("concurrent clients N")
-        top.set_ylabel("aggregate throughput (x)")
-        top.grid(True, alpha=0.3)
-        top.legend(fontsize=8)
+        _n_axis(top, ns, "%s: throughput vs one client alone" % name, "aggregate throughput (x)")
         for mode, style, color in (("ts", "o", "C0"), ("mps", "s", "C1")):
             pts = [(r["n"], r[mode + "_latency_p50_ms"]) for r in mine if r.get(mode + "_latency_p50_ms")]
             if pts:
@@ -405,15 +410,8 @@ def plot(result, path):
             if pts:
                 bottom.plot([p[0] for p in pts], [p[1] for p in pts], style + ":", color=color, alpha=0.6,
                             label=MODE_NAMES[mode] + ", worst client")
-        bottom.set_title("%s: per-client launch latency (client medians)" % name, fontsize=10)
-        bottom.set_xscale("log", base=2)
         bottom.set_ylim(bottom=0)
-        bottom.set_xticks(ns)
-        bottom.set_xticklabels([str(n) for n in ns])
-        bottom.set_xlabel("concurrent clients N")
-        bottom.set_ylabel("ms per launch")
-        bottom.grid(True, alpha=0.3)
-        bottom.legend(fontsize=8)
+        _n_axis(bottom, ns, "%s: per-client launch latency (client medians)" % name, "ms per launch")
     env = result["environment"]
     fig.suptitle("NVIDIA MPS vs time-slicing on %s (%s SMs)" % (env.get("gpu_name", "GPU"), env.get("sm_count")),
                  fontsize=12)
