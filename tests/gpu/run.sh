@@ -27,6 +27,8 @@ mkdir -p "$out" && out=$(cd "$out" && pwd)
 exec > >(tee "$out/gpu-lane.log") 2>&1
 
 step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+# The PLAY RECAP line of a playbook's log; empty (judged a failure below) when the playbook never got that far.
+recap_of() { grep -E '^localhost +:' "$1" || true; }
 export PATH="$PWD/.venv-gpu/bin:/usr/local/nvidia/bin:$PATH"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg" ANSIBLE_FORCE_COLOR=0 PYTHONUNBUFFERED=1
 collections="$PWD/build/gpu-collections"
@@ -69,19 +71,19 @@ site=(ansible-playbook site.yml -i inventories/lab --tags host)
 start=$(date +%s%N); "${site[@]}" | tee "$out/site-cold.log"; cold=$(( ($(date +%s%N) - start) / 1000000 ))
 step "site.yml host stages, warm (must change nothing)"
 start=$(date +%s%N); "${site[@]}" | tee "$out/site-warm.log"; warm=$(( ($(date +%s%N) - start) / 1000000 ))
-recap=$(grep -E '^localhost +:' "$out/site-warm.log")
+recap=$(recap_of "$out/site-warm.log")
 step "site.yml sample workloads under the lab's daemon (--tags host,workload)"
 ansible-playbook site.yml -i inventories/lab --tags host,workload \
   | tee "$out/site-workload.log" || true  # judged by its recap below
-workload_recap=$(grep -E '^localhost +:' "$out/site-workload.log")
+workload_recap=$(recap_of "$out/site-workload.log")
 
 step "site.yml with new defaults (50 %, 8G, idle servers restarted): must change, then must not"
 defaults=(-e mps_host_default_active_thread_percentage=50 -e mps_host_default_pinned_memory_limit=8G
           -e mps_host_apply_to_running=restart)
 ansible-playbook site.yml -i inventories/lab --tags host "${defaults[@]}" | tee "$out/site-defaults.log" || true
 ansible-playbook site.yml -i inventories/lab --tags host "${defaults[@]}" | tee "$out/site-defaults-again.log" || true
-defaults_recap=$(grep -E '^localhost +:' "$out/site-defaults.log")
-defaults_again_recap=$(grep -E '^localhost +:' "$out/site-defaults-again.log")
+defaults_recap=$(recap_of "$out/site-defaults.log")
+defaults_again_recap=$(recap_of "$out/site-defaults-again.log")
 # Ad hoc output, as JSON: the module's result, indented (ansible.cfg asks for YAML elsewhere).
 ANSIBLE_CALLBACK_RESULT_FORMAT=json ansible localhost -i inventories/lab -m gpulab.mps.mps_info -a pipe_directory=/tmp/nvidia-mps \
   | tee "$out/info-defaults.log" || true
@@ -89,11 +91,11 @@ ANSIBLE_CALLBACK_RESULT_FORMAT=json ansible localhost -i inventories/lab -m gpul
 step "fleet.yml with this host as the fleet (settings already in place: must change nothing)"
 ansible-playbook playbooks/fleet.yml -i inventories/lab -e fleet_hosts=gpu_hosts \
   -e "fleet_summary_file=$out/fleet-summary.json" | tee "$out/fleet.log" || true
-fleet_recap=$(grep -E '^localhost +:' "$out/fleet.log")
+fleet_recap=$(recap_of "$out/fleet.log")
 
 step "teardown.yml: the lab's daemon goes"
 ansible-playbook playbooks/teardown.yml -i inventories/lab | tee "$out/teardown.log" || true
-teardown_recap=$(grep -E '^localhost +:' "$out/teardown.log")
+teardown_recap=$(recap_of "$out/teardown.log")
 after_teardown=$(echo get_server_list | CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps nvidia-cuda-mps-control 2>&1 || true)
 echo "after teardown, get_server_list on /tmp/nvidia-mps: $after_teardown"
 
@@ -105,7 +107,7 @@ step "the benchmark playbook, quick (make benchmark ANSIBLE_ARGS=...)"
 ansible-playbook playbooks/benchmark.yml -i inventories/lab \
   -e '{"benchmark_args": ["--quick"]}' -e "benchmark_fetch_to=$out/benchmark" \
   | tee "$out/benchmark-playbook.log" || true
-bench_recap=$(grep -E '^localhost +:' "$out/benchmark-playbook.log")
+bench_recap=$(recap_of "$out/benchmark-playbook.log")
 
 step "summary"
 echo "lane: passed (tests/gpu/lane.yml)"
