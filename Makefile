@@ -46,12 +46,9 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 else
-# Some Pythons come without ensurepip: then the host's own pip installs into a venv made without one.
 $(VENV)/.installed: tests/gpu/requirements.txt
 	test -d $(WHEELS)/collections || { echo "$(WHEELS)/collections missing: build it with make wheelhouse"; exit 2; }
-	if $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip --version >/dev/null 2>&1; then pip=($(BIN)/python -m pip); \
-	else rm -rf $(VENV); $(PYTHON) -m venv --without-pip $(VENV); pip=($(PYTHON) -m pip --python $(BIN)/python); fi; \
-	"$${pip[@]}" install --quiet --disable-pip-version-check --no-index --find-links $(WHEELS) -r tests/gpu/requirements.txt
+	PYTHON=$(PYTHON) tests/gpu/install_venv.sh $(VENV) $(WHEELS)
 	$(BIN)/ansible-galaxy collection install --offline --force -p .collections \
 	  $(filter-out $(WHEELS)/collections/gpulab-mps-%,$(wildcard $(WHEELS)/collections/*.tar.gz))
 	touch $@

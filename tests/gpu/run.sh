@@ -39,18 +39,10 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_mode --for
 python3 --version
 
 step "install (wheels: ${wheels:-none, from the network})"
-# Some Pythons ship without ensurepip: then the host's pip installs into a venv made without one.
-if python3 -m venv .venv-gpu 2>/dev/null && .venv-gpu/bin/python -m pip --version >/dev/null 2>&1; then
-  pip=(.venv-gpu/bin/python -m pip)
-else
-  rm -rf .venv-gpu; python3 -m venv --without-pip .venv-gpu
-  pip=(python3 -m pip --python .venv-gpu/bin/python)
-fi
+tests/gpu/install_venv.sh .venv-gpu "$wheels"
 if [ -n "$wheels" ]; then
-  "${pip[@]}" install --quiet --no-index --find-links "$wheels" -r tests/gpu/requirements.txt
   tarballs=("$wheels"/collections/*.tar.gz)
 else
-  "${pip[@]}" install --quiet -r tests/gpu/requirements.txt
   rm -rf build/gpu-wheels && tests/gpu/build_wheelhouse.sh build/gpu-wheels >/dev/null
   tarballs=(build/gpu-wheels/collections/*.tar.gz)
 fi
