@@ -61,13 +61,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import mps_bench_report as report  # noqa: E402  (beside this file)
 
+# The collection's parser of the control CLI: beside this script (where playbooks/benchmark.yml ships it), or in
+# the checkout it belongs to (benchmarks/ -> plugins/module_utils).
+for _folder in (HERE, os.path.join(HERE, "..", "plugins", "module_utils")):
+    if os.path.isfile(os.path.join(_folder, "_mps_output.py")):
+        sys.path.insert(0, os.path.abspath(_folder))
+        break
+import _mps_output as mps_out  # noqa: E402
+
 CLIENT = os.path.join(HERE, "mps_bench_client.py")
 PREFIX = "@@gpulab "
-CONTROL = "nvidia-cuda-mps-control"
-# Where NVIDIA's packages and images put the binaries, besides PATH (as plugins/module_utils/_mps_control.py).
-EXTRA_BINARY_PATHS = ["/usr/local/nvidia/bin", "/usr/bin", "/usr/local/bin", "/usr/local/cuda/bin"]
-NO_DAEMON = "Cannot find MPS control daemon process"
-PID_FILE = "nvidia-cuda-mps-control.pid"
 # MPS variables that would change what a client gets: the benchmark measures MPS as configured by default.
 CLIENT_ENV_DROP = ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
                    "CUDA_MPS_CLIENT_PRIORITY")
@@ -102,66 +105,6 @@ class Console(object):
         print(line, flush=True)
 
 
-# --- the MPS control parser: the collection's own, else a minimal one --------------------------------------
-
-def _builtin_parse_ps(text):
-    """Minimal reading of `ps` (the table PID ID SERVER DEVICE NAMESPACE COMMAND), used only when the
-    collection's parser cannot be imported (this folder copied alone)."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if not lines or lines == ["Server not found"]:
-        return []
-    if lines[0].split()[:1] != ["PID"]:
-        raise ValueError("unexpected ps header %r" % lines[0])
-    rows = []
-    for line in lines[1:]:
-        fields = line.split(None, 5)
-        rows.append({"pid": int(fields[0]), "id": int(fields[1]), "server": int(fields[2]),
-                     "device": fields[3] if len(fields) > 3 else "",
-                     "namespace": fields[4] if len(fields) > 4 else "",
-                     "command": fields[5] if len(fields) > 5 else ""})
-    return rows
-
-
-def load_parse_ps():
-    """(parse_ps, where from): plugins/module_utils/_mps_control.py of this checkout, or of a copy beside
-    this script (module_utils/), imported as the collection's module; else the minimal parser above."""
-    name = "ansible_collections.gpulab.mps.plugins.module_utils._mps_control"
-    try:
-        module = __import__(name, fromlist=["parse_ps"])
-        return module.parse_ps, "collection (installed)"
-    except ImportError:
-        pass
-    import importlib
-    import types
-    for utils in (os.path.join(HERE, "..", "plugins", "module_utils"), os.path.join(HERE, "module_utils")):
-        utils = os.path.abspath(utils)
-        if not os.path.isfile(os.path.join(utils, "_mps_control.py")):
-            continue
-        saved = dict((k, v) for k, v in sys.modules.items() if k == "ansible_collections"
-                     or k.startswith("ansible_collections."))
-        # Packages pointing at this checkout, so that _mps_control's own import of _sizes resolves too.
-        root = os.path.dirname(os.path.dirname(utils))
-        for pkg, path in (("ansible_collections", os.path.dirname(root)),
-                          ("ansible_collections.gpulab", os.path.dirname(root)),
-                          ("ansible_collections.gpulab.mps", root),
-                          ("ansible_collections.gpulab.mps.plugins", os.path.join(root, "plugins")),
-                          ("ansible_collections.gpulab.mps.plugins.module_utils", utils)):
-            module = types.ModuleType(pkg)
-            module.__path__ = [path]
-            sys.modules[pkg] = module
-        try:
-            module = importlib.import_module(name)
-            return module.parse_ps, utils
-        except Exception:  # fall through to the builtin parser
-            pass
-        finally:
-            for key in [k for k in sys.modules if k == "ansible_collections" or k.startswith("ansible_collections.")]:
-                if key not in saved and not key.endswith("._mps_control") and not key.endswith("._sizes"):
-                    del sys.modules[key]
-            sys.modules.update(saved)
-    return _builtin_parse_ps, "builtin (collection parser not found)"
-
-
 # --- the MPS control daemon ---------------------------------------------------------------------------------
 
 def find_control_binary(given=None):
@@ -169,10 +112,10 @@ def find_control_binary(given=None):
         if not (os.path.isfile(given) and os.access(given, os.X_OK)):
             raise BenchError("%s is not an executable file (--control-binary)" % given)
         return os.path.abspath(given)
-    found = shutil.which(CONTROL, path=os.pathsep.join([os.environ.get("PATH", "")] + EXTRA_BINARY_PATHS))
+    found = shutil.which(mps_out.CONTROL_BINARY, path=os.pathsep.join([os.environ.get("PATH", "")] + list(mps_out.BINARY_DIRECTORIES)))
     if not found:
         raise BenchError("%s not found in PATH or %s: install the NVIDIA driver's utilities, or pass "
-                         "--control-binary" % (CONTROL, ", ".join(EXTRA_BINARY_PATHS)))
+                         "--control-binary" % (mps_out.CONTROL_BINARY, ", ".join(list(mps_out.BINARY_DIRECTORIES))))
     return found
 
 
@@ -225,11 +168,11 @@ class Daemon(object):
 
     def answers(self):
         rc, out = self.command("get_server_list")
-        return rc == 0 and NO_DAEMON not in out
+        return rc == 0 and mps_out.NO_DAEMON not in out
 
     def read_pid(self):
         try:
-            with open(os.path.join(self.pipe_dir, PID_FILE)) as handle:
+            with open(os.path.join(self.pipe_dir, mps_out.PID_FILE)) as handle:
                 return int(handle.read().strip())
         except (IOError, OSError, ValueError):
             return None
@@ -260,7 +203,7 @@ class Daemon(object):
 
     def ps(self):
         rc, out = self.command("ps")
-        if rc != 0 or NO_DAEMON in out:
+        if rc != 0 or mps_out.NO_DAEMON in out:
             raise BenchError("the MPS control daemon in %s does not answer `ps` (rc %d): %s"
                              % (self.pipe_dir, rc, out.strip()[:300]))
         return out
@@ -736,7 +679,7 @@ def main(argv=None):
                                                         runs_planned, planned, args.budget_s, args.deadline_s))
     if args.dry_run:
         say("daemon: %s" % ("the one in %s" % args.pipe_dir if args.pipe_dir else
-                            "a private one, started with `%s -d` and quit at the end" % CONTROL))
+                            "a private one, started with `%s -d` and quit at the end" % mps_out.CONTROL_BINARY))
         say("clients: %s" % " ".join(shlex.quote(a) for a in client_argv(args, args.backend)))
         say("dry run: nothing started")
         return 0
@@ -790,9 +733,9 @@ def main(argv=None):
 
 def run_benchmark(args, say, state):
     workdir = state["workdir"]
-    parse_ps, origin = load_parse_ps()
-    state["parser"] = origin
-    say("ps parser: %s" % origin)
+    parse_ps = mps_out.parse_ps
+    state["parser"] = mps_out.__file__
+    say("ps parser: %s" % mps_out.__file__)
     binary = find_control_binary(args.control_binary)
     # The daemon of the "MPS on" mode: this script's own, or the one the caller runs.
     if args.pipe_dir:

@@ -11,20 +11,37 @@ class ModuleDocFragment(object):
 options:
   pipe_directory:
     description:
-      - Directory of the control daemon's sockets (C(CUDA_MPS_PIPE_DIRECTORY)).
+      - Directory of the control daemon's sockets (C(CUDA_MPS_PIPE_DIRECTORY)), an absolute path of letters,
+        digits and C(. _ - + @ /).
       - A daemon is found by this directory alone; CUDA clients must use the same one, or they
         silently run without MPS.
-    type: path
+      - It is used only when it is trusted - root's or the daemon user's, writable by nobody else, not a
+        symbolic link, on a path no other user can change; an untrusted one is refused before any command is
+        sent, with the reason.
+    type: str
     default: /tmp/nvidia-mps
   log_directory:
     description:
-      - Directory of C(control.log) and C(server.log) (C(CUDA_MPS_LOG_DIRECTORY)).
-    type: path
+      - Directory of C(control.log) and C(server.log) (C(CUDA_MPS_LOG_DIRECTORY)), an absolute path like
+        O(pipe_directory).
+    type: str
     default: /var/log/nvidia-mps
   control_binary:
     description:
       - Path of C(nvidia-cuda-mps-control).
       - By default it is searched in E(PATH), then C(/usr/local/nvidia/bin), C(/usr/bin),
-        C(/usr/local/bin) and C(/usr/local/cuda/bin).
+        C(/usr/local/bin), C(/usr/local/cuda/bin) and C(/usr/sbin).
     type: path
+"""
+
+    # The modules that read or write what the collection keeps about a daemon.
+    STATE_DIRECTORY = r"""
+options:
+  state_directory:
+    description:
+      - Where the collection keeps what it writes about a daemon - the exact pinned limits it set, and the lock
+        that serialises runs on one pipe directory - never in the pipe directory, which MPS opens to every user.
+      - By default C(/var/lib/gpulab-mps) for root, C(~/.local/state/gpulab-mps) for other users. It must be
+        trusted like O(pipe_directory); a missing one is created.
+    type: str
 """

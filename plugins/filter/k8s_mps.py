@@ -14,7 +14,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
-from ansible_collections.gpulab.mps.plugins.module_utils import _dialtone_pod as dt
+from ansible_collections.gpulab.mps.plugins.module_utils import _pods as dt
 from ansible_collections.gpulab.mps.plugins.module_utils import _kind as kind
 
 
@@ -65,6 +65,11 @@ def dialtone_pod(name="mps-dialtone", **kwargs):
     return _call(dt.dialtone_pod, name, **kwargs)
 
 
+def workload_pod(files, command, **kwargs):
+    """The workload pod and the ConfigMap with its files, in apply order."""
+    return _call(dt.workload_pod, files, command, **kwargs)
+
+
 def dialtone_diagnosis(result, **kwargs):
     """The meaning of a kubernetes.core.k8s_exec result of the dial-tone: {ok, state, message}."""
     if not isinstance(result, dict):
@@ -89,5 +94,6 @@ class FilterModule(object):
             "device_plugin_manifests": device_plugin_manifests,
             "node_resource_gaps": node_resource_gaps,
             "dialtone_pod": dialtone_pod,
+            "workload_pod": workload_pod,
             "dialtone_diagnosis": dialtone_diagnosis,
         }

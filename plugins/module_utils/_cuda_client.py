@@ -12,37 +12,26 @@ while it holds a context. This client needs no CUDA toolkit, PyTorch or CuPy, so
 runs on any host with a driver. CLIENT_SOURCE is run as `python -c CLIENT_SOURCE` in a child
 process; the same file also runs on its own: `python _cuda_client.py --hold 30`.
 
-Protocol: once its context exists, the client (with --ps-binary) asks the MPS control daemon for
-its `ps` table until its own PID shows (at most --ps-wait seconds), so that the table is read
-while the context is held; it prints one JSON line (pid, device, free and total memory as the
-client sees them, the outcome of an optional allocation, the raw `ps` output), holds the context
-for --hold seconds (or until its stdin closes, with --release-on-stdin 1), releases it and exits 0.
-On a CUDA error it prints one JSON line with "error" and exits 2.
+Protocol: once its context exists (and the optional allocation was tried), the client prints one
+JSON line (pid, device, free and total memory as the client sees it, the outcome of the allocation),
+then holds the context until its stdin closes (--release-on-stdin 1) or --hold seconds pass, releases
+it and exits 0. The caller reads the daemon's `ps` while the context is held (ClientProcess does the
+waiting, with a bound). On a CUDA error it prints one JSON line with "error" and exits 2.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
+import subprocess
+import time
 
 CLIENT_SOURCE = r'''
-import ctypes, json, os, select, subprocess, sys, time
-
-def read_ps(binary, pid, wait):
-    """The daemon's ps output, polled until this PID is listed or `wait` seconds pass."""
-    deadline = time.time() + wait
-    while True:
-        try:
-            done = subprocess.run([binary], input="ps\n", capture_output=True, text=True, timeout=20)
-            output, rc = done.stdout + done.stderr, done.returncode
-        except (OSError, subprocess.SubprocessError) as e:
-            output, rc = str(e), -1
-        listed = any(line.split()[:1] == [str(pid)] for line in output.splitlines())
-        if listed or rc != 0 or time.time() >= deadline:
-            return output, rc
-        time.sleep(0.2)
+import ctypes, json, os, select, sys, time
 
 def main(argv):
-    args = dict(device=0, alloc_mib=0, hold=60.0, release_on_stdin=0, ps_binary="", ps_wait=10.0)
+    args = dict(device=0, alloc_mib=0, hold=60.0, release_on_stdin=0)
     it = iter(argv)
     for a in it:
         key = a.lstrip("-").replace("-", "_")
@@ -85,8 +74,6 @@ def main(argv):
     except RuntimeError as e:
         out["error"] = str(e)
         print(json.dumps(out)); sys.stdout.flush(); return 2
-    if args["ps_binary"]:
-        out["ps"], out["ps_rc"] = read_ps(args["ps_binary"], out["pid"], args["ps_wait"])
     print(json.dumps(out)); sys.stdout.flush()
     deadline = time.time() + args["hold"]
     while time.time() < deadline:
@@ -106,13 +93,10 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def client_argv(python, device=0, alloc_mib=0, hold=60, release_on_stdin=False, ps_binary=None, ps_wait=10):
+def client_argv(python, device=0, alloc_mib=0, hold=60, release_on_stdin=False):
     """argv that runs the client with the given Python interpreter."""
-    argv = [python, "-c", CLIENT_SOURCE, "--device", str(int(device)), "--alloc-mib", str(int(alloc_mib)),
+    return [python, "-c", CLIENT_SOURCE, "--device", str(int(device)), "--alloc-mib", str(int(alloc_mib)),
             "--hold", str(float(hold)), "--release-on-stdin", "1" if release_on_stdin else "0"]
-    if ps_binary:
-        argv += ["--ps-binary", ps_binary, "--ps-wait", str(float(ps_wait))]
-    return argv
 
 
 def parse_client_report(output):
@@ -124,6 +108,65 @@ def parse_client_report(output):
     if not isinstance(report, dict) or "pid" not in report:
         raise ValueError("not a client report: %r" % (lines[-1],))
     return report
+
+
+class ClientTimeout(Exception):
+    """The client did not do its part in time; it was killed."""
+
+
+class ClientProcess(object):
+    """The probe client as a child process that holds its context until release(); every wait is bounded."""
+
+    def __init__(self, argv, env):
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, close_fds=True)
+        self.stdout = b""
+        self.stderr = b""
+
+    def _read(self, until, deadline):
+        """Read stdout and stderr until until() holds, both close, or the deadline passes (then kill)."""
+        streams = {self.proc.stdout.fileno(): "stdout", self.proc.stderr.fileno(): "stderr"}
+        while streams and not until():
+            left = deadline - time.time()
+            if left <= 0:
+                self.kill()
+                raise ClientTimeout()
+            ready, _, _ = select.select(list(streams), [], [], min(left, 0.5))
+            for fd in ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    del streams[fd]
+                elif streams[fd] == "stdout":
+                    self.stdout += chunk
+                else:
+                    self.stderr += chunk
+
+    def report(self, deadline):
+        """The client's JSON line, once it holds its context (or failed); raises ClientTimeout."""
+        self._read(lambda: b"\n" in self.stdout, deadline)
+        return parse_client_report(self.stdout.decode("utf-8", "replace").split("\n", 1)[0])
+
+    def release(self, deadline):
+        """Let the client release its context and exit; returns its exit code (raises ClientTimeout)."""
+        try:
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        self._read(lambda: False, deadline)
+        try:
+            return self.proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ClientTimeout()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self):
+        return self.stdout.decode("utf-8", "replace"), self.stderr.decode("utf-8", "replace")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import hashlib
 import json
 import re
 
+from ansible_collections.gpulab.mps.plugins.module_utils._nvml import mps_client_cap
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import replica_memory_mib
 
 AGGREGATE = "aggregate"
@@ -60,10 +61,6 @@ DEFAULT_NAME = "nvidia-device-plugin"
 MPS_ROOT = "/run/nvidia/mps"
 
 MIN_REPLICAS = 2
-# MPS clients per device: 48 from Volta (compute capability 7.0) on, 16 before.
-# Upstream's check uses 7.5, which wrongly refuses 17..48 replicas on V100.
-CLIENT_CAP_VOLTA = 48
-CLIENT_CAP_PRE_VOLTA = 16
 
 _CC_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*$")
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -95,9 +92,7 @@ def client_cap(gpu):
     if cap:
         return int(cap)
     cc = compute_capability(gpu.get("compute_capability"))
-    if cc is None:
-        return CLIENT_CAP_PRE_VOLTA
-    return CLIENT_CAP_VOLTA if cc >= (7, 0) else CLIENT_CAP_PRE_VOLTA
+    return mps_client_cap(*cc) if cc is not None else mps_client_cap(0)
 
 
 def _gpu_label(gpu):
@@ -548,11 +543,6 @@ def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWN
 def mps_daemon_name(name=DEFAULT_NAME):
     """Name of the plugin's MPS control daemon DaemonSet."""
     return "%s-mps-control-daemon" % name
-
-
-def pipe_directory(mps_root=MPS_ROOT, resource=DEFAULT_RESOURCE):
-    """Where the plugin's MPS daemon for a resource keeps its pipe on the node (upstream layout)."""
-    return "%s/%s/pipe" % (mps_root.rstrip("/"), resource)
 
 
 def node_labels(mode, owner):

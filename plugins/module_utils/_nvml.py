@@ -63,6 +63,16 @@ def version_tuple(version):
     return tuple(int(p) for p in parts)
 
 
+def driver_problem(driver_version, min_version):
+    """Why this driver is too old for MPS as the collection uses it, or None. ValueError for a bad min_version."""
+    wanted = version_tuple(min_version)
+    if version_tuple(driver_version) >= wanted:
+        return None
+    return ("NVIDIA driver %s is older than %s: MPS as gpulab.mps uses it needs driver %s or newer. Upgrade the "
+            "driver (for example the nvidia-driver-%s-server package) and reboot." % (
+                driver_version, min_version, min_version, wanted[0]))
+
+
 class Nvml(object):
     """A context manager around nvmlInit/nvmlShutdown with the queries the modules need."""
 

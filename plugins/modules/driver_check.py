@@ -70,7 +70,7 @@ min_version:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import query_gpus
-from ansible_collections.gpulab.mps.plugins.module_utils._nvml import version_tuple
+from ansible_collections.gpulab.mps.plugins.module_utils._nvml import driver_problem, version_tuple
 
 
 def main():
@@ -78,16 +78,13 @@ def main():
                            supports_check_mode=True)
     minimum = module.params["min_version"]
     try:
-        wanted = version_tuple(minimum)
+        version_tuple(minimum)
     except ValueError as error:
         module.fail_json(msg="min_version: %s" % error, min_version=minimum)
     driver, _gpus = query_gpus(module)
-    if version_tuple(driver["driver_version"]) < wanted:
-        module.fail_json(
-            msg="NVIDIA driver %s is older than %s: MPS as gpulab.mps uses it needs driver %s or newer. Upgrade the "
-                "driver (for example the nvidia-driver-%s-server package) and reboot." % (
-                    driver["driver_version"], minimum, minimum, wanted[0]),
-            min_version=minimum, **driver)
+    problem = driver_problem(driver["driver_version"], minimum)
+    if problem:
+        module.fail_json(msg=problem, min_version=minimum, **driver)
     module.exit_json(changed=False, min_version=minimum, **driver)
 
 

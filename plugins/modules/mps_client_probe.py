@@ -17,8 +17,10 @@ description:
   - The client uses only the NVIDIA driver (C(libcuda.so.1)) through Python ctypes; no CUDA toolkit,
     PyTorch or CuPy is needed. With O(alloc_mib) it also tries an allocation, which shows whether the
     pinned memory limit holds.
-  - Changes nothing that lasts; the first client of a daemon makes it start an MPS server, as any
-    CUDA program would. In check mode only the dial-tone runs, no client.
+  - Changes nothing that lasts. The first client of a user makes the daemon start an MPS server for that user,
+    as any CUDA program would; when the probe's client was the only client of a server that it made start,
+    that server is shut down again after it, so that defaults set later reach the next clients of that user.
+    In check mode only the dial-tone runs, no client.
 extends_documentation_fragment:
   - gpulab.mps.attributes
   - gpulab.mps.mps_control
@@ -41,7 +43,10 @@ options:
     description: Python interpreter that runs the client. By default the one running this module.
     type: path
   timeout:
-    description: Seconds the client may wait to see itself in the daemon's C(ps) table (at most 10 are used).
+    description:
+      - Seconds the whole probe may take (1 to 3600) - the client's start on the GPU, its appearance in the
+        daemon's C(ps) table and its exit - and the bound of every call of the control binary. A client or a
+        binary that hangs is killed and the task fails, saying which.
     type: int
     default: 60
 requirements:
@@ -98,6 +103,13 @@ server:
   returned: when the client was under MPS
   type: int
   sample: 537
+server_stopped:
+  description:
+    - Whether the server that served the client was shut down after it - because the probe's client made it
+      start and was its only client.
+  returned: when the client was under MPS
+  type: bool
+  sample: true
 ps:
   description: The daemon's C(ps) rows while the client ran (before it, in check mode).
   returned: always
@@ -106,14 +118,16 @@ ps:
   sample: [{pid: 534, id: 1, server: 537, device: GPU-058fcf08-fc4a-49f5, namespace: "4026531836", command: python3}]
 """
 
+import os
 import sys
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import (
-    MpsControlError, fail_control, mps_argument_spec, mps_control)
-from ansible_collections.gpulab.mps.plugins.module_utils._cuda_client import client_argv, parse_client_report
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import DaemonNotRunning, parse_ps
+    MpsControlError, fail_control, mps_argument_spec, reader_control, timeout_error)
+from ansible_collections.gpulab.mps.plugins.module_utils._cuda_client import ClientProcess, ClientTimeout, client_argv
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import DaemonNotRunning
 
 
 def find_client(rows, pid):
@@ -136,13 +150,21 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if p["device"] < 0 or p["alloc_mib"] < 0 or p["timeout"] < 1:
-        module.fail_json(msg="device and alloc_mib must be 0 or more, timeout at least 1")
-    control = mps_control(module)
+    problems = [m for m in (timeout_error(p["timeout"]),) if m]
+    if p["device"] < 0 or p["alloc_mib"] < 0:
+        problems.append("device and alloc_mib must be 0 or more")
+    if problems:
+        module.fail_json(msg="; ".join(problems))
+    deadline = time.time() + p["timeout"]
+    # The wait on ps leaves the client time to release its context and exit within the timeout.
+    ps_deadline = deadline - min(10.0, max(1.0, p["timeout"] * 0.2))
+    control = reader_control(module, timeout=p["timeout"])
     result = dict(changed=False, dialtone=False, client_checked=False, ps=[])
+    servers_before = None
     try:
         result["ps"] = control.ps()
         result["dialtone"] = True
+        servers_before = set(control.server_list())
     except DaemonNotRunning as error:
         if p["expect_mps"]:
             fail_control(module, error, "MPS dial-tone failed: no MPS control daemon answers in %s; start it "
@@ -153,30 +175,57 @@ def main():
     if module.check_mode:
         module.exit_json(**result)
 
-    # The client reads the daemon's ps table itself while it holds its context, so one blocking
-    # run_command suffices; the table it read is parsed here with the same parser as everywhere.
-    argv = client_argv(p["python"] or sys.executable, p["device"], p["alloc_mib"], hold=0,
-                       ps_binary=control.binary, ps_wait=min(p["timeout"], 10))
-    rc, out, err = module.run_command(argv, environ_update=control.environment())
+    argv = client_argv(p["python"] or sys.executable, p["device"], p["alloc_mib"], hold=p["timeout"],
+                       release_on_stdin=True)
+    env = dict(os.environ, **control.environment())
+    client = ClientProcess(argv, env)
+    row, serving = None, []
     try:
-        report = parse_client_report(out)
-    except ValueError as error:
-        module.fail_json(msg="The CUDA probe client gave no report (%s): %s" % (error, (err or out).strip()[-2000:]),
-                         rc=rc, stdout=out, stderr=err, **result)
-    result.update(client_checked=True, client=dict((k, v) for k, v in report.items() if k not in ("ps", "ps_rc")))
-    if report.get("error"):
-        module.fail_json(msg="The CUDA probe client could not use GPU %d: %s" % (p["device"], report["error"]),
-                         **result)
-    row = None
-    if result["dialtone"] and report.get("ps_rc") == 0:
         try:
-            result["ps"] = parse_ps(report.get("ps", ""))
+            report = client.report(deadline)
         except ValueError as error:
-            module.fail_json(msg="Unexpected ps output while the client ran: %s" % error, **result)
-        row = find_client(result["ps"], report["pid"])
+            client.release(deadline)
+            out, err = client.output()
+            module.fail_json(msg="The CUDA probe client gave no report (%s): %s" % (error, (err or out).strip()[-2000:]),
+                             rc=client.proc.returncode, stdout=out, stderr=err, **result)
+        result.update(client_checked=True, client=report)
+        if report.get("error"):
+            client.release(deadline)
+            module.fail_json(msg="The CUDA probe client could not use GPU %d: %s" % (p["device"], report["error"]),
+                             **result)
+        # The proof, while the client holds its context: its PID in the daemon's ps.
+        if result["dialtone"]:
+            try:
+                while True:
+                    result["ps"] = control.ps()
+                    row = find_client(result["ps"], report["pid"])
+                    if row is not None or time.time() >= ps_deadline:
+                        break
+                    time.sleep(0.2)
+                if row is not None and row["server"] not in servers_before:
+                    serving = control.client_list(row["server"])
+            except MpsControlError as error:
+                client.kill()
+                fail_control(module, error, "Cannot read the daemon's ps while the probe client ran", **result)
+        client.release(deadline)
+    except ClientTimeout:
+        out, err = client.output()
+        module.fail_json(msg="The CUDA probe client on GPU %d did not finish within timeout=%d s and was killed: %s"
+                         % (p["device"], p["timeout"], (err or out).strip()[-2000:] or "it printed nothing"),
+                         stdout=out, stderr=err, **result)
     result["under_mps"] = row is not None
     if row is not None:
         result["server"] = row["server"]
+        result["server_stopped"] = False
+        # A server that this probe's client made start, and served only it, goes again: it would keep the
+        # defaults it started with, and newer defaults would never reach this user's next clients.
+        if serving == [report["pid"]]:
+            try:
+                if control.wait(lambda: not control.client_list(row["server"]), min(5.0, max(0.5, deadline - time.time()))):
+                    control.shutdown_server(row["server"])
+                    result["server_stopped"] = True
+            except MpsControlError:
+                pass  # it went by itself, or a new client came: either way it is not ours to stop
     if p["expect_mps"] and row is None:
         module.fail_json(
             msg="CUDA client %d ran on GPU %d but is NOT an MPS client: the daemon in %s does not list it, so it fell "

@@ -19,10 +19,29 @@ description:
   - Stopping while CUDA clients are attached fails and lists them, unless O(force=true).
   - Where systemd manages the daemon (role C(gpulab.mps.mps_host)), use this module with
     O(state=started) after the service starts, to set and verify the defaults.
+  - On a host with other users, the pipe and log directories are used only when they are trusted (owned by
+    the daemon's user, writable by nobody else, no symbolic link); a missing one is created race-free.
+    The exact limits and a lock that serialises runs on one pipe directory live in O(state_directory).
 extends_documentation_fragment:
   - gpulab.mps.attributes
   - gpulab.mps.mps_control
+  - gpulab.mps.mps_control.state_directory
 options:
+  plan:
+    description:
+      - The host's MPS plan, the fact C(preflight_mps_plan) that the C(gpulab.mps.preflight) role sets
+        (M(gpulab.mps.mps_plan)). Its devices, defaults, pipe and log directories and control binary are
+        used as they are, already checked against NVML, so NVML is not read again.
+      - Mutually exclusive with O(visible_devices), O(default_active_thread_percentage) and
+        O(default_pinned_memory_limit); it overrides O(pipe_directory), O(log_directory) and O(control_binary).
+    type: dict
+  defaults_applied_at_start:
+    description:
+      - The daemon's service sets these very defaults itself on every start (the drop-in of the
+        C(gpulab.mps.mps_host) role). The exact pinned limits recorded then hold for a daemon that service
+        restarted too, so a restarted daemon with the right limits is not reported as changed.
+    type: bool
+    default: false
   state:
     description:
       - V(started) starts the daemon when none answers on O(pipe_directory), then applies the defaults.
@@ -34,8 +53,10 @@ options:
     default: started
   directory_mode:
     description:
-      - Mode of O(pipe_directory) and O(log_directory) when this module creates them.
-      - Existing directories keep their mode; a world-writable one without the sticky bit is reported.
+      - Mode of O(pipe_directory) and O(log_directory) when this module creates them, as
+        M(ansible.builtin.file) reads a mode - a quoted octal string (V("0711")), or an integer, which YAML
+        gives for an unquoted 0711. A mode that lets group or others write is refused.
+      - Existing directories keep their mode; one that is not trusted is refused, never changed.
     type: raw
     default: "0755"
   visible_devices:
@@ -47,15 +68,15 @@ options:
     elements: str
   default_active_thread_percentage:
     description:
-      - Default active thread percentage (1 to 100) of servers started from now on.
-    type: float
+      - Default active thread percentage (1 to 100) of servers started from now on. A boolean is refused.
+    type: raw
   default_pinned_memory_limit:
     description:
       - Default pinned device memory limit of servers started from now on.
       - One size for every device (V(2G), V(1536M), V(512MiB)), or a dict from device (NVML index or
         UUID) to size. Units are binary (K, M, G, T); the limit must be whole MiB.
-      - The CLI reads this back in whole units rounded down (1536M shows as 1G); the module compares
-        accordingly, and keeps the exact value it set in C(gpulab-mps-defaults.json) in O(pipe_directory).
+      - At most the memory of the GPU. The CLI reads this back in whole units rounded down (1536M shows as 1G);
+        the module compares accordingly, and keeps the exact value it set in O(state_directory).
     type: raw
   apply_to_running:
     description:
@@ -69,17 +90,20 @@ options:
   force:
     description:
       - Stop or restart even while clients are attached. Their work is lost; after O(timeout) seconds
-        the daemon forcibly shuts their servers down (C(quit -t)).
+        the daemon forcibly shuts their servers down (C(quit -t)). Without it the daemon is only asked to
+        C(quit), which waits for clients.
     type: bool
     default: false
   timeout:
     description:
-      - Seconds to wait for the daemon to start or to stop.
+      - Seconds to wait for the daemon to start or to stop, and the bound of every call of the control binary
+        (1 to 3600).
     type: int
     default: 30
 requirements:
   - nvidia-cuda-mps-control on the target
-  - nvidia-ml-py, when O(visible_devices) or O(default_pinned_memory_limit) is given (to check the devices)
+  - nvidia-ml-py, when O(visible_devices) or O(default_pinned_memory_limit) is given without O(plan) (to check
+    the devices)
 attributes:
   check_mode:
     support: full
@@ -91,6 +115,8 @@ attributes:
 notes:
   - Defaults set through the CLI live in the daemon's memory; a restarted daemon starts with none.
     The C(gpulab.mps.mps_host) role's systemd unit re-applies them on every start.
+  - A daemon that is already gone counts as stopped; what it left in the pipe directory (its pid file, fifo
+    and sockets, when they are the daemon user's) is removed once its PID is dead.
 author:
   - gpulab.mps contributors (@gpulab)
 """
@@ -112,6 +138,10 @@ EXAMPLES = r"""
   gpulab.mps.mps_daemon:
     default_active_thread_percentage: 50
     apply_to_running: restart
+
+- name: Apply the host's plan (what the mps_host role does)
+  gpulab.mps.mps_daemon:
+    plan: "{{ preflight_mps_plan }}"
 
 - name: Stop MPS, even under running jobs
   gpulab.mps.mps_daemon:
@@ -151,8 +181,7 @@ devices:
 requested:
   description:
     - The defaults asked for, resolved to MPS device ordinals and to the exact sizes sent to the CLI,
-      and O(visible_devices) resolved to UUIDs (null when not given).
-    - The C(gpulab.mps.mps_host) role renders its systemd unit from this (run in check mode first).
+      and O(visible_devices) resolved to UUIDs (null when not given); with O(plan), the plan's.
   returned: always
   type: dict
   sample: {active_thread_percentage: 50.0, pinned_memory_limit: {"0": 1536M},
@@ -164,7 +193,7 @@ restarted_servers:
   elements: dict
   sample: [{old: 486, new: 530}]
 stale_sockets_removed:
-  description: Sockets of a stopped daemon removed from O(pipe_directory).
+  description: What a stopped daemon left in O(pipe_directory) and this task removed (its sockets, fifo, pid file).
   returned: always
   type: list
   elements: str
@@ -172,98 +201,23 @@ stale_sockets_removed:
 """
 
 import os
-import stat
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import (
-    MpsControlError, fail_control, mps_argument_spec, mps_control, query_gpus)
+    MpsControlError, fail_control, mps_argument_spec, path_errors, query_gpus, timeout_error)
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
-    ALREADY_RUNNING, RECORD_FILE, pid_alive)
-from ansible_collections.gpulab.mps.plugins.module_utils._nvml import resolve_devices
-from ansible_collections.gpulab.mps.plugins.module_utils._sizes import (
-    SizeError, mps_size, parse_size, readback_matches)
+    DaemonNotRunning, LimitRecord, MpsControl, default_state_directory, find_control_binary, pid_alive,
+    with_exact_limits)
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import (
+    ALREADY_RUNNING, LOG_FIFO, PID_FILE, SOCKET_FILES)
+from ansible_collections.gpulab.mps.plugins.module_utils._plan import daemon_environment, daemon_plan, plan_problems
+from ansible_collections.gpulab.mps.plugins.module_utils._sizes import mps_size, readback_matches
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import (
+    Lock, TrustError, directory_problem, ensure_directory, normalize_path, parse_mode, remove_owned)
 
 
-# --- validation (pure: nothing here touches the host) ----------------------------------------------
-
-def validate_percentage(value):
-    """The active thread percentage, or an error message. MPS takes (0, 100]; we take 1 to 100."""
-    if value is None:
-        return None, None
-    if not 1 <= value <= 100:
-        return None, ("default_active_thread_percentage must be between 1 and 100, got %g "
-                      "(the CLI would silently keep its old value)" % value)
-    return float(value), None
-
-
-def pinned_request(value):
-    """Normalise default_pinned_memory_limit to {selector: bytes} ({"*": bytes} for every device).
-
-    Returns (request, errors).
-    """
-    if value is None or value == "":
-        return None, []
-    items = value.items() if isinstance(value, dict) else [("*", value)]
-    request, errors = {}, []
-    for selector, size in items:
-        try:
-            size_bytes = parse_size(size)
-            mps_size(size_bytes)
-        except SizeError as error:
-            errors.append("default_pinned_memory_limit%s: %s" % ("" if selector == "*" else " for device %s" % selector, error))
-            continue
-        request[str(selector)] = size_bytes
-    return request, errors
-
-
-def plan_devices(gpus, visible, pinned):
-    """Resolve visible_devices and the pinned request against the GPUs NVML lists.
-
-    Returns (visible_uuids or None, {mps_ordinal: bytes}, {mps_ordinal: uuid}, errors). With
-    visible_devices the daemon numbers devices by their position in that list.
-    """
-    errors = []
-    visible_indexes = None
-    if visible:
-        visible_indexes, errors = resolve_devices(gpus, visible)
-    ordinal_of = dict((index, pos) for pos, index in enumerate(visible_indexes)) if visible_indexes is not None \
-        else dict((g["index"], g["index"]) for g in gpus)
-    uuids = dict((str(ordinal), gpus[index]["uuid"]) for index, ordinal in ordinal_of.items())
-    limits = {}
-    for selector, size_bytes in sorted((pinned or {}).items()):
-        if selector == "*":
-            targets = sorted(ordinal_of)
-        else:
-            targets, device_errors = resolve_devices(gpus, [selector])
-            errors.extend("default_pinned_memory_limit: %s" % e for e in device_errors)
-            for index in targets:
-                if index not in ordinal_of:
-                    errors.append("default_pinned_memory_limit: device %s (GPU %d) is not in visible_devices" % (selector, index))
-            targets = [i for i in targets if i in ordinal_of]
-        for index in targets:
-            limits[ordinal_of[index]] = size_bytes
-    visible_uuids = [gpus[i]["uuid"] for i in visible_indexes] if visible_indexes is not None else None
-    return visible_uuids, limits, uuids, errors
-
-
-def directory_problem(path):
-    """Why `path` cannot be used or created as a directory, or None. Reads only."""
-    if os.path.lexists(path):
-        if not os.path.isdir(path):
-            return "%s exists and is not a directory" % path
-        return None
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return "%s cannot be created: %s is not a directory" % (path, parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return "%s cannot be created: no write permission in %s" % (path, parent)
-    if os.statvfs(parent).f_flag & os.ST_RDONLY:
-        return "%s cannot be created: %s is on a read-only file system" % (path, parent)
-    return None
-
+# --- decisions (pure: nothing here touches the host) ------------------------------------------------
 
 def pinned_in_sync(size_bytes, shown):
     """Whether the daemon's default for one device already is size_bytes.
@@ -302,63 +256,94 @@ class MpsDaemon(object):
         self.restarted_servers = []
         self.removed_sockets = []
         self.devices = None
+        self.uid = os.geteuid()
 
     # Validation -----------------------------------------------------------------------------------
     def validate(self):
+        """Every setting checked, devices resolved, paths trusted: all before anything changes."""
         p = self.params
+        plan = p["plan"]
         errors = []
-        self.percentage, error = validate_percentage(p["default_active_thread_percentage"])
+        if plan is not None:
+            errors.extend(plan_problems(plan))
+            if not errors:
+                p["pipe_directory"], p["log_directory"] = plan["pipe_directory"], plan["log_directory"]
+                p["control_binary"] = plan["control_binary"]
+        errors.extend(path_errors(self.module))
+        error = timeout_error(p["timeout"])
         if error:
             errors.append(error)
-        pinned, pinned_errors = pinned_request(p["default_pinned_memory_limit"])
-        errors.extend(pinned_errors)
         try:
-            self.dir_mode = int(str(p["directory_mode"]), 8)
-        except ValueError:
-            errors.append("directory_mode must be an octal mode such as 0755, got %r" % p["directory_mode"])
-        if p["state"] != "stopped":
+            self.dir_mode = parse_mode(p["directory_mode"])
+            if self.dir_mode & 0o022:
+                errors.append("directory_mode %04o lets group or others write in the pipe directory, where they could "
+                              "replace the daemon's sockets: use 0755 or 0711" % self.dir_mode)
+        except ValueError as error:
+            errors.append("directory_mode must be a mode such as \"0755\": %s" % error)
+        state_directory = p["state_directory"] or default_state_directory()
+        self.state_directory, error = normalize_path("state_directory", state_directory)
+        if error:
+            errors.append(error)
+        if plan is not None and not errors:
+            daemon = plan["daemon"]
+            self.devices = dict(daemon.get("devices") or {}) or None
+        elif not errors:
+            gpus = None
+            if p["state"] != "stopped" and (p["visible_devices"] or p["default_pinned_memory_limit"] not in (None, "")):
+                gpus = query_gpus(self.module)[1]
+            daemon, daemon_errors = daemon_plan(gpus, p["visible_devices"], p["default_active_thread_percentage"],
+                                                p["default_pinned_memory_limit"])
+            errors.extend(daemon_errors)
+            if gpus is not None:
+                self.devices = daemon["devices"]
+        if not errors:
             for option in ("pipe_directory", "log_directory"):
-                problem = directory_problem(p[option])
+                problem = directory_problem(p[option], self.uid, creatable=True)
                 if problem:
                     errors.append("%s: %s" % (option, problem))
-        if p["timeout"] < 1:
-            errors.append("timeout must be at least 1 second")
-        self.visible_uuids, self.limits = None, {}
-        if p["state"] != "stopped" and (p["visible_devices"] or pinned):
-            _driver, gpus = query_gpus(self.module)
-            self.visible_uuids, self.limits, self.devices, device_errors = plan_devices(gpus, p["visible_devices"], pinned)
-            errors.extend(device_errors)
+            problem = directory_problem(self.state_directory, self.uid, creatable=True)
+            if problem:
+                errors.append("state_directory: %s" % problem)
         if errors:
             self.module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(errors), errors=errors)
-        extra_env = {"CUDA_VISIBLE_DEVICES": ",".join(self.visible_uuids)} if self.visible_uuids else None
-        self.control = mps_control(self.module, extra_env=extra_env)
+        self.percentage = daemon["active_thread_percentage"]
+        self.limits = dict((int(o), b) for o, b in daemon["pinned_memory_limit"].items())
+        self.visible_uuids = daemon["visible_devices"]
+        env = daemon_environment(p["pipe_directory"], p["log_directory"], daemon)
+        binary = find_control_binary(self.module, p["control_binary"])
+        self.control = MpsControl(self.module, binary, p["pipe_directory"], p["log_directory"],
+                                  extra_env=dict((k, v) for k, v in env.items() if k == "CUDA_VISIBLE_DEVICES"),
+                                  timeout=p["timeout"], trusted_uids=[self.uid])
+        self.record = LimitRecord(self.state_directory, p["pipe_directory"])
 
     # Helpers --------------------------------------------------------------------------------------
     def ordinals(self):
         return sorted(self.limits) or [0]
 
+    def recorded(self, pid):
+        requested = self.limits if self.params["defaults_applied_at_start"] else None
+        return self.record.exact(self.control.daemon_identity(pid), requested)
+
     def snapshot(self):
         try:
-            return self.control.snapshot(self.ordinals())
+            state = self.control.snapshot(self.ordinals())
+            if state["running"]:
+                state["defaults"] = with_exact_limits(state["defaults"], self.recorded(state["pid"]))
+            return state
         except MpsControlError as error:
             fail_control(self.module, error, "Cannot read the MPS state in %s" % self.params["pipe_directory"])
 
     def ensure_directory(self, option):
         path = self.params[option]
         if os.path.isdir(path):
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-            if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-                self.warnings.append("%s is world-writable without the sticky bit: anyone can replace the MPS "
-                                     "sockets in it" % path)
-            return
+            return  # trusted: checked in validate()
         self.changed = True
         if not self.module.check_mode:
             try:
-                os.makedirs(path, self.dir_mode)
-                os.chmod(path, self.dir_mode)
-            except OSError as error:
+                ensure_directory(path, self.uid, self.dir_mode)
+            except TrustError as error:
                 # The first change of a start: when it fails, nothing has been changed yet.
-                self.module.fail_json(msg="%s %s cannot be created: %s" % (option, path, error))
+                self.module.fail_json(msg="%s %s cannot be used: %s" % (option, path, error))
 
     # Stop -----------------------------------------------------------------------------------------
     def stop(self, state):
@@ -376,31 +361,48 @@ class MpsDaemon(object):
         if self.module.check_mode:
             return
         pid = state["pid"]
+        # force decides, not the snapshot: a client that attached since is waited for unless force says otherwise.
+        command = "quit -t %d" % self.params["timeout"] if self.params["force"] else "quit"
         try:
-            self.control.run("quit -t %d" % self.params["timeout"] if clients else "quit")
+            self.control.run(command)
+        except DaemonNotRunning:
+            pass  # it died on its own meanwhile: stopped is what was asked
         except MpsControlError as error:
             fail_control(self.module, error, "Cannot stop the MPS control daemon in %s" % self.params["pipe_directory"])
         gone = self.control.wait(lambda: not self.control.is_running() and not (pid and pid_alive(pid)),
                                  self.params["timeout"] + 5)
         if not gone:
-            self.module.fail_json(msg="The MPS control daemon in %s (pid %s) did not exit within %d s after quit: "
-                                      "%s" % (self.params["pipe_directory"], pid, self.params["timeout"] + 5,
-                                              self.control.log_tail().strip()))
-
-    def clean_stale_sockets(self):
-        """Remove what a quit leaves behind, only when no daemon owns the directory."""
-        entries = self.control.pipe_entries()
-        if entries["pid_file"] or not entries["sockets"]:
-            return
-        self.changed = True
-        self.removed_sockets = entries["sockets"]
-        if self.module.check_mode:
-            return
-        for name in entries["sockets"] + [RECORD_FILE]:
+            waiting = ""
             try:
-                os.unlink(os.path.join(self.params["pipe_directory"], name))
-            except OSError:
+                attached = self.control.ps()
+                if attached:
+                    waiting = (" It is waiting for client%s %s, which attached meanwhile: it exits when they finish, "
+                               "or stop with force=true." % ("" if len(attached) == 1 else "s",
+                                                            ", ".join(str(c["pid"]) for c in attached)))
+            except MpsControlError:
                 pass
+            self.module.fail_json(msg="The MPS control daemon in %s (pid %s) did not exit within %d s after %s.%s %s" % (
+                self.params["pipe_directory"], pid, self.params["timeout"] + 5, command, waiting,
+                self.control.log_tail().strip()))
+
+    def clean_leftovers(self):
+        """Remove what a daemon that is gone left behind: its sockets, fifo and pid file, when they are ours."""
+        if self.control.daemon_pid() is not None or not os.path.isdir(self.params["pipe_directory"]):
+            return
+        entries = self.control.pipe_entries()
+        kinds = dict((name, "socket") for name in entries["sockets"])
+        if entries["log_fifo"]:
+            kinds[LOG_FIFO] = "fifo"
+        if entries["pid_file"]:
+            kinds[PID_FILE] = "file"
+        if not kinds:
+            return
+        if self.module.check_mode:
+            self.removed_sockets = sorted(kinds)
+            self.changed = True
+            return
+        self.removed_sockets = remove_owned(self.params["pipe_directory"], kinds, self.uid)
+        self.changed = self.changed or bool(self.removed_sockets)
 
     # Start ----------------------------------------------------------------------------------------
     def start(self):
@@ -409,7 +411,10 @@ class MpsDaemon(object):
         self.changed = True
         if self.module.check_mode:
             return
-        rc, out, err = self.control.start_daemon()
+        try:
+            rc, out, err = self.control.start_daemon()
+        except MpsControlError as error:
+            fail_control(self.module, error, "MPS control daemon in %s did not start" % self.params["pipe_directory"])
         if rc != 0:
             hint = " (a daemon process holds the pipe directory but does not answer)" if ALREADY_RUNNING in out + err else ""
             self.module.fail_json(msg="MPS control daemon in %s did not start%s: %s" % (
@@ -444,6 +449,8 @@ class MpsDaemon(object):
         set_limits = dict((o, b) for o, b in self.limits.items()
                           if not pinned_in_sync(b, current["pinned_memory_limit"].get(str(o))))
         if not (set_percentage or set_limits):
+            if self.limits and not self.module.check_mode:
+                self.keep_record(state)
             return
         self.changed = True
         if self.module.check_mode:
@@ -462,10 +469,21 @@ class MpsDaemon(object):
                                               "back %r" % (mps_size(size_bytes), ordinal, shown))
         except MpsControlError as error:
             fail_control(self.module, error, "Cannot set the MPS defaults in %s" % self.params["pipe_directory"])
-        pid = self.control.daemon_pid()
-        recorded = self.control.recorded_limits(pid)
-        recorded.update(self.limits)
-        self.control.record_limits(pid, recorded)
+        self.keep_record(None)
+
+    def keep_record(self, state):
+        """Record the exact limits in force on this daemon, when the record does not already say so."""
+        pid = state["pid"] if state else self.control.daemon_pid()
+        identity = self.control.daemon_identity(pid)
+        known = self.recorded(pid)
+        if known == self.limits and self.record.exact(identity) == self.limits:
+            return
+        try:
+            ensure_directory(self.state_directory, self.uid, 0o755)
+            self.record.write(identity, self.limits, self.params["defaults_applied_at_start"])
+        except (TrustError, OSError) as error:
+            self.warnings.append("The exact pinned limits could not be recorded in %s (%s): the next run compares "
+                                 "with the CLI's rounded read-back." % (self.state_directory, error))
 
     def handle_running_servers(self, state):
         if self.percentage is None and not self.limits:
@@ -506,13 +524,24 @@ class MpsDaemon(object):
     # Run ------------------------------------------------------------------------------------------
     def run(self):
         self.validate()
+        if self.module.check_mode or not os.path.isdir(self.state_directory) and self.params["state"] == "stopped":
+            return self.steps()
+        try:
+            ensure_directory(self.state_directory, self.uid, 0o755)
+            # Runs on one pipe directory are serialised: none reports values another one set meanwhile.
+            with Lock(self.state_directory, self.record.lock_name, self.params["timeout"] + 30):
+                return self.steps()
+        except TrustError as error:
+            self.module.fail_json(msg="state_directory %s cannot be used: %s" % (self.state_directory, error))
+
+    def steps(self):
         before = self.snapshot()
         wanted = self.params["state"]
         started_fresh = False
         if wanted in ("stopped", "restarted"):
             self.stop(before)
             if not self.module.check_mode or not before["running"]:
-                self.clean_stale_sockets()
+                self.clean_leftovers()
         if wanted in ("started", "restarted"):
             if wanted == "restarted" or not before["running"]:
                 self.start()
@@ -572,14 +601,19 @@ def main():
     module = AnsibleModule(
         argument_spec=mps_argument_spec(
             state=dict(type="str", default="started", choices=["started", "stopped", "restarted"]),
+            plan=dict(type="dict"),
             directory_mode=dict(type="raw", default="0755"),
             visible_devices=dict(type="list", elements="str"),
-            default_active_thread_percentage=dict(type="float"),
+            default_active_thread_percentage=dict(type="raw"),
             default_pinned_memory_limit=dict(type="raw"),
             apply_to_running=dict(type="str", default="report", choices=["report", "restart"]),
             force=dict(type="bool", default=False),
             timeout=dict(type="int", default=30),
+            state_directory=dict(type="str"),
+            defaults_applied_at_start=dict(type="bool", default=False),
         ),
+        mutually_exclusive=[("plan", "visible_devices"), ("plan", "default_active_thread_percentage"),
+                            ("plan", "default_pinned_memory_limit")],
         supports_check_mode=True,
     )
     daemon = MpsDaemon(module)

@@ -19,6 +19,7 @@ extends_documentation_fragment:
   - gpulab.mps.attributes
   - gpulab.mps.attributes.info_module
   - gpulab.mps.mps_control
+  - gpulab.mps.mps_control.state_directory
 options:
   devices:
     description:
@@ -26,6 +27,10 @@ options:
       - By default every GPU NVML lists, or device 0 when NVML is not available.
     type: list
     elements: int
+  timeout:
+    description: Seconds each call of the control binary may take (1 to 3600); a hung binary fails the task.
+    type: int
+    default: 30
 requirements:
   - nvidia-cuda-mps-control on the target
   - nvidia-ml-py (optional, to list the devices)
@@ -86,7 +91,8 @@ clients:
 defaults:
   description:
     - Defaults that servers started from now on get. C(pinned_memory_limit) maps device ordinals to
-      the CLI's read-back (whole units, rounded down), or null where no limit is set.
+      the CLI's read-back (whole units, rounded down), or null where no limit is set; where
+      M(gpulab.mps.mps_daemon) recorded the exact value it set on this daemon, that value.
   returned: always
   type: dict
   sample: {active_thread_percentage: 100.0, pinned_memory_limit: {"0": "4G"}}
@@ -101,25 +107,35 @@ stale_sockets:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import (
-    MpsControlError, fail_control, mps_argument_spec, mps_control, query_gpus)
+    MpsControlError, fail_control, mps_argument_spec, query_gpus, reader_control, timeout_error)
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
+    LimitRecord, default_state_directory, with_exact_limits)
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import normalize_path
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=mps_argument_spec(devices=dict(type="list", elements="int")),
+        argument_spec=mps_argument_spec(devices=dict(type="list", elements="int"),
+                                        state_directory=dict(type="str"),
+                                        timeout=dict(type="int", default=30)),
         supports_check_mode=True,
     )
+    error = timeout_error(module.params["timeout"])
+    if error:
+        module.fail_json(msg=error)
     devices = module.params["devices"]
     if devices is None:
         gpus = query_gpus(module, required=False)[1]
         devices = [g["index"] for g in gpus] if gpus else [0]
-    control = mps_control(module)
+    control = reader_control(module, timeout=module.params["timeout"])
     try:
         state = control.snapshot(devices)
-    except (MpsControlError, ValueError) as error:
-        if isinstance(error, MpsControlError):
-            fail_control(module, error, "Cannot read the MPS state in %s" % module.params["pipe_directory"])
-        module.fail_json(msg="Unexpected output from nvidia-cuda-mps-control: %s" % error)
+    except MpsControlError as error:
+        fail_control(module, error, "Cannot read the MPS state in %s" % module.params["pipe_directory"])
+    state_directory, error = normalize_path("state_directory", module.params["state_directory"] or default_state_directory())
+    if state["running"] and not error:
+        record = LimitRecord(state_directory, module.params["pipe_directory"])
+        state["defaults"] = with_exact_limits(state["defaults"], record.exact(control.daemon_identity(state["pid"])))
     module.exit_json(changed=False, **state)
 
 

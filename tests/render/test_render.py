@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
-from ansible_collections.gpulab.mps.plugins.module_utils import _dialtone_pod as dt
+from ansible_collections.gpulab.mps.plugins.module_utils import _pods as dt
 from ansible_collections.gpulab.mps.plugins.module_utils import _kind as kind
 
 from schemas import DEVICE_PLUGIN_FORK, DEVICE_PLUGIN_V1, KIND_V1ALPHA4
@@ -68,7 +68,8 @@ def plugin_config_of(objects):
 def rendered(tmp_path_factory):
     out = tmp_path_factory.mktemp("render")
     playbook = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PYTHONPATH=os.path.join(ROOT, "tests", "standins"))  # NVML: the recorded H100's stand-in
     proc = subprocess.run([playbook, "-i", "localhost,", os.path.join(HERE, "render.yml"), "-e", "render_root=%s" % out],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, "render.yml failed:\n%s\n%s" % (proc.stdout[-4000:], proc.stderr[-2000:])

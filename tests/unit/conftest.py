@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import subprocess
 import sys
 
 import pytest
@@ -123,16 +125,20 @@ class FakeCli(object):
         self.expected = []
         self.calls = []
 
-    def expect(self, argv, data=None, output="", rc=0, err="", effect=None):
-        """effect: called when the command runs (what the real command does to the host, e.g. a pid file)."""
-        self.expected.append((list(argv), data, output, rc, err, effect))
+    def expect(self, argv, data=None, output="", rc=0, err="", effect=None, repeat=False):
+        """effect: called when the command runs (what the real command does to the host, e.g. a pid file).
+        repeat: answer this call as often as it comes (a poll), until another one comes."""
+        self.expected.append((list(argv), data, output, rc, err, effect, repeat))
         return self
 
     def __call__(self, module_self, args, data=None, environ_update=None, **kwargs):
         self.calls.append({"argv": list(args), "data": data, "env": dict(environ_update or {})})
+        while self.expected and self.expected[0][6] and (self.expected[0][0], self.expected[0][1]) != (list(args), data):
+            self.expected.pop(0)  # a poll that has ended
         if not self.expected:
             raise AssertionError("unexpected command %r with stdin %r" % (args, data))
-        argv, want_data, output, rc, err, effect = self.expected.pop(0)
+        argv, want_data, output, rc, err, effect, repeat = self.expected[0] if self.expected[0][6] \
+            else self.expected.pop(0)
         assert list(args) == argv, "argv %r, expected %r" % (args, argv)
         assert data == want_data, "stdin %r, expected %r (argv %r)" % (data, want_data, args)
         if effect:
@@ -140,7 +146,8 @@ class FakeCli(object):
         return rc, output, err
 
     def done(self):
-        assert not self.expected, "commands not run: %r" % [(e[0], e[1]) for e in self.expected]
+        left = [(e[0], e[1]) for e in self.expected if not e[6]]
+        assert not left, "commands not run: %r" % left
 
 
 @pytest.fixture
@@ -171,4 +178,63 @@ def standin_nvml(monkeypatch):
     return standin
 
 
-__all__ = ["load_transcript", "transcript_output", "transcript_text", "ModuleExit", "FakeCli"]
+# --- what a real daemon leaves in its pipe directory -------------------------------------------------------------
+def make_socket(path):
+    """A Unix socket at `path`, as the daemon makes its `control` (a bound, closed socket stays as a file)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    cwd = os.getcwd()
+    try:
+        os.chdir(os.path.dirname(str(path)))  # a relative bind: socket paths are limited to 108 bytes
+        sock.bind(os.path.basename(str(path)))
+    finally:
+        os.chdir(cwd)
+        sock.close()
+    return str(path)
+
+
+DAEMON_PROCESS = r"""
+import ctypes, sys, time
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b"nvidia-cuda-mps"), 0, 0, 0)  # comm, as the real daemon shows it
+print("ready", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+class DaemonProcess(object):
+    """A live process that looks like the control daemon of a pipe directory: its name, its environment, its pid
+    file and its control socket. What the modules check before they act on a pid; the CLI itself is faked."""
+
+    def __init__(self, pipe, lifetime=120):
+        pipe = str(pipe)
+        os.makedirs(pipe, exist_ok=True)
+        env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=pipe)
+        self.proc = subprocess.Popen([sys.executable, "-c", DAEMON_PROCESS, str(lifetime)], env=env,
+                                     stdout=subprocess.PIPE)
+        self.proc.stdout.readline()
+        self.pid = self.proc.pid
+        with open(os.path.join(pipe, "nvidia-cuda-mps-control.pid"), "w") as handle:
+            handle.write(str(self.pid))
+        if not os.path.exists(os.path.join(pipe, "control")):
+            make_socket(os.path.join(pipe, "control"))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def daemon_process():
+    """daemon_process(pipe) -> DaemonProcess; every one is stopped after the test."""
+    started = []
+
+    def start(pipe, lifetime=120):
+        started.append(DaemonProcess(pipe, lifetime))
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+__all__ = ["make_socket", "DaemonProcess", "load_transcript", "transcript_output", "transcript_text", "ModuleExit", "FakeCli"]

@@ -17,8 +17,11 @@ prints one JSON summary as its LAST line of output.
 COMMAND is split like a shell would (shlex) but run without a shell. Standard library only: it runs on a GPU
 host as shipped by the role gpulab.mps.cuda_workload, and inside a pod (the same file from a ConfigMap).
 
-In a pod with its own PID namespace the daemon may list PIDs as the host sees them; a workload is then matched
-by the PID namespace (the NAMESPACE column of `ps` against /proc/self/ns/pid), and the evidence says so.
+The daemon's `ps` is read by _mps_output.py, the collection's one parser of the control CLI, shipped beside this
+file by the role (and in the pod's ConfigMap). In a pod with a PID namespace of its own the daemon lists PIDs as
+the host sees them; a workload is then matched by the PID namespace (the NAMESPACE column of `ps` against
+/proc/self/ns/pid), and the evidence says so. That match is made only where it proves something: never in the
+host's own PID namespace, nor in one the daemon shares, where every process has the same NAMESPACE.
 Exit status: 0 every workload ran, checked its results and was (or was not) an MPS client as the mode says;
 1 otherwise; 2 bad arguments.
 """
@@ -39,28 +42,22 @@ import sys
 import tempfile
 import time
 
-NO_DAEMON = "Cannot find MPS control daemon process"
-EXTRA_BINARY_PATHS = ["/usr/local/nvidia/bin", "/usr/bin", "/usr/local/bin", "/usr/local/cuda/bin"]
 READY_RE = re.compile(r"^READY (\d+)\s*$")
 
 
-def parse_ps(text):
-    """Rows of `echo ps | nvidia-cuda-mps-control`: PID ID SERVER DEVICE NAMESPACE COMMAND ("Server not found": none).
+def _load_output_parser():
+    """_mps_output, the collection's parser of the control CLI: beside this file (shipped by the role), or in the
+    checkout this file belongs to (roles/cuda_workload/files -> plugins/module_utils)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.join(here, "..", "..", "..", "plugins", "module_utils")):
+        if os.path.isfile(os.path.join(folder, "_mps_output.py")):
+            sys.path.insert(0, os.path.abspath(folder))
+            import _mps_output  # pylint: disable=import-outside-toplevel
+            return _mps_output
+    raise SystemExit("run_workloads.py: _mps_output.py (the collection's MPS parser) is not beside it")
 
-    The collection's full parser is plugins/module_utils/_mps_control.py; this copy is here because the runner
-    ships alone (to hosts and into pods) with the standard library only.
-    """
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if not lines or lines == ["Server not found"]:
-        return []
-    if lines[0].split()[:3] != ["PID", "ID", "SERVER"]:
-        raise ValueError("unexpected ps header %r" % lines[0])
-    rows = []
-    for line in lines[1:]:
-        fields = line.split(None, 5)
-        rows.append({"pid": int(fields[0]), "server": int(fields[2]),
-                     "namespace": fields[4] if len(fields) > 4 else ""})
-    return rows
+
+out = _load_output_parser()
 
 
 def own_pid_namespace():
@@ -71,10 +68,23 @@ def own_pid_namespace():
         return None
 
 
+def daemon_shares_namespace(pipe_dir):
+    """Whether the daemon of pipe_dir is a process this one can see: then its `ps` PIDs are ours to compare."""
+    try:
+        with open(os.path.join(pipe_dir, out.PID_FILE)) as handle:
+            pid = int(handle.read().strip())
+        with open("/proc/%d/comm" % pid) as handle:
+            return handle.read().startswith(out.CONTROL_BINARY[:15])
+    except (OSError, ValueError):
+        return False
+
+
 def match_clients(pids, rows, namespace):
     """{pid: evidence or None}: a PID listed by `ps`, else (in a PID namespace of its own) a row of our namespace.
 
-    Rows matched by namespace are handed out one per workload, so that N workloads need N rows.
+    `namespace` is None where a namespace match proves nothing (the caller decides: the host's own namespace,
+    or one the daemon shares). Rows matched by namespace are handed out one per workload, so that N workloads
+    need N rows.
     """
     listed = dict((r["pid"], r) for r in rows)
     found = {}
@@ -88,11 +98,18 @@ def match_clients(pids, rows, namespace):
     return found
 
 
+def namespace_for_matching(pipe_dir):
+    """Our PID namespace where matching by it proves membership, else None."""
+    namespace = own_pid_namespace()
+    if namespace in (None, out.INIT_PID_NAMESPACE) or daemon_shares_namespace(pipe_dir):
+        return None
+    return namespace
+
+
 def find_control(binary):
     if binary:
         return binary if os.path.isfile(binary) and os.access(binary, os.X_OK) else None
-    return shutil.which("nvidia-cuda-mps-control",
-                        path=os.pathsep.join([os.environ.get("PATH", "")] + EXTRA_BINARY_PATHS))
+    return shutil.which(out.CONTROL_BINARY, path=os.pathsep.join([os.environ.get("PATH", "")] + list(out.BINARY_DIRECTORIES)))
 
 
 def mps_ps(binary, pipe_dir):
@@ -102,10 +119,13 @@ def mps_ps(binary, pipe_dir):
         done = subprocess.run([binary], input="ps\n", capture_output=True, text=True, env=env, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         return False, [], str(exc)
-    out = done.stdout + done.stderr
-    if done.returncode != 0 or NO_DAEMON in out:
-        return False, [], out.strip()
-    return True, parse_ps(out), out.strip()
+    text = done.stdout + done.stderr
+    if done.returncode != 0 or out.NO_DAEMON in text:
+        return False, [], text.strip()
+    try:
+        return True, out.parse_ps(done.stdout), text.strip()
+    except out.OutputError as exc:
+        return False, [], "%s: %s" % (exc, text.strip())
 
 
 def die_with_parent():
@@ -240,7 +260,7 @@ def main(argv=None):
             wait_until = time.time() + (args.ps_wait if args.mode == "mps" else 0)
             while True:
                 answered, rows, raw = mps_ps(binary, args.pipe_dir)
-                found = match_clients(pids, rows, own_pid_namespace())
+                found = match_clients(pids, rows, namespace_for_matching(args.pipe_dir))
                 if args.mode != "mps" or all(found.values()) or time.time() >= wait_until:
                     break
                 time.sleep(0.5)

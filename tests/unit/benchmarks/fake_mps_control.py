@@ -16,7 +16,9 @@ run without MPS); FAKE_MPS_NO_QUIT=1 makes the daemon ignore `quit` (a hung daem
 
 from __future__ import annotations
 
+import ctypes
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -51,10 +53,19 @@ def log(text):
 
 
 def serve(pipe):
-    """The background daemon: holds the pid file until `quit` leaves a marker."""
+    """The background daemon: holds the pid file until `quit` leaves a marker. Like the real one it shows as
+    "nvidia-cuda-mps" and its `control` is a Unix socket (what gpulab.mps checks before it talks to a daemon)."""
+    try:
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b"nvidia-cuda-mps"), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
     with open(os.path.join(pipe, PID_FILE), "w") as handle:
         handle.write("%d\n" % os.getpid())
-    open(os.path.join(pipe, "control"), "w").close()
+    if not os.path.exists(os.path.join(pipe, "control")):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        os.chdir(pipe)  # a relative bind: socket paths are limited to 108 bytes
+        sock.bind("control")
+        sock.close()
     log("Starting control daemon using socket %s/control" % pipe)
     quit_marker = os.path.join(pipe, "fake-quit")
     while True:

@@ -85,7 +85,7 @@ def test_both_modes_measured_checked_and_cleaned_up(tmp_path):
     assert set(starts["ts"]["pids"]).isdisjoint(starts["mps"]["pids"])
     assert [c["ok"] for c in result["checks"]] == [True] * 4
     assert result["problems"] == []
-    assert result["environment"]["ps_parser"].endswith(os.path.join("plugins", "module_utils"))
+    assert result["environment"]["ps_parser"] == os.path.join(ROOT, "plugins", "module_utils", "_mps_output.py")
     # The summary table comes last, after the cleanup messages.
     tail = [line for line in done.stdout.rstrip().splitlines() if not line.startswith("note: PNG not written")]
     first = max(i for i, line in enumerate(tail) if line.startswith("MPS benchmark: simulated GPU"))
@@ -251,29 +251,19 @@ def read_transcript(name):
 
 
 def test_collection_parser_found_from_a_bare_checkout():
-    """On the GPU host the script runs from a checkout without `make collection`: it must still import the
-    collection's parser (plugins/module_utils/_mps_control.py and its _sizes), not fall back to its own."""
-    code = ("import sys; sys.path.insert(0, %r); import mps_benchmark as b; parse, origin = b.load_parse_ps(); "
-            "print(origin); print(parse.__module__)" % os.path.join(ROOT, "benchmarks"))
+    """On the GPU host the script runs from a checkout without `make collection`: it imports the collection's one
+    parser of the control CLI (plugins/module_utils/_mps_output.py), and has none of its own."""
+    code = ("import sys; sys.path.insert(0, %r); import mps_benchmark as b; print(b.mps_out.__file__)"
+            % os.path.join(ROOT, "benchmarks"))
     env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONPATH")
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=30,
                           cwd="/", check=False)
     assert done.returncode == 0, done.stderr
-    origin, module = done.stdout.split()
-    assert origin == os.path.join(ROOT, "plugins", "module_utils")
-    assert module == "ansible_collections.gpulab.mps.plugins.module_utils._mps_control"
-
-
-@pytest.mark.parametrize("name", ["22_ps_busy.txt", "05_ps_empty.txt"])
-def test_builtin_parser_agrees_with_the_collection(name):
-    parse_ps, origin = bench.load_parse_ps()
-    assert parse_ps is not bench._builtin_parse_ps, origin
-    text = read_transcript(name)
-    assert bench._builtin_parse_ps(text) == parse_ps(text)
+    assert done.stdout.split() == [os.path.join(ROOT, "plugins", "module_utils", "_mps_output.py")]
 
 
 def test_recorded_ps_gives_the_client_pid():
-    rows = bench._builtin_parse_ps(read_transcript("22_ps_busy.txt"))
+    rows = bench.mps_out.parse_ps(read_transcript("22_ps_busy.txt"))
     assert [(r["pid"], r["server"], r["device"]) for r in rows] == [(497, 486, "GPU-058fcf08-fc4a-49f5")]
 
 
@@ -306,7 +296,7 @@ def test_membership_check(monkeypatch, want_mps, listed, nvml_mps, ok, disagrees
     monkeypatch.setattr(bench, "nvml_processes", lambda: {"compute": {11, 12}, "mps": nvml_mps, "driver": "580"})
     notes = []
     result = bench.check_membership("mps" if want_mps else "ts", [11, 12], FakeDaemon(listed),
-                                    bench._builtin_parse_ps, want_mps, notes.append, "/tmp/empty", wait=0)
+                                    bench.mps_out.parse_ps, want_mps, notes.append, "/tmp/empty", wait=0)
     assert result["ok"] is ok
     assert bool(result.get("witness_disagrees")) is disagrees
     assert result["in_ps"] == sorted(listed)
@@ -321,6 +311,6 @@ def test_membership_check(monkeypatch, want_mps, listed, nvml_mps, ok, disagrees
 
 def test_membership_check_without_nvml(monkeypatch):
     monkeypatch.setattr(bench, "nvml_processes", lambda: None)
-    result = bench.check_membership("mps", [11], FakeDaemon([11]), bench._builtin_parse_ps, True, print, "/e", wait=0)
+    result = bench.check_membership("mps", [11], FakeDaemon([11]), bench.mps_out.parse_ps, True, print, "/e", wait=0)
     assert result["ok"] and result["nvml"] is None
     assert result["line"].endswith("by `ps` of /tmp/pipe-of-test")

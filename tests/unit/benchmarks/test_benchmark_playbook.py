@@ -43,7 +43,7 @@ def test_benchmark_playbook_with_fakes(tmp_path):
     # The daemon the playbook started was used (not one of the script's own), and the collection's parser
     # was found beside the copied script.
     assert result["environment"]["daemon"] == {"pipe_directory": str(tmp_path / "pipe"), "own": False, "pid": None}
-    assert result["environment"]["ps_parser"] == str(tmp_path / "run" / "module_utils")
+    assert result["environment"]["ps_parser"] == str(tmp_path / "run" / "_mps_output.py")
     assert [(c["mode"], c["ok"]) for c in result["checks"] if c["when"] == "start"] == [("ts", True), ("mps", True)]
     # ... and stopped again: no pid file left in its pipe directory.
     assert not (tmp_path / "pipe" / "nvidia-cuda-mps-control.pid").exists()

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
 from fake_exec import FAKE_MPS_CONTROL as FAKE_CONTROL, executable, fake_mps_daemon  # noqa: E402
 
 FAKE_NVCC = executable(os.path.join(HERE, "fakes", "fake_nvcc.py"), "nvcc")
+STANDINS = os.path.join(ROOT, "tests", "standins")
 KUBERNETES_VERSION = "1.33"
 
 
@@ -38,8 +39,9 @@ def playbook(tags, extra, env=None, check=False):
             "-e", json.dumps(extra)]
     if check:
         argv.append("--check")
+    # The preflight role plans the host through NVML: here the stand-in of tests/standins (the recorded H100).
     full_env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                    ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+                    ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", PYTHONPATH=STANDINS)
     full_env.update(env or {})
     return subprocess.run(argv, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300, check=False)
 
@@ -59,8 +61,8 @@ def lab(tmp_path):
             "cuda_workload_python": sys.executable,  # no PyTorch or CuPy here: the kernel pair needs nvcc then
             "cuda_workload_matmul_enabled": False,
             "cuda_workload_nvcc": FAKE_NVCC,
-            "cuda_workload_pipe_directory": pipe,
-            "cuda_workload_control_binary": FAKE_CONTROL,
+            "mps_host_pipe_directory": pipe,
+            "preflight_control_binary": FAKE_CONTROL,
             "cuda_workload_modes": ["no-mps", "mps"],
             "cuda_workload_timeout": 60,
         }
@@ -160,14 +162,15 @@ def test_bad_settings_are_refused(lab, override, message):
 def pods(tmp_path_factory):
     out = tmp_path_factory.mktemp("pods")
     cases = {
-        "host": {"cuda_workload_pod_source": "host", "cuda_workload_pipe_directory": "/tmp/nvidia-mps"},
-        "plugin": {"cuda_workload_pod_source": "plugin", "cuda_workload_pod_resource": "nvidia.com/gpu",
-                   "cuda_workload_pod_node": "lab-worker", "cuda_workload_pod_host_ipc": True},
+        # Without a device plugin, the pod asks the runtime for every GPU; the plugin owner hands out replicas.
+        "host": {"gpulab_mps_owner": "host", "mps_host_pipe_directory": "/tmp/nvidia-mps", "gpulab_device_plugin": False},
+        "plugin": {"gpulab_mps_owner": "plugin", "cuda_workload_pod_node": "lab-worker",
+                   "cuda_workload_pod_host_ipc": True},
     }
     rendered = {}
     for name, extra in cases.items():
         path = str(out / ("%s.json" % name))
-        done = playbook("pod", dict(extra, render_out=path))
+        done = playbook("pod", dict(extra, render_out=path, preflight_control_binary=FAKE_CONTROL))
         assert done.returncode == 0, done.stdout[-4000:]
         with open(path) as handle:
             rendered[name] = json.load(handle)

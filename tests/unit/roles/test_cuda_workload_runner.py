@@ -139,12 +139,47 @@ def read_transcript(name):
         return "\n".join(line for line in handle.read().splitlines() if not line.startswith(("$ ", "[exit")))
 
 
-def test_parse_ps_recorded():
-    assert run_workloads.parse_ps(read_transcript("22_ps_busy.txt")) == [
-        {"pid": 497, "server": 486, "namespace": "4026531836"}]
-    assert run_workloads.parse_ps(read_transcript("05_ps_empty.txt")) == []
+def test_the_runner_reads_ps_with_the_collection_parser():
+    """The runner has no parser of its own: it imports plugins/module_utils/_mps_output.py (shipped beside it)."""
+    assert os.path.samefile(run_workloads.out.__file__, os.path.join(ROOT, "plugins", "module_utils", "_mps_output.py"))
+    assert run_workloads.out.parse_ps(read_transcript("22_ps_busy.txt"))[0]["pid"] == 497
     with pytest.raises(ValueError):
-        run_workloads.parse_ps("Cannot find MPS control daemon process")
+        run_workloads.out.parse_ps("Cannot find MPS control daemon process")
+
+
+def test_a_workload_without_mps_on_the_host_is_not_credited_with_another_client(tmp_path, daemon):
+    """Regression: on a host every process shares the initial PID namespace, and a workload whose pid was not in
+    `ps` was credited with any other client's row of that namespace: one that silently ran WITHOUT MPS was
+    reported as "an MPS client". Here another process is the daemon's client, and the workload runs without MPS."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.makedirs(os.path.join(daemon, "sim-clients"), exist_ok=True)
+        open(os.path.join(daemon, "sim-clients", str(other.pid)), "w").close()
+        script = tmp_path / "fake_workload.py"
+        script.write_text(FAKE_WORKLOAD)
+        # `env -u` keeps the pipe directory from the workload: it cannot reach the daemon, as a wrong one would.
+        done = subprocess.run(
+            [sys.executable, RUNNER, "--mode", "mps", "--pipe-dir", daemon, "--control-binary", FAKE_CONTROL,
+             "--timeout", "30", "--ps-wait", "1",
+             "--workload", "w0=env -u CUDA_MPS_PIPE_DIRECTORY %s %s ok" % (sys.executable, script)],
+            capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        other.kill()
+        other.wait()
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert run_workloads.own_pid_namespace() == "4026531836", "this test needs the host's own PID namespace"
+    assert done.returncode == 1
+    assert report["workloads"][0]["under_mps"] is False
+    assert report["problems"][0].startswith("w0 ran WITHOUT MPS")
+
+
+def test_namespace_matching_only_where_it_proves_something(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_workloads, "own_pid_namespace", lambda: "4026531836")
+    assert run_workloads.namespace_for_matching(str(tmp_path)) is None  # the host's own namespace
+    monkeypatch.setattr(run_workloads, "own_pid_namespace", lambda: "4026532999")
+    assert run_workloads.namespace_for_matching(str(tmp_path)) == "4026532999"  # a pod's, the daemon out of sight
+    (tmp_path / "nvidia-cuda-mps-control.pid").write_text(str(os.getpid()))  # a pid we can see, but not a daemon
+    assert run_workloads.namespace_for_matching(str(tmp_path)) == "4026532999"
 
 
 def test_match_by_pid_then_by_pid_namespace():

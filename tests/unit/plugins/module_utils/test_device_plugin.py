@@ -222,10 +222,6 @@ def test_bad_namespace(namespace):
         dp.manifests(gpus(1), replicas=2, namespace=namespace)
 
 
-def test_pipe_directory_layout():
-    assert dp.pipe_directory() == "/run/nvidia/mps/nvidia.com/gpu/pipe"
-
-
 NODE = {"metadata": {"name": "gpulab-worker"},
         "status": {"capacity": {"cpu": "8", "nvidia.com/gpu": "4"}, "allocatable": {"cpu": "8", "nvidia.com/gpu": "4"}}}
 

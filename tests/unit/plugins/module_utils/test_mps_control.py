@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Parsers of the MPS control CLI, over output recorded on an H100 with driver 580."""
+"""Parsers of the MPS control CLI (_mps_output), over output recorded on an H100 with driver 580, and the client
+(_mps_control) over the same recordings."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import os
 import pytest
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _mps_control as mc
-from conftest import load_transcript, transcript_output, transcript_text
+from ansible_collections.gpulab.mps.plugins.module_utils import _mps_output as out
+from conftest import DaemonProcess, load_transcript, make_socket, transcript_output, transcript_text
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -21,20 +23,20 @@ from conftest import load_transcript, transcript_output, transcript_text
 def test_pid_lists(name, expected):
     output, rc = transcript_output(name)
     assert rc == 0
-    assert mc.parse_pid_list(output) == expected
+    assert out.parse_pid_list(output) == expected
 
 
 def test_pid_list_rejects_other_text():
-    with pytest.raises(ValueError):
-        mc.parse_pid_list(transcript_output("05_ps_empty.txt")[0])
+    with pytest.raises(out.OutputError):
+        out.parse_pid_list(transcript_output("05_ps_empty.txt")[0])
 
 
 def test_ps_without_server():
-    assert mc.parse_ps(transcript_output("05_ps_empty.txt")[0]) == []
+    assert out.parse_ps(transcript_output("05_ps_empty.txt")[0]) == []
 
 
 def test_ps_table():
-    assert mc.parse_ps(transcript_output("22_ps_busy.txt")[0]) == [{
+    assert out.parse_ps(transcript_output("22_ps_busy.txt")[0]) == [{
         "pid": 497, "id": 2, "server": 486, "device": "GPU-058fcf08-fc4a-49f5",
         "namespace": "4026531836", "command": "python3"}]
 
@@ -42,18 +44,15 @@ def test_ps_table():
 def test_ps_command_with_spaces_and_unexpected_header():
     table = ("PID       ID        SERVER         DEVICE                    NAMESPACE      COMMAND        \n"
              "12        1         7              GPU-058fcf08-fc4a-49f5    4026531836     python3 train.py --epochs 3\n")
-    assert mc.parse_ps(table)[0]["command"] == "python3 train.py --epochs 3"
-    with pytest.raises(ValueError):
-        mc.parse_ps("USER PID\nroot 1\n")
+    assert out.parse_ps(table)[0]["command"] == "python3 train.py --epochs 3"
+    with pytest.raises(out.OutputError):
+        out.parse_ps("USER PID\nroot 1\n")
+    with pytest.raises(out.OutputError):
+        out.parse_ps("PID ID SERVER DEVICE NAMESPACE COMMAND\nabc 1 2 GPU-x 1 python3\n")
 
 
 def test_server_status():
-    assert mc.parse_server_status(transcript_output("24_server_status.txt")[0]) == "ACTIVE"
-
-
-def test_device_client_list():
-    assert mc.parse_device_client_list(transcript_output("25_device_client_list.txt")[0]) == [
-        {"index": 0, "pci": "00:00.0", "name": "NVIDIA H100 80GB HBM3", "clients": [{"pid": 497, "context": 1}]}]
+    assert out.parse_server_status(transcript_output("24_server_status.txt")[0]) == "ACTIVE"
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -65,7 +64,7 @@ def test_device_client_list():
     ("26_atp_of_server.txt", 50.0),
 ])
 def test_percentages(name, expected):
-    assert mc.parse_percentage(transcript_output(name)[0]) == expected
+    assert out.parse_percentage(transcript_output(name)[0]) == expected
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -74,19 +73,19 @@ def test_percentages(name, expected):
     ("14_get_pinned_after_M.txt", "1G"),
 ])
 def test_pinned_limits(name, expected):
-    assert mc.parse_pinned_limit(transcript_output(name)[0]) == expected
+    assert out.parse_pinned_limit(transcript_output(name)[0]) == expected
 
 
 def test_unknown_command_exits_zero_and_is_detected():
     output, rc = transcript_output("16_unknown_cmd.txt")
     assert rc == 0
-    assert mc.unknown_command(output) == "frobnicate"
-    assert mc.unknown_command(transcript_output("60_cli_exploration.txt", "help")[0]) == "help"
-    assert mc.unknown_command(transcript_output("22_ps_busy.txt")[0]) is None
+    assert out.unknown_command(output) == "frobnicate"
+    assert out.unknown_command(transcript_output("60_cli_exploration.txt", "help")[0]) == "help"
+    assert out.unknown_command(transcript_output("22_ps_busy.txt")[0]) is None
 
 
 def test_server_log_of_the_capture_run():
-    servers = mc.parse_server_log(transcript_text("33_server_log.txt"))
+    servers = out.parse_server_log(transcript_text("33_server_log.txt"))
     assert list(servers) == [486]
     server = servers[486]
     assert server["active_thread_percentage"] == 50.0
@@ -98,7 +97,7 @@ def test_server_log_of_the_capture_run():
 
 def test_server_log_of_the_exploration_run():
     text = transcript_text("60_cli_exploration.txt")
-    servers = mc.parse_server_log(text[text.index("-- server.log"):])
+    servers = out.parse_server_log(text[text.index("-- server.log"):])
     # Started with 2G on devices 7 (which does not exist: the CLI accepted it) and 0, then the running
     # server was set to 1G on device 0 with set_device_pinned_mem_limit.
     assert servers[537]["active_thread_percentage"] == 40.0
@@ -106,7 +105,7 @@ def test_server_log_of_the_exploration_run():
 
 
 def test_control_log_lines():
-    entries = mc.parse_log_lines(transcript_text("32_control_log.txt"))
+    entries = out.parse_log_lines(transcript_text("32_control_log.txt"))
     assert entries[0] == {"time": "2026-11-23 10:56:43.518", "source": "Control", "pid": 407,
                           "message": "Starting control daemon using socket /tmp/cap_pipe/control"}
     assert "Force shutting down server 486" in [e["message"] for e in entries]
@@ -119,13 +118,13 @@ def _listing(name):
 
 def test_pipe_directory_of_a_running_daemon():
     names = _listing("03_pipe_dir_listing.txt")
-    assert mc.parse_pipe_directory(names) == {
+    assert out.parse_pipe_directory(names) == {
         "pid_file": True, "log_fifo": True, "sockets": ["control", "control_lock", "control_privileged"]}
 
 
 def test_pipe_directory_after_quit_holds_stale_sockets():
     names = _listing("31_after_quit.txt")
-    assert mc.parse_pipe_directory(names) == {
+    assert out.parse_pipe_directory(names) == {
         "pid_file": False, "log_fifo": False, "sockets": ["control", "control_lock", "control_privileged"]}
 
 
@@ -142,7 +141,7 @@ class _Module(object):
         self.answers = list(answers)
         self.calls = []
 
-    def run_command(self, argv, data=None, environ_update=None):
+    def run_command(self, argv, data=None, environ_update=None, **kwargs):
         self.calls.append((argv, data, environ_update))
         return self.answers.pop(0)
 
@@ -157,17 +156,16 @@ def test_control_reports_no_daemon_from_its_exit_code(tmp_path):
                               "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "log")})]
 
 
-def test_control_turns_unknown_command_into_an_error():
+def test_control_turns_unknown_command_into_an_error(tmp_path):
     module = _Module([(0, transcript_output("16_unknown_cmd.txt")[0], "")])
-    control = mc.MpsControl(module, "/bin/ctl")
+    control = mc.MpsControl(module, "/bin/ctl", str(tmp_path))
     with pytest.raises(mc.MpsControlError, match="does not know the command 'frobnicate'"):
         control.run("frobnicate")
 
 
-def test_snapshot_of_a_busy_daemon(tmp_path):
+def test_snapshot_of_a_busy_daemon(tmp_path, daemon_process):
     pipe = tmp_path / "pipe"
-    pipe.mkdir()
-    (pipe / mc.PID_FILE).write_text(str(os.getpid()))
+    daemon = daemon_process(pipe)
     answers = [transcript_output(n) for n in ("21_server_list_busy.txt", "22_ps_busy.txt", "06_get_default_atp.txt",
                                               "12_get_pinned_4G.txt", "24_server_status.txt", "23_client_list.txt",
                                               "26_atp_of_server.txt", "12_get_pinned_4G.txt")]
@@ -180,7 +178,7 @@ def test_snapshot_of_a_busy_daemon(tmp_path):
         "get_server_list", "ps", "get_default_active_thread_percentage", "get_default_device_pinned_mem_limit 0",
         "get_server_status 486", "get_client_list 486", "get_active_thread_percentage 486",
         "get_device_pinned_mem_limit 486 0"]
-    assert state["running"] is True and state["pid"] == os.getpid()
+    assert state["running"] is True and state["pid"] == daemon.pid
     assert state["defaults"] == {"active_thread_percentage": 100.0, "pinned_memory_limit": {"0": "4G"}}
     assert state["servers"] == [{"pid": 486, "status": "ACTIVE", "clients": [497], "active_thread_percentage": 50.0,
                                  "pinned_memory_limit": {"0": "4G"},
@@ -190,7 +188,7 @@ def test_snapshot_of_a_busy_daemon(tmp_path):
 
 def test_snapshot_of_a_stopped_daemon_lists_stale_sockets(tmp_path):
     for name in ("control", "control_lock", "control_privileged"):
-        (tmp_path / name).write_text("")
+        make_socket(tmp_path / name)
     output, rc = transcript_output("00_control_no_daemon.txt")
     state = mc.MpsControl(_Module([(rc, output, "")]), "/bin/ctl", str(tmp_path)).snapshot([0])
     assert state["running"] is False
@@ -199,13 +197,13 @@ def test_snapshot_of_a_stopped_daemon_lists_stale_sockets(tmp_path):
 
 def test_every_recorded_control_transcript_parses():
     """No recorded output of the control CLI makes a parser raise: each one has a parser that takes it."""
-    parsers = {"get_server_list": mc.parse_pid_list, "get_client_list": mc.parse_pid_list, "ps": mc.parse_ps,
-               "get_server_status": mc.parse_server_status, "get_device_client_list": mc.parse_device_client_list,
-               "get_default_active_thread_percentage": mc.parse_percentage,
-               "set_default_active_thread_percentage": mc.parse_percentage,
-               "get_active_thread_percentage": mc.parse_percentage,
-               "get_default_device_pinned_mem_limit": mc.parse_pinned_limit,
-               "get_device_pinned_mem_limit": mc.parse_pinned_limit}
+    parsers = {"get_server_list": out.parse_pid_list, "get_client_list": out.parse_pid_list, "ps": out.parse_ps,
+               "get_server_status": out.parse_server_status,
+               "get_default_active_thread_percentage": out.parse_percentage,
+               "set_default_active_thread_percentage": out.parse_percentage,
+               "get_active_thread_percentage": out.parse_percentage,
+               "get_default_device_pinned_mem_limit": out.parse_pinned_limit,
+               "get_device_pinned_mem_limit": out.parse_pinned_limit}
     seen = 0
     for name in sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "h100-transcripts"))):
         if not name.endswith(".txt"):

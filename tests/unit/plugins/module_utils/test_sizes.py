@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _sizes
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import parse_pinned_limit
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import parse_pinned_limit
 from conftest import load_transcript
 
 M, G = 1 << 20, 1 << 30

@@ -9,7 +9,6 @@ import os
 
 import pytest
 
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import PID_FILE
 from ansible_collections.gpulab.mps.plugins.modules import driver_check, gpu_info, mps_info
 from conftest import transcript_output, transcript_text
 
@@ -91,11 +90,10 @@ def ctl(tmp_path):
 
 
 @pytest.mark.parametrize("check_mode", [True, False])
-def test_mps_info_of_a_busy_daemon(run_module, fake_cli, tmp_path, ctl, check_mode):
+def test_mps_info_of_a_busy_daemon(run_module, fake_cli, tmp_path, ctl, check_mode, daemon_process):
     pipe, log = tmp_path / "pipe", tmp_path / "log"
-    pipe.mkdir()
+    daemon = daemon_process(pipe)
     log.mkdir()
-    (pipe / PID_FILE).write_text(str(os.getpid()))
     (log / "server.log").write_text(transcript_text("33_server_log.txt"))
     for stdin, name in [("get_server_list", "21_server_list_busy.txt"), ("ps", "22_ps_busy.txt"),
                         ("get_default_active_thread_percentage", "07_set_default_atp_50.txt"),
@@ -108,7 +106,7 @@ def test_mps_info_of_a_busy_daemon(run_module, fake_cli, tmp_path, ctl, check_mo
                                            "devices": [0]}, check_mode=check_mode)
     fake_cli.done()
     assert not failed and not result["changed"]
-    assert result["running"] and result["pid"] == os.getpid()
+    assert result["running"] and result["pid"] == daemon.pid
     assert result["defaults"] == {"active_thread_percentage": 50.0, "pinned_memory_limit": {"0": "4G"}}
     assert result["servers"][0]["clients"] == [497]
     assert result["servers"][0]["logged"] == {"active_thread_percentage": 50.0, "pinned_memory_limit": {}}

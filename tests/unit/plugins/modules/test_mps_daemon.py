@@ -1,7 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""mps_daemon: its decisions, and main() over the CLI's recorded answers (exact argv and stdin asserted)."""
+"""mps_daemon: its decisions, and main() over the CLI's recorded answers (exact argv and stdin asserted).
+
+The daemon's process and files are real where the module checks them (a live process named like the daemon, with its
+pipe directory in its environment, a real control socket): the CLI's answers are the recorded ones."""
 
 from __future__ import annotations
 
@@ -11,9 +14,11 @@ import stat
 
 import pytest
 
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import PID_FILE, RECORD_FILE
+from ansible_collections.gpulab.mps.plugins.module_utils import _plan
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import LimitRecord
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import PID_FILE
 from ansible_collections.gpulab.mps.plugins.modules import mps_daemon
-from conftest import transcript_output
+from conftest import make_socket, transcript_output
 
 G, M = 1 << 30, 1 << 20
 NO_DAEMON = transcript_output("00_control_no_daemon.txt")
@@ -22,20 +27,17 @@ PS_BUSY = transcript_output("22_ps_busy.txt")
 
 
 @pytest.fixture
-def host(tmp_path):
-    """A control binary path, a pipe and a log directory (not created), and the module's common args."""
+def host(tmp_path, daemon_process):
+    """A control binary path, a pipe and a log directory (not created), a state directory, the module's common
+    args, and running(): a live daemon process for the pipe directory."""
     binary = tmp_path / "nvidia-cuda-mps-control"
     binary.write_text("#!/bin/sh\nexit 99\n")  # never run: run_command is faked
     binary.chmod(0o755)
-    pipe, log = tmp_path / "mps" / "pipe", tmp_path / "mps" / "log"
-    args = {"control_binary": str(binary), "pipe_directory": str(pipe), "log_directory": str(log)}
-    return {"ctl": [str(binary)], "pipe": pipe, "log": log, "args": args}
-
-
-def running(pipe, pid=None):
-    """Make the pipe directory look like a live daemon's: pid file of a live process."""
-    pipe.mkdir(parents=True, exist_ok=True)
-    (pipe / PID_FILE).write_text(str(pid or os.getpid()))
+    pipe, log, state = tmp_path / "mps" / "pipe", tmp_path / "mps" / "log", tmp_path / "state"
+    args = {"control_binary": str(binary), "pipe_directory": str(pipe), "log_directory": str(log),
+            "state_directory": str(state)}
+    return {"ctl": [str(binary)], "pipe": pipe, "log": log, "state": state, "args": args,
+            "running": lambda: daemon_process(pipe)}
 
 
 def expect_idle_snapshot(cli, ctl, atp="50.0", pinned="2G", devices=(0,)):
@@ -63,13 +65,18 @@ def expect_busy_snapshot(cli, ctl, atp="50.0", server_atp="50.0", pinned="2G"):
 @pytest.mark.parametrize("value, ok", [(None, True), (1, True), (12.5, True), (100, True), (0, False), (150, False),
                                        (-3, False), (100.5, False)])
 def test_validate_percentage(value, ok):
-    assert (mps_daemon.validate_percentage(value)[1] is None) == ok
+    assert (_plan.percentage(value)[1] is None) == ok
+
+
+def test_a_boolean_is_not_a_percentage():
+    """YAML `true` would be float 1.0 through the float type: it is refused (it was taken as 1 %)."""
+    assert "got True" in _plan.percentage(True)[1]
 
 
 def test_pinned_request():
-    assert mps_daemon.pinned_request("2G") == ({"*": 2 * G}, [])
-    assert mps_daemon.pinned_request({"0": "1536M", "GPU-058f": "4G"}) == ({"0": 1536 * M, "GPU-058f": 4 * G}, [])
-    request, errors = mps_daemon.pinned_request({"0": "lots", "1": "1.5K"})
+    assert _plan.pinned_request("2G") == ({"*": 2 * G}, [])
+    assert _plan.pinned_request({"0": "1536M", "GPU-058f": "4G"}) == ({"0": 1536 * M, "GPU-058f": 4 * G}, [])
+    request, errors = _plan.pinned_request({"0": "lots", "1": "1.5K"})
     assert request == {}
     assert errors[0].startswith("default_pinned_memory_limit for device 0: 'lots' is not a memory size")
     assert "whole number of MiB" in errors[1]
@@ -78,14 +85,20 @@ def test_pinned_request():
 GPUS = [{"index": 0, "uuid": "GPU-aaaa"}, {"index": 1, "uuid": "GPU-bbbb"}, {"index": 2, "uuid": "GPU-cccc"}]
 
 
+def plan_devices(gpus, visible, pinned):
+    daemon, errors = _plan.daemon_plan(gpus, visible, None, pinned)
+    return daemon["visible_devices"], dict((int(o), b) for o, b in daemon["pinned_memory_limit"].items()), \
+        daemon["devices"], errors
+
+
 def test_plan_devices_without_visible_devices_uses_nvml_indexes():
-    visible, limits, uuids, errors = mps_daemon.plan_devices(GPUS, None, {"*": 2 * G, "GPU-cccc": 4 * G})
+    visible, limits, uuids, errors = plan_devices(GPUS, None, {"*": "2G", "GPU-cccc": "4G"})
     assert (visible, limits, errors) == (None, {0: 2 * G, 1: 2 * G, 2: 4 * G}, [])
     assert uuids == {"0": "GPU-aaaa", "1": "GPU-bbbb", "2": "GPU-cccc"}
 
 
 def test_plan_devices_with_visible_devices_renumbers_as_the_daemon_does():
-    visible, limits, uuids, errors = mps_daemon.plan_devices(GPUS, ["2", "GPU-aaaa"], {"2": 4 * G, "*": G})
+    visible, limits, uuids, errors = plan_devices(GPUS, ["2", "GPU-aaaa"], {"2": "4G", "*": "1G"})
     assert visible == ["GPU-cccc", "GPU-aaaa"]
     # The daemon sees GPU 2 as device 0 and GPU 0 as device 1.
     assert limits == {0: 4 * G, 1: G}
@@ -94,7 +107,7 @@ def test_plan_devices_with_visible_devices_renumbers_as_the_daemon_does():
 
 
 def test_plan_devices_refuses_devices_outside_visible_devices():
-    errors = mps_daemon.plan_devices(GPUS, ["0"], {"1": G})[3]
+    errors = plan_devices(GPUS, ["0"], {"1": "1G"})[3]
     assert errors == ["default_pinned_memory_limit: device 1 (GPU 1) is not in visible_devices"]
 
 
@@ -117,11 +130,13 @@ def test_server_matches_prefers_the_exact_logged_value():
 
 
 def test_directory_problem(tmp_path):
+    from ansible_collections.gpulab.mps.plugins.module_utils._trust import directory_problem
     a_file = tmp_path / "file"
     a_file.write_text("")
-    assert mps_daemon.directory_problem(str(tmp_path / "new" / "pipe")) is None
-    assert mps_daemon.directory_problem(str(a_file)) == "%s exists and is not a directory" % a_file
-    assert "is not a directory" in mps_daemon.directory_problem(str(a_file / "pipe"))
+    uid = os.geteuid()
+    assert directory_problem(str(tmp_path / "new" / "pipe"), uid) is None
+    assert directory_problem(str(a_file), uid) == "%s is not a directory" % a_file
+    assert "is not a directory" in directory_problem(str(a_file / "pipe"), uid)
 
 
 # --- main(): start ------------------------------------------------------------------------------------
@@ -131,7 +146,7 @@ def test_start_from_nothing(run_module, fake_cli, standin_nvml, host, check_mode
     ctl = host["ctl"]
     fake_cli.expect(ctl, "get_server_list", *NO_DAEMON)
     if not check_mode:
-        fake_cli.expect(ctl + ["-d"], None, "", effect=lambda: running(host["pipe"]))
+        fake_cli.expect(ctl + ["-d"], None, "", effect=host["running"])
         fake_cli.expect(ctl, "get_server_list", "")
         fake_cli.expect(ctl, "set_default_active_thread_percentage 50", *transcript_output("07_set_default_atp_50.txt"))
         fake_cli.expect(ctl, "set_default_device_pinned_mem_limit 0 1536M", "")
@@ -157,7 +172,7 @@ def test_start_from_nothing(run_module, fake_cli, standin_nvml, host, check_mode
 
 @pytest.mark.parametrize("check_mode", [True, False])
 def test_running_with_the_same_defaults_changes_nothing(run_module, fake_cli, standin_nvml, host, check_mode):
-    running(host["pipe"])
+    host["running"]()
     host["log"].mkdir()
     expect_idle_snapshot(fake_cli, host["ctl"])
     if not check_mode:
@@ -170,7 +185,7 @@ def test_running_with_the_same_defaults_changes_nothing(run_module, fake_cli, st
 
 
 def test_a_rounded_read_back_is_set_once_then_trusted(run_module, fake_cli, standin_nvml, host):
-    running(host["pipe"])
+    daemon = host["running"]()
     host["log"].mkdir()
     ctl = host["ctl"]
     expect_idle_snapshot(fake_cli, ctl, pinned="1G")
@@ -179,8 +194,12 @@ def test_a_rounded_read_back_is_set_once_then_trusted(run_module, fake_cli, stan
     expect_idle_snapshot(fake_cli, ctl, pinned="1G")
     first = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))[0]
     assert first["changed"]
-    assert json.loads((host["pipe"] / RECORD_FILE).read_text()) == {
-        "daemon_pid": os.getpid(), "pinned_memory_limit": {"0": 1536 * M}}
+    record = LimitRecord(str(host["state"]), str(host["pipe"]))
+    written = json.loads((host["state"] / record.name).read_text())
+    assert written["daemon"][0] == daemon.pid and written["pinned_memory_limit"] == {"0": 1536 * M}
+    assert written["pipe_directory"] == str(host["pipe"]) and written["applied_at_start"] is False
+    # What the collection writes is not in the pipe directory, which MPS opens to every user.
+    assert sorted(os.listdir(host["pipe"])) == ["control", PID_FILE]
     expect_idle_snapshot(fake_cli, ctl, pinned="1G")
     expect_idle_snapshot(fake_cli, ctl, pinned="1G")
     second = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))[0]
@@ -190,15 +209,16 @@ def test_a_rounded_read_back_is_set_once_then_trusted(run_module, fake_cli, stan
 
 
 def test_a_record_of_another_daemon_is_not_trusted(run_module, fake_cli, standin_nvml, host):
-    running(host["pipe"])
-    (host["pipe"] / RECORD_FILE).write_text(json.dumps({"daemon_pid": 1, "pinned_memory_limit": {"0": 1536 * M}}))
+    host["running"]()
+    host["state"].mkdir()
+    LimitRecord(str(host["state"]), str(host["pipe"])).write([1, 5], {0: 1536 * M}, False)
     expect_idle_snapshot(fake_cli, host["ctl"], pinned="1G")
     result = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"), check_mode=True)[0]
     assert result["changed"]
 
 
 def test_a_value_the_cli_did_not_take_fails(run_module, fake_cli, standin_nvml, host):
-    running(host["pipe"])
+    host["running"]()
     ctl = host["ctl"]
     expect_idle_snapshot(fake_cli, ctl, atp="100.0")
     # What the H100's CLI answers to a value it ignores: the old value (08_set_default_atp_bad.txt).
@@ -215,8 +235,8 @@ def test_a_value_the_cli_did_not_take_fails(run_module, fake_cli, standin_nvml, 
     ({"default_pinned_memory_limit": {"7": "2G"}}, "device index 7 does not exist (this host has 1 GPU: 0)"),
     ({"default_pinned_memory_limit": {"GPU-ffffffff": "2G"}}, "no GPU has UUID GPU-ffffffff"),
     ({"visible_devices": ["3"]}, "device index 3 does not exist"),
-    ({"directory_mode": "rwx"}, "directory_mode must be an octal mode"),
-    ({"timeout": 0}, "timeout must be at least 1 second"),
+    ({"directory_mode": "rwx"}, "directory_mode must be a mode such as"),
+    ({"timeout": 0}, "timeout must be a whole number of seconds from 1 to 3600"),
 ])
 @pytest.mark.parametrize("check_mode", [True, False])
 def test_bad_input_fails_before_any_command(run_module, fake_cli, standin_nvml, host, extra, message, check_mode):
@@ -232,8 +252,7 @@ def test_a_pipe_directory_under_a_file_is_refused(run_module, fake_cli, host, tm
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     result, failed = run_module(mps_daemon, dict(host["args"], pipe_directory=str(blocker / "pipe")))
-    assert failed and "pipe_directory: %s cannot be created: %s is not a directory" % (blocker / "pipe", blocker) \
-        in result["msg"]
+    assert failed and "pipe_directory: %s is not a directory" % blocker in result["msg"]
     assert fake_cli.calls == []
 
 
@@ -260,7 +279,7 @@ def test_a_daemon_that_does_not_start_reports_its_log(run_module, fake_cli, host
 # --- main(): running servers --------------------------------------------------------------------------
 
 def test_new_defaults_leave_a_busy_server_alone(run_module, fake_cli, standin_nvml, host):
-    running(host["pipe"])
+    host["running"]()
     ctl = host["ctl"]
     expect_busy_snapshot(fake_cli, ctl)
     fake_cli.expect(ctl, "set_default_active_thread_percentage 40", "40.0\n")
@@ -279,7 +298,7 @@ def test_new_defaults_leave_a_busy_server_alone(run_module, fake_cli, standin_nv
 
 @pytest.mark.parametrize("check_mode", [True, False])
 def test_stop_is_refused_while_clients_are_attached(run_module, fake_cli, host, check_mode):
-    running(host["pipe"])
+    host["running"]()
     expect_busy_snapshot(fake_cli, host["ctl"])
     result, failed = run_module(mps_daemon, dict(host["args"], state="stopped"), check_mode=check_mode)
     fake_cli.done()
@@ -301,7 +320,7 @@ def test_forced_stop_quits_with_a_timeout_and_removes_stale_sockets(run_module, 
         fake_cli.expect(host["ctl"], "get_server_list", *NO_DAEMON)
         fake_cli.expect(host["ctl"], "get_server_list", *NO_DAEMON)
     for name in ("control", "control_lock", "control_privileged"):
-        (host["pipe"] / name).write_text("")
+        make_socket(host["pipe"] / name)
     result, failed = run_module(mps_daemon, dict(host["args"], state="stopped", force=True, timeout=7),
                                 check_mode=check_mode)
     fake_cli.done()

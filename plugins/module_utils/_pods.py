@@ -2,11 +2,13 @@
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""The MPS dial-tone pod (seed 001) and the diagnosis of what `echo ps | nvidia-cuda-mps-control` said in it.
+"""The pods of gpulab.mps - the MPS dial-tone pod (seed 001) and the workload pod - and the diagnosis of what
+`echo ps | nvidia-cuda-mps-control` said in a pod.
 
 This is a private module_utils of gpulab.mps: its API may change without notice.
 
-Two ways for a pod to reach MPS:
+One builder, mps_pod(), makes every pod that reaches MPS, so the dial-tone and the workloads reach it the
+same way. Two ways for a pod to reach MPS (the plan's owner):
 - host: the host's MPS daemon (role mps_host) through its pipe directory, mounted into the Kind
   node and from there into the pod as a hostPath volume; /dev/shm is a memory emptyDir.
 - plugin: the device plugin's own MPS daemon; the pod requests one replica of a GPU resource and
@@ -18,91 +20,114 @@ from __future__ import annotations
 import posixpath
 import re
 
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import (
+    CONNECTION_REFUSED, NO_DAEMON, SERVER_NOT_FOUND, TRANSPORT_NOT_CONNECTED, OutputError, parse_ps)
+
 SOURCES = ("host", "plugin")
 DIALTONE_COMMAND = "echo ps | nvidia-cuda-mps-control"
+WORKLOAD_FILES_PATH = "/opt/gpulab-workloads"
 
-TRANSPORT_NOT_CONNECTED = "Transport endpoint is not connected"
-CONNECTION_REFUSED = "Connection refused"
-NO_DAEMON = "Cannot find MPS control daemon process"
-SERVER_NOT_FOUND = "Server not found"
-_PS_HEADER_RE = re.compile(r"^\s*PID\s+ID\s+SERVER\s+DEVICE", re.MULTILINE)
 _NOT_FOUND_RE = re.compile(r"(executable file not found|not found in \$PATH|: not found|No such file or directory)")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class DialtoneError(ValueError):
-    """A dial-tone pod that cannot be built as asked."""
+    """A pod that cannot be built as asked."""
+
+
+def _labels(app):
+    return {"app.kubernetes.io/name": app, "app.kubernetes.io/managed-by": "gpulab.mps"}
+
+
+def _check_name(what, value):
+    if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > 63:
+        raise DialtoneError("%s %r is not a DNS label" % (what, value))
+
+
+def mps_pod(name, namespace, image, command, container_name, app, source="host", pipe_directory="/tmp/nvidia-mps",
+            host_ipc=False, shm_size="1Gi", runtime_class="nvidia", node_name=None, resource=None,
+            active_deadline_seconds=660, grace_seconds=1, image_pull_policy="IfNotPresent", env=None, volumes=None,
+            mounts=None):
+    """A pod (a dict) whose one container reaches MPS as `source` says, ending by itself after the deadline.
+
+    source host: hostPath pipe directory at the same path, CUDA_MPS_PIPE_DIRECTORY set to it,
+    NVIDIA_VISIBLE_DEVICES=all through the nvidia runtime class unless a device plugin hands out `resource`,
+    /dev/shm a memory emptyDir. source plugin: one replica of `resource` (default nvidia.com/gpu); the plugin
+    provides the rest. env, volumes, mounts: more of each, after these.
+    """
+    if source not in SOURCES:
+        raise DialtoneError("source must be one of %s, got %r" % (", ".join(SOURCES), source))
+    _check_name("pod name", name)
+    _check_name("namespace", namespace)
+    container_env = [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"}] + list(env or [])
+    container_mounts = list(mounts or []) + [{"name": "dshm", "mountPath": "/dev/shm"}]
+    shm = {"medium": "Memory"}
+    if shm_size:
+        shm["sizeLimit"] = str(shm_size)
+    pod_volumes = list(volumes or []) + [{"name": "dshm", "emptyDir": shm}]
+    container = {"name": container_name, "image": image, "imagePullPolicy": image_pull_policy,
+                 "command": [str(c) for c in command], "env": container_env, "volumeMounts": container_mounts}
+    if source == "host":
+        if not isinstance(pipe_directory, str) or not posixpath.isabs(pipe_directory):
+            raise DialtoneError("pipe directory %r must be an absolute path" % (pipe_directory,))
+        pipe_directory = posixpath.normpath(pipe_directory)
+        container_env.insert(0, {"name": "CUDA_MPS_PIPE_DIRECTORY", "value": pipe_directory})
+        if not resource:
+            # No device plugin hands out a GPU: ask the nvidia runtime for all of them.
+            container_env.insert(1, {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"})
+        container_mounts.append({"name": "mps-pipe", "mountPath": pipe_directory})
+        pod_volumes.append({"name": "mps-pipe", "hostPath": {"path": pipe_directory, "type": "Directory"}})
+    if resource or source == "plugin":
+        container["resources"] = {"limits": {resource or "nvidia.com/gpu": 1}}
+    spec = {
+        "restartPolicy": "Never",
+        "hostIPC": bool(host_ipc),
+        "terminationGracePeriodSeconds": int(grace_seconds),
+        # The pod ends by itself even when the play that made it dies before its cleanup.
+        "activeDeadlineSeconds": int(active_deadline_seconds),
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [container],
+        "volumes": pod_volumes,
+    }
+    if runtime_class:
+        spec["runtimeClassName"] = runtime_class
+    if node_name:
+        spec["nodeName"] = node_name
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": _labels(app)}, "spec": spec}
 
 
 def dialtone_pod(name="mps-dialtone", namespace="default", image="nvcr.io/nvidia/cuda:12.8.1-base-ubuntu24.04",
                  source="host", pipe_directory="/tmp/nvidia-mps", host_ipc=False, shm_size="1Gi",
                  runtime_class="nvidia", node_name=None, resource=None, lifetime_seconds=600,
                  image_pull_policy="IfNotPresent"):
-    """The dial-tone pod (a dict): a container that sleeps `lifetime_seconds` and then ends by itself.
-
-    source host: hostPath pipe directory at the same path, CUDA_MPS_PIPE_DIRECTORY set to it,
-    NVIDIA_VISIBLE_DEVICES=all through the nvidia runtime class, /dev/shm a memory emptyDir.
-    source plugin: one replica of `resource` (default nvidia.com/gpu); the plugin provides the rest.
-    """
-    if source not in SOURCES:
-        raise DialtoneError("source must be one of %s, got %r" % (", ".join(SOURCES), source))
-    for what, value in (("pod name", name), ("namespace", namespace)):
-        if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > 63:
-            raise DialtoneError("%s %r is not a DNS label" % (what, value))
+    """The dial-tone pod (a dict): a container that sleeps `lifetime_seconds` and then ends by itself."""
     if not isinstance(lifetime_seconds, int) or isinstance(lifetime_seconds, bool) or lifetime_seconds < 30:
         raise DialtoneError("lifetime_seconds must be a whole number of at least 30, got %r" % (lifetime_seconds,))
-    env = [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"}]
-    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    shm = {"medium": "Memory"}
-    if shm_size:
-        shm["sizeLimit"] = str(shm_size)
-    volumes = [{"name": "dshm", "emptyDir": shm}]
-    container = {
-        "name": "dialtone",
-        "image": image,
-        "imagePullPolicy": image_pull_policy,
-        "command": ["sleep", str(lifetime_seconds)],
-        "env": env,
-        "volumeMounts": mounts,
-    }
-    if source == "host":
-        if not isinstance(pipe_directory, str) or not posixpath.isabs(pipe_directory):
-            raise DialtoneError("pipe directory %r must be an absolute path" % (pipe_directory,))
-        pipe_directory = posixpath.normpath(pipe_directory)
-        env.insert(0, {"name": "CUDA_MPS_PIPE_DIRECTORY", "value": pipe_directory})
-        if not resource:
-            # No device plugin hands out a GPU: ask the nvidia runtime for all of them.
-            env.insert(1, {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"})
-        mounts.insert(0, {"name": "mps-pipe", "mountPath": pipe_directory})
-        volumes.insert(0, {"name": "mps-pipe", "hostPath": {"path": pipe_directory, "type": "Directory"}})
-        if resource:
-            container["resources"] = {"limits": {resource: 1}}
-    else:
-        container["resources"] = {"limits": {resource or "nvidia.com/gpu": 1}}
-    spec = {
-        "restartPolicy": "Never",
-        "hostIPC": bool(host_ipc),
-        "terminationGracePeriodSeconds": 1,
-        # The pod ends by itself even when the play that made it dies before its cleanup.
-        "activeDeadlineSeconds": lifetime_seconds + 60,
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "containers": [container],
-        "volumes": volumes,
-    }
-    if runtime_class:
-        spec["runtimeClassName"] = runtime_class
-    if node_name:
-        spec["nodeName"] = node_name
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": "mps-dialtone", "app.kubernetes.io/managed-by": "gpulab.mps"},
-        },
-        "spec": spec,
-    }
+    return mps_pod(name, namespace, image, ["sleep", str(lifetime_seconds)], "dialtone", "mps-dialtone", source,
+                   pipe_directory, host_ipc, shm_size, runtime_class, node_name, resource, lifetime_seconds + 60, 1,
+                   image_pull_policy)
+
+
+def workload_pod(files, command, name="gpulab-workload", namespace="default", image="nvcr.io/nvidia/pytorch:25.01-py3",
+                 source="host", pipe_directory="/tmp/nvidia-mps", host_ipc=False, shm_size="1Gi",
+                 runtime_class="nvidia", node_name=None, resource=None, timeout=300, image_pull_policy="IfNotPresent"):
+    """The workload pod and the ConfigMap that carries its files ({name: content}), in apply order.
+
+    `command` runs the runner from WORKLOAD_FILES_PATH, where the ConfigMap is mounted read-only.
+    """
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 30:
+        raise DialtoneError("timeout must be a whole number of at least 30, got %r" % (timeout,))
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "%s-files" % name, "namespace": namespace, "labels": _labels("gpulab-workload")},
+                  "data": dict((k, v.rstrip("\n") + "\n") for k, v in sorted(files.items()))}
+    pod = mps_pod(name, namespace, image, command, "workload", "gpulab-workload", source, pipe_directory, host_ipc,
+                  shm_size, runtime_class, node_name, resource, timeout + 120, 5, image_pull_policy,
+                  env=[{"name": "PYTHONUNBUFFERED", "value": "1"}],
+                  # 0644: the scripts run as `python3 FILE`
+                  volumes=[{"name": "files", "configMap": {"name": "%s-files" % name, "defaultMode": 420}}],
+                  mounts=[{"name": "files", "mountPath": WORKLOAD_FILES_PATH, "readOnly": True}])
+    return [config_map, pod]
 
 
 def diagnose(rc, stdout="", stderr="", pipe_directory="/tmp/nvidia-mps", node=None, pod=None):
@@ -148,14 +173,12 @@ def diagnose(rc, stdout="", stderr="", pipe_directory="/tmp/nvidia-mps", node=No
         # A daemon with a server but no client answers `ps` with nothing at all (H100, driver 580).
         return {"ok": True, "state": "answered", "clients": [], "message": (
             "MPS daemon answered in %s through %s (a server runs, no client attached)" % (where, pipe_directory))}
-    if rc == 0 and (SERVER_NOT_FOUND in out or _PS_HEADER_RE.search(out)):
-        clients = []
-        if _PS_HEADER_RE.search(stdout or ""):
-            for line in (stdout or "").splitlines()[1:]:
-                fields = line.split()
-                if len(fields) >= 6 and fields[0].isdigit():
-                    clients.append({"pid": int(fields[0]), "server": int(fields[2]) if fields[2].isdigit() else None,
-                                    "device": fields[3], "command": " ".join(fields[5:])})
+    if rc == 0 and (SERVER_NOT_FOUND in out or (stdout or "").lstrip().startswith("PID")):
+        try:
+            clients = parse_ps(stdout)
+        except OutputError as error:
+            return {"ok": False, "state": "error", "message": (
+                "MPS dial-tone in %s gave an answer that is not a ps table (%s): %s" % (where, error, tail))}
         return {"ok": True, "state": "answered", "clients": clients, "message": (
             "MPS daemon answered in %s through %s (%s)" % (
                 where, pipe_directory,

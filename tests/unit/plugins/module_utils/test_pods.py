@@ -1,13 +1,14 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The dial-tone pod and the diagnosis of its answers (the failures that seed 001 names)."""
+"""The pods (dial-tone and workload, one builder) and the diagnosis of the dial-tone's answers (the failures that
+seed 001 names)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ansible_collections.gpulab.mps.plugins.module_utils import _dialtone_pod as dt
+from ansible_collections.gpulab.mps.plugins.module_utils import _pods as dt
 from conftest import load_transcript, transcript_output
 
 
@@ -62,7 +63,14 @@ def test_answered_with_clients():
     out, rc = transcript_output("22_ps_busy.txt")
     diag = dt.diagnose(rc, out, "", pod="mps-dialtone")
     assert diag["ok"] is True
-    assert diag["clients"] == [{"pid": 497, "server": 486, "device": "GPU-058fcf08-fc4a-49f5", "command": "python3"}]
+    # The rows of the one ps parser (_mps_output), the same everywhere.
+    assert diag["clients"] == [{"pid": 497, "id": 2, "server": 486, "device": "GPU-058fcf08-fc4a-49f5",
+                                "namespace": "4026531836", "command": "python3"}]
+
+
+def test_a_table_the_parser_cannot_read_is_an_error_not_a_dial_tone():
+    diag = dt.diagnose(0, "PID ID SERVER\nabc def\n", "")
+    assert diag["state"] == "error" and diag["ok"] is False
 
 
 def test_no_daemon():
@@ -118,3 +126,18 @@ def test_host_pod_with_a_resource_leaves_the_devices_to_the_plugin():
     assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
     assert all(e["name"] != "NVIDIA_VISIBLE_DEVICES" for e in container["env"])
     assert {"name": "CUDA_MPS_PIPE_DIRECTORY", "value": "/tmp/nvidia-mps"} in container["env"]
+
+
+def test_the_workload_pod_is_built_like_the_dial_tone_pod():
+    config_map, pod = dt.workload_pod({"run.py": "print(1)"}, ["python3", "/opt/gpulab-workloads/run.py"],
+                                      node_name="gpulab-worker")
+    dialtone = dt.dialtone_pod(node_name="gpulab-worker")
+    assert config_map["data"] == {"run.py": "print(1)\n"}
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    # The same way to MPS: the same pipe mount, shm and environment as the dial-tone, plus the files.
+    for key in ("hostIPC", "runtimeClassName", "nodeName", "tolerations", "restartPolicy"):
+        assert spec[key] == dialtone["spec"][key], key
+    assert [v for v in spec["volumes"] if v["name"] != "files"] == dialtone["spec"]["volumes"]
+    assert {"name": "files", "mountPath": "/opt/gpulab-workloads", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "PYTHONUNBUFFERED", "value": "1"} in container["env"]
+    assert spec["activeDeadlineSeconds"] == 420 and spec["terminationGracePeriodSeconds"] == 5

@@ -1,0 +1,256 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The MPS plan of one host: every fact about it that the roles need, computed once.
+
+This is a private module_utils of gpulab.mps: its API may change without notice.
+
+The module gpulab.mps.mps_plan reads NVML once and calls build_plan(); the preflight role publishes
+the result as the fact preflight_mps_plan, and everything after it reads that fact: mps_host (its unit,
+its drop-in and the defaults it applies, through mps_daemon's `plan` option), the fleet's drain
+decision, the device plugin, both pod builders, the workloads. mps_daemon without a plan resolves its
+own options with daemon_plan(), the same code. Pure: data in, data out; nothing here touches the host.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
+from ansible_collections.gpulab.mps.plugins.module_utils._nvml import driver_problem, resolve_devices
+from ansible_collections.gpulab.mps.plugins.module_utils._sizes import MIB, SizeError, mps_size, parse_size
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import normalize_path
+
+PLAN_VERSION = 1
+OWNERS = ("host", "plugin")
+HOST_STATES = ("started", "stopped", "absent")
+SERVICE_MANAGERS = ("auto", "systemd", "direct")
+MPS_COMPUTE_MODES = ("default", "exclusive_process")
+
+
+class PlanError(ValueError):
+    """Settings that cannot make a plan: `errors` lists every one, each saying what to change."""
+
+    def __init__(self, errors):
+        super(PlanError, self).__init__("; ".join(errors))
+        self.errors = list(errors)
+
+
+def percentage(value, option="default_active_thread_percentage"):
+    """(float or None, error or None): an active thread percentage, 1 to 100. Booleans are refused."""
+    if value is None or value == "":
+        return None, None
+    if isinstance(value, bool):
+        return None, "%s must be a number between 1 and 100, got %r" % (option, value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None, "%s must be a number between 1 and 100, got %r" % (option, value)
+    if not 1 <= number <= 100:
+        return None, ("%s must be between 1 and 100, got %g (the CLI would silently keep its old value)"
+                      % (option, number))
+    return number, None
+
+
+def pinned_request(value):
+    """default_pinned_memory_limit as ({selector: bytes}, errors); {"*": bytes} for one size for every GPU."""
+    if value is None or value == "":
+        return None, []
+    items = value.items() if isinstance(value, dict) else [("*", value)]
+    request, errors = {}, []
+    for selector, size in items:
+        where = "" if selector == "*" else " for device %s" % selector
+        try:
+            size_bytes = parse_size(size)
+            mps_size(size_bytes)
+        except SizeError as error:
+            errors.append("default_pinned_memory_limit%s: %s" % (where, error))
+            continue
+        request[str(selector)] = size_bytes
+    return request, errors
+
+
+def _unique_indexes(gpus, selectors, option):
+    """NVML indexes for selectors, each GPU once: naming one GPU twice (by index and UUID) is an error."""
+    indexes, errors = resolve_devices(gpus, selectors)
+    errors = ["%s: %s" % (option, e) for e in errors]
+    seen = {}
+    for selector, index in zip([s for s in selectors if _resolves(gpus, s)], indexes):
+        if index in seen:
+            errors.append("%s names GPU %d twice (as %s and %s): give each GPU once" % (
+                option, index, seen[index], selector))
+        else:
+            seen[index] = selector
+    return list(dict.fromkeys(indexes)), errors
+
+
+def _resolves(gpus, selector):
+    return not resolve_devices(gpus, [selector])[1]
+
+
+def daemon_plan(gpus, visible_devices=None, active_thread_percentage=None, pinned_memory_limit=None):
+    """What the control daemon gets: its devices, and its defaults by MPS device ordinal, exact bytes.
+
+    gpus: the NVML list (needed when visible_devices or a pinned limit is given; None otherwise).
+    With visible_devices the daemon numbers the devices by their position in that list
+    (CUDA_VISIBLE_DEVICES), so the limits are planned by that ordinal. Returns (daemon, errors).
+    """
+    errors = []
+    atp, error = percentage(active_thread_percentage)
+    if error:
+        errors.append(error)
+    pinned, pinned_errors = pinned_request(pinned_memory_limit)
+    errors.extend(pinned_errors)
+    daemon = {"visible_devices": None, "active_thread_percentage": atp, "pinned_memory_limit": {}, "devices": {}}
+    if gpus is None:
+        return daemon, errors
+    if visible_devices:
+        visible, visible_errors = _unique_indexes(gpus, [str(v) for v in visible_devices], "visible_devices")
+        errors.extend(visible_errors)
+    else:
+        visible = [g["index"] for g in gpus]
+    ordinal_of = dict((index, pos) for pos, index in enumerate(visible)) if visible_devices \
+        else dict((index, index) for index in visible)
+    by_index = dict((g["index"], g) for g in gpus)
+    daemon["devices"] = dict((str(ordinal), by_index[index]["uuid"]) for index, ordinal in sorted(ordinal_of.items()))
+    if visible_devices:
+        daemon["visible_devices"] = [by_index[i]["uuid"] for i in visible]
+    limits, named = {}, {}
+    for selector, size_bytes in sorted((pinned or {}).items(), key=lambda kv: kv[0] != "*"):
+        if selector == "*":
+            targets = sorted(ordinal_of)
+        else:
+            targets, device_errors = resolve_devices(gpus, [selector])
+            errors.extend("default_pinned_memory_limit: %s" % e for e in device_errors)
+            for index in targets:
+                if index not in ordinal_of:
+                    errors.append("default_pinned_memory_limit: device %s (GPU %d) is not in visible_devices"
+                                  % (selector, index))
+                elif index in named and limits[ordinal_of[index]] != size_bytes:
+                    errors.append("default_pinned_memory_limit names GPU %d twice with different sizes (%s as %s, %s "
+                                  "as %s): give each GPU one size" % (index, mps_size(limits[ordinal_of[index]]),
+                                                                     named[index], mps_size(size_bytes), selector))
+                named.setdefault(index, selector)
+            targets = [i for i in targets if i in ordinal_of]
+        for index in targets:
+            total = int(by_index[index].get("memory_total_bytes") or 0)
+            if total and size_bytes > total:
+                errors.append("default_pinned_memory_limit for GPU %d: %s is more than the %d MiB it has"
+                              % (index, mps_size(size_bytes), total // MIB))
+                continue
+            limits[ordinal_of[index]] = size_bytes
+    daemon["pinned_memory_limit"] = dict((str(o), b) for o, b in sorted(limits.items()))
+    return daemon, errors
+
+
+def mps_sizes(daemon):
+    """The pinned limits of a daemon plan as the CLI is sent them ("7188M")."""
+    return dict((o, mps_size(b)) for o, b in sorted(daemon["pinned_memory_limit"].items()))
+
+
+def daemon_environment(pipe_directory, log_directory, daemon):
+    env = {"CUDA_MPS_PIPE_DIRECTORY": pipe_directory, "CUDA_MPS_LOG_DIRECTORY": log_directory}
+    if daemon.get("visible_devices"):
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(daemon["visible_devices"])
+    return env
+
+
+def host_problems(driver, gpus, min_driver_version):
+    """Why this host cannot run MPS at all (driver, GPUs, compute modes), as sentences; [] when it can."""
+    try:
+        problem = driver_problem(driver["driver_version"], min_driver_version)
+    except ValueError as error:
+        return ["min_driver_version: %s" % error]
+    errors = [problem] if problem else []
+    if not gpus:
+        errors.append("driver %s is loaded but NVML lists no GPU; check `nvidia-smi` and the GPU's PCI passthrough"
+                      % driver["driver_version"])
+    blocked = [str(g["index"]) for g in gpus if g.get("compute_mode") not in MPS_COMPUTE_MODES]
+    if blocked:
+        errors.append("GPU(s) %s are in a compute mode in which MPS cannot run (MPS needs DEFAULT or "
+                      "EXCLUSIVE_PROCESS; see `nvidia-smi -q | grep -i \"compute mode\"`)" % ", ".join(blocked))
+    return errors
+
+
+def build_plan(driver, gpus, settings):
+    """The plan of a host (a dict), or PlanError listing every bad setting.
+
+    driver, gpus: what NVML said (_nvml.Nvml.driver() and .gpus()), on a host without host_problems().
+    settings: the options of gpulab.mps.mps_plan (owner, host_state, pipe_directory, log_directory,
+    control_binary, visible_devices, default_active_thread_percentage, default_pinned_memory_limit,
+    service_manager, systemd_running, sharing).
+    """
+    errors = []
+    owner = settings.get("owner") or "host"
+    if owner not in OWNERS:
+        errors.append("gpulab_mps_owner must be one of %s, got %r" % (", ".join(OWNERS), owner))
+    host_state = settings.get("host_state") or "started"
+    if host_state not in HOST_STATES:
+        errors.append("mps_host_state must be one of %s, got %r" % (", ".join(HOST_STATES), host_state))
+    paths = {}
+    for option in ("pipe_directory", "log_directory"):
+        paths[option], error = normalize_path(option, settings.get(option))
+        if error:
+            errors.append(error)
+    if settings.get("control_binary"):
+        _binary, error = normalize_path("control_binary", settings["control_binary"])
+        if error:
+            errors.append(error)
+    manager = settings.get("service_manager") or "auto"
+    if manager not in SERVICE_MANAGERS:
+        errors.append("service_manager must be one of %s, got %r" % (", ".join(SERVICE_MANAGERS), manager))
+    elif manager == "auto":
+        manager = "systemd" if settings.get("systemd_running") else "direct"
+    daemon, daemon_errors = daemon_plan(gpus, settings.get("visible_devices"),
+                                        settings.get("default_active_thread_percentage"),
+                                        settings.get("default_pinned_memory_limit"))
+    errors.extend(daemon_errors)
+    sharing = None
+    wanted = settings.get("sharing")
+    if wanted and gpus and owner in OWNERS:
+        settings_used = {"mode": wanted.get("mode") or dp.AGGREGATE, "replicas": wanted.get("replicas", 4),
+                         "replicas_per_gpu": dict(wanted.get("replicas_per_gpu") or {}),
+                         "name_pattern": wanted.get("name_pattern") or dp.DEFAULT_NAME_PATTERN}
+        try:
+            sharing = dp.plan(gpus, mode=settings_used["mode"], replicas=settings_used["replicas"],
+                              per_gpu_replicas=settings_used["replicas_per_gpu"], owner=owner,
+                              name_pattern=settings_used["name_pattern"])
+            sharing["settings"] = settings_used
+        except dp.DevicePluginError as error:
+            errors.append("device plugin: %s" % error)
+    if errors:
+        raise PlanError(errors)
+    # The plugin owns MPS: the host daemon must not run (absent stays absent).
+    daemon["state"] = host_state if owner == "host" or host_state == "absent" else "stopped"
+    daemon["service_manager"] = manager
+    daemon["pinned_memory_limit_mps"] = mps_sizes(daemon)
+    daemon["environment"] = daemon_environment(paths["pipe_directory"], paths["log_directory"], daemon)
+    warnings = ["GPU %d has MIG enabled: MPS then runs per MIG instance, which this collection does not configure. "
+                "Disable MIG or expect MPS to see the MIG instances only." % g["index"]
+                for g in gpus if g.get("mig_mode_current") == "enabled"]
+    return {
+        "version": PLAN_VERSION,
+        "owner": owner,
+        "driver": dict(driver),
+        "gpus": [dict(g) for g in gpus],
+        "control_binary": settings.get("control_binary"),
+        "pipe_directory": paths["pipe_directory"],
+        "log_directory": paths["log_directory"],
+        "daemon": daemon,
+        "sharing": sharing,
+        "warnings": warnings,
+    }
+
+
+REQUIRED = {"version": int, "owner": str, "control_binary": str, "pipe_directory": str, "log_directory": str,
+            "daemon": dict}
+
+
+def plan_problems(plan):
+    """Why `plan` is not a plan of this collection's version (for mps_daemon's `plan` option), or []."""
+    if not isinstance(plan, dict):
+        return ["plan must be the preflight_mps_plan fact (a dict) set by the preflight role"]
+    problems = ["plan has no %s (%s)" % (k, t.__name__) for k, t in REQUIRED.items() if not isinstance(plan.get(k), t)]
+    if not problems and plan["version"] != PLAN_VERSION:
+        problems.append("plan is of version %s, this collection reads version %d: run the preflight role of "
+                        "this collection again" % (plan["version"], PLAN_VERSION))
+    return problems

@@ -1,0 +1,228 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mps_plan
+short_description: Compute the MPS plan of a host once - its GPUs, devices, limits, owner, paths and resources
+version_added: 0.2.0
+description:
+  - Reads the driver and the GPUs through NVML once, finds C(nvidia-cuda-mps-control), and checks and resolves
+    every MPS setting of the host into one plan - the GPUs the daemon uses (each GPU once, by UUID), its
+    defaults in exact bytes by MPS device ordinal, who owns MPS on the host (the host daemon or the device
+    plugin), the pipe and log directories, how the daemon is managed, and what the device plugin advertises
+    (resources, replicas and memory per replica).
+  - The C(gpulab.mps.preflight) role runs it and publishes the plan as the fact C(preflight_mps_plan), which every
+    later role reads; M(gpulab.mps.mps_daemon) takes it as its O(gpulab.mps.mps_daemon#module:plan) option.
+  - Fails, naming every bad setting and what to change, before anything changes. Changes nothing itself.
+extends_documentation_fragment:
+  - gpulab.mps.attributes
+  - gpulab.mps.attributes.info_module
+options:
+  owner:
+    description:
+      - Who runs the MPS control daemon on this host. V(host) - the host daemon (role C(gpulab.mps.mps_host)),
+        which pods reach through the mounted pipe directory. V(plugin) - the device plugin's own daemon; the host
+        daemon is then planned stopped.
+    type: str
+    choices: [host, plugin]
+    default: host
+  host_state:
+    description:
+      - State asked of the host daemon (C(mps_host_state)). With O(owner=plugin) a V(started) becomes V(stopped).
+    type: str
+    choices: [started, stopped, absent]
+    default: started
+  pipe_directory:
+    description:
+      - The daemon's pipe directory (C(CUDA_MPS_PIPE_DIRECTORY)), an absolute path of letters, digits and
+        C(. _ - + @ /) (so that a systemd unit carries it without quoting).
+    type: str
+    default: /tmp/nvidia-mps
+  log_directory:
+    description: The daemon's log directory (C(CUDA_MPS_LOG_DIRECTORY)), an absolute path like O(pipe_directory).
+    type: str
+    default: /var/log/nvidia-mps
+  control_binary:
+    description:
+      - Path of the MPS control binary, whatever its file name. By default C(nvidia-cuda-mps-control) is searched
+        in E(PATH), then in O(binary_directories).
+    type: path
+  binary_directories:
+    description: Where C(nvidia-cuda-mps-control) is looked for after E(PATH).
+    type: list
+    elements: path
+    default: [/usr/local/nvidia/bin, /usr/bin, /usr/local/bin, /usr/local/cuda/bin, /usr/sbin]
+  visible_devices:
+    description:
+      - GPUs the daemon may use, by NVML index or UUID (or unique UUID prefix), each GPU once; empty for all.
+        The daemon numbers its devices by their position in this list.
+    type: list
+    elements: str
+  default_active_thread_percentage:
+    description: Default active thread percentage (1 to 100) of new MPS servers; a boolean is refused.
+    type: raw
+  default_pinned_memory_limit:
+    description:
+      - Default pinned device memory limit of new MPS servers - one size for every GPU (V(20G), V(1536M)), or a
+        dict from GPU (index or UUID) to size. Whole MiB, binary units, at most the GPU's memory.
+    type: raw
+  service_manager:
+    description: V(systemd) (a unit), V(direct) (the module runs the daemon) or V(auto) (systemd where it runs).
+    type: str
+    choices: [auto, systemd, direct]
+    default: auto
+  min_driver_version:
+    description: Oldest driver accepted, as a branch (V(550)) or a full version (V(550.54.15)).
+    type: str
+    default: "550"
+  sharing:
+    description:
+      - What the NVIDIA device plugin advertises on this host. Omit it when no device plugin is planned.
+    type: dict
+    suboptions:
+      mode:
+        description:
+          - V(aggregate) - one resource C(nvidia.com/gpu) for every GPU; V(individual) - one resource per GPU
+            (C(nvidia.com/gpu0), ...).
+        type: str
+        choices: [aggregate, individual]
+        default: aggregate
+      replicas:
+        description: Replicas (pods sharing it) per GPU, 2 up to the MPS client cap (48 from Volta on, 16 before).
+        type: int
+        default: 4
+      replicas_per_gpu:
+        description: Individual mode - replicas of some GPUs, by index.
+        type: dict
+        default: {}
+      name_pattern:
+        description: Individual mode - the resource name of GPU N under C(nvidia.com/) (C(%d) is the index).
+        type: str
+        default: gpu%d
+requirements:
+  - nvidia-ml-py (module pynvml) on the target
+  - the NVIDIA driver (libnvidia-ml.so.1)
+author:
+  - gpulab.mps contributors (@gpulab)
+"""
+
+EXAMPLES = r"""
+- name: Plan MPS on this host (the preflight role does this)
+  gpulab.mps.mps_plan:
+    pipe_directory: /tmp/nvidia-mps
+    default_active_thread_percentage: 50
+    default_pinned_memory_limit: 20G
+    sharing: {mode: aggregate, replicas: 4}
+  register: plan
+
+- name: Apply it
+  gpulab.mps.mps_daemon:
+    plan: "{{ plan.plan }}"
+"""
+
+RETURN = r"""
+plan:
+  description:
+    - The plan. C(driver) and C(gpus) as M(gpulab.mps.gpu_info) reports them; C(daemon) with C(state),
+      C(service_manager), C(visible_devices) (UUIDs or null), C(active_thread_percentage),
+      C(pinned_memory_limit) (exact bytes by MPS device ordinal), C(pinned_memory_limit_mps) (the sizes sent to
+      the CLI), C(devices) (ordinal to UUID) and C(environment); C(sharing), the device plugin's plan (null
+      without O(sharing)); C(warnings).
+  returned: success
+  type: dict
+  sample:
+    version: 1
+    owner: host
+    control_binary: /usr/local/nvidia/bin/nvidia-cuda-mps-control
+    pipe_directory: /tmp/nvidia-mps
+    log_directory: /var/log/nvidia-mps
+    driver: {driver_version: 580.159.04, driver_branch: 580, cuda_driver_version: "13.0"}
+    gpus: [{index: 0, uuid: GPU-3a1b8d4e-0000-0000-0000-000000000000, name: NVIDIA H200, memory_total_mib: 143771}]
+    daemon:
+      state: started
+      service_manager: systemd
+      visible_devices: null
+      active_thread_percentage: 50.0
+      pinned_memory_limit: {"0": 21474836480}
+      pinned_memory_limit_mps: {"0": 20G}
+      devices: {"0": GPU-3a1b8d4e-0000-0000-0000-000000000000}
+      environment: {CUDA_MPS_PIPE_DIRECTORY: /tmp/nvidia-mps, CUDA_MPS_LOG_DIRECTORY: /var/log/nvidia-mps}
+    sharing:
+      mode: aggregate
+      resources: {nvidia.com/gpu: 4}
+    warnings: []
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpulab.mps.plugins.module_utils._common import query_gpus
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import BINARY_DIRECTORIES, CONTROL_BINARY
+from ansible_collections.gpulab.mps.plugins.module_utils._plan import PlanError, build_plan, host_problems
+
+
+def find_binary(module):
+    """The control binary: the given path as it is (whatever its name), else PATH and binary_directories."""
+    given = module.params["control_binary"]
+    if given:
+        if not os.path.isabs(given):
+            return None, "control_binary must be an absolute path, got %r" % given
+        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
+            return None, "control_binary %s is not an executable file" % given
+        return given, None
+    found = module.get_bin_path(CONTROL_BINARY, opt_dirs=module.params["binary_directories"])
+    if not found:
+        return None, ("%s was not found in PATH or %s. Install the NVIDIA compute utilities that match the driver "
+                      "(for example nvidia-compute-utils-<branch>-server), or set control_binary"
+                      % (CONTROL_BINARY, ", ".join(module.params["binary_directories"])))
+    return found, None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            owner=dict(type="str", default="host", choices=["host", "plugin"]),
+            host_state=dict(type="str", default="started", choices=["started", "stopped", "absent"]),
+            pipe_directory=dict(type="str", default="/tmp/nvidia-mps"),
+            log_directory=dict(type="str", default="/var/log/nvidia-mps"),
+            control_binary=dict(type="path"),
+            binary_directories=dict(type="list", elements="path", default=list(BINARY_DIRECTORIES)),
+            visible_devices=dict(type="list", elements="str"),
+            default_active_thread_percentage=dict(type="raw"),
+            default_pinned_memory_limit=dict(type="raw"),
+            service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "direct"]),
+            min_driver_version=dict(type="str", default="550"),
+            sharing=dict(type="dict", options=dict(
+                mode=dict(type="str", default="aggregate", choices=["aggregate", "individual"]),
+                replicas=dict(type="int", default=4),
+                replicas_per_gpu=dict(type="dict", default={}),
+                name_pattern=dict(type="str", default="gpu%d"),
+            )),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    driver, gpus = query_gpus(module)
+    binary, binary_error = find_binary(module)
+    problems = host_problems(driver, gpus, p["min_driver_version"]) + ([binary_error] if binary_error else [])
+    if problems:
+        module.fail_json(msg="This host cannot run MPS: " + "; ".join(problems), errors=problems,
+                         driver=driver, gpus=gpus)
+    settings = dict(p, control_binary=binary, systemd_running=os.path.isdir("/run/systemd/system"))
+    try:
+        plan = build_plan(driver, gpus, settings)
+    except PlanError as error:
+        module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(error.errors),
+                         errors=error.errors, driver=driver, gpus=gpus)
+    for warning in plan["warnings"]:
+        module.warn(warning)
+    module.exit_json(changed=False, plan=plan)
+
+
+if __name__ == "__main__":
+    main()
