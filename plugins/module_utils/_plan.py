@@ -176,7 +176,7 @@ def build_plan(driver, gpus, settings):
 
     driver, gpus: what NVML said (_nvml.Nvml.driver() and .gpus()), on a host without host_problems().
     settings: the options of gpulab.mps.mps_plan (owner, host_state, pipe_directory, log_directory,
-    control_binary, visible_devices, default_active_thread_percentage, default_pinned_memory_limit,
+    state_directory, control_binary, visible_devices, default_active_thread_percentage, default_pinned_memory_limit,
     service_manager, systemd_running, sharing).
     """
     errors = []
@@ -187,7 +187,7 @@ def build_plan(driver, gpus, settings):
     if host_state not in HOST_STATES:
         errors.append("mps_host_state must be one of %s, got %r" % (", ".join(HOST_STATES), host_state))
     paths = {}
-    for option in ("pipe_directory", "log_directory"):
+    for option in ("pipe_directory", "log_directory", "state_directory"):
         paths[option], error = normalize_path(option, settings.get(option))
         if error:
             errors.append(error)
@@ -235,6 +235,7 @@ def build_plan(driver, gpus, settings):
         "control_binary": settings.get("control_binary"),
         "pipe_directory": paths["pipe_directory"],
         "log_directory": paths["log_directory"],
+        "state_directory": paths["state_directory"],
         "daemon": daemon,
         "sharing": sharing,
         "warnings": warnings,
@@ -242,7 +243,7 @@ def build_plan(driver, gpus, settings):
 
 
 REQUIRED = {"version": int, "owner": str, "control_binary": str, "pipe_directory": str, "log_directory": str,
-            "daemon": dict}
+            "state_directory": str, "daemon": dict}
 
 
 def plan_problems(plan):

@@ -33,7 +33,8 @@ options:
         (M(gpulab.mps.mps_plan)). Its devices, defaults, pipe and log directories and control binary are
         used as they are, already checked against NVML, so NVML is not read again.
       - Mutually exclusive with O(visible_devices), O(default_active_thread_percentage) and
-        O(default_pinned_memory_limit); it overrides O(pipe_directory), O(log_directory) and O(control_binary).
+        O(default_pinned_memory_limit); it overrides O(pipe_directory), O(log_directory), O(control_binary) and
+        O(state_directory).
     type: dict
   defaults_applied_at_start:
     description:
@@ -268,7 +269,7 @@ class MpsDaemon(object):
             errors.extend(plan_problems(plan))
             if not errors:
                 p["pipe_directory"], p["log_directory"] = plan["pipe_directory"], plan["log_directory"]
-                p["control_binary"] = plan["control_binary"]
+                p["control_binary"], p["state_directory"] = plan["control_binary"], plan["state_directory"]
         errors.extend(path_errors(self.module))
         error = timeout_error(p["timeout"])
         if error:

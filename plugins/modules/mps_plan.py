@@ -46,6 +46,11 @@ options:
     description: The daemon's log directory (C(CUDA_MPS_LOG_DIRECTORY)), an absolute path like O(pipe_directory).
     type: str
     default: /var/log/nvidia-mps
+  state_directory:
+    description:
+      - Where the collection keeps what it writes about the daemon (the exact limits it set, a lock); by default
+        C(/var/lib/gpulab-mps) for root, C(~/.local/state/gpulab-mps) for other users.
+    type: str
   control_binary:
     description:
       - Path of the MPS control binary, whatever its file name. By default C(nvidia-cuda-mps-control) is searched
@@ -140,6 +145,7 @@ plan:
     control_binary: /usr/local/nvidia/bin/nvidia-cuda-mps-control
     pipe_directory: /tmp/nvidia-mps
     log_directory: /var/log/nvidia-mps
+    state_directory: /var/lib/gpulab-mps
     driver: {driver_version: 580.159.04, driver_branch: 580, cuda_driver_version: "13.0"}
     gpus: [{index: 0, uuid: GPU-3a1b8d4e-0000-0000-0000-000000000000, name: NVIDIA H200, memory_total_mib: 143771}]
     daemon:
@@ -162,6 +168,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import query_gpus
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import default_state_directory
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import BINARY_DIRECTORIES, CONTROL_BINARY
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import PlanError, build_plan, host_problems
 
@@ -190,6 +197,7 @@ def main():
             host_state=dict(type="str", default="started", choices=["started", "stopped", "absent"]),
             pipe_directory=dict(type="str", default="/tmp/nvidia-mps"),
             log_directory=dict(type="str", default="/var/log/nvidia-mps"),
+            state_directory=dict(type="str"),
             control_binary=dict(type="path"),
             binary_directories=dict(type="list", elements="path", default=list(BINARY_DIRECTORIES)),
             visible_devices=dict(type="list", elements="str"),
@@ -213,7 +221,8 @@ def main():
     if problems:
         module.fail_json(msg="This host cannot run MPS: " + "; ".join(problems), errors=problems,
                          driver=driver, gpus=gpus)
-    settings = dict(p, control_binary=binary, systemd_running=os.path.isdir("/run/systemd/system"))
+    settings = dict(p, control_binary=binary, systemd_running=os.path.isdir("/run/systemd/system"),
+                    state_directory=p["state_directory"] or default_state_directory())
     try:
         plan = build_plan(driver, gpus, settings)
     except PlanError as error:

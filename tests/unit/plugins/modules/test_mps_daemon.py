@@ -340,3 +340,29 @@ def test_stopping_a_stopped_daemon_changes_nothing(run_module, fake_cli, host, c
     fake_cli.done()
     assert not failed and not result["changed"]
     assert result["stale_sockets_removed"] == []
+
+
+@pytest.mark.parametrize("applied_at_start, changed", [(True, False), (False, True)])
+def test_a_daemon_restarted_by_its_unit_with_the_right_limits_is_not_changed(run_module, fake_cli, standin_nvml,
+                                                                            host, applied_at_start, changed):
+    """Regression: the exact-limits record was keyed by the daemon's pid, so after any restart the next run said
+    changed (the CLI reads 1536M back as 1G), and the fleet's auto drain drained a node for nothing. A record
+    written for a unit that applies the same limits at every start holds for the daemon that unit restarted."""
+    first = host["running"]()
+    host["log"].mkdir()
+    ctl = host["ctl"]
+    args = dict(host["args"], default_pinned_memory_limit="1536M", defaults_applied_at_start=applied_at_start)
+    expect_idle_snapshot(fake_cli, ctl, pinned="1G")
+    fake_cli.expect(ctl, "set_default_device_pinned_mem_limit 0 1536M", "")
+    fake_cli.expect(ctl, "get_default_device_pinned_mem_limit 0", "1G\n")
+    expect_idle_snapshot(fake_cli, ctl, pinned="1G")
+    assert run_module(mps_daemon, args)[0]["changed"]
+    # systemd restarts the daemon (a new pid); its drop-in set 1536M again, which reads back as 1G.
+    first.stop()
+    host["running"]()
+    expect_idle_snapshot(fake_cli, ctl, pinned="1G")
+    result = run_module(mps_daemon, args, check_mode=True)[0]
+    fake_cli.done()
+    assert result["changed"] is changed
+    if not changed:
+        assert result["defaults"]["pinned_memory_limit"] == {"0": "1536M"}

@@ -1,0 +1,114 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host's MPS plan (_plan): devices each once, exact limits, owner, paths; over the recorded H100's NVML."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.gpulab.mps.plugins.module_utils import _plan
+
+G, M = 1 << 30, 1 << 20
+UUID0 = "GPU-058fcf08-fc4a-49f5-ddd9-6d7fedc642b2"
+UUID1 = "GPU-058fcf08-fc4a-49f5-ddd9-6d7fedc6c743"
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_total_mib": 81559,
+        "memory_total_bytes": 85520809984, "mps_client_cap": 48, "compute_mode": "default",
+        "mig_mode_current": "disabled"}
+GPUS = [dict(H100, index=0, uuid=UUID0), dict(H100, index=1, uuid=UUID1)]
+DRIVER = {"driver_version": "580.159.04", "driver_branch": 580, "cuda_driver_version": "13.0"}
+SETTINGS = {"pipe_directory": "/tmp/nvidia-mps", "log_directory": "/var/log/nvidia-mps", "state_directory": "/var/lib/gpulab-mps",
+            "control_binary": "/usr/local/nvidia/bin/nvidia-cuda-mps-control"}
+
+
+def test_the_same_gpu_named_twice_in_visible_devices_is_refused():
+    """Regression: ["0", "GPU-<uuid of 0>"] gave CUDA_VISIBLE_DEVICES=U0,U0, and a limit on ordinal 1, which does
+    not exist (the CLI takes unknown ordinals silently)."""
+    daemon, errors = _plan.daemon_plan(GPUS, ["0", UUID0], None, "2G")
+    assert errors == ["visible_devices names GPU 0 twice (as 0 and %s): give each GPU once" % UUID0]
+    assert daemon["visible_devices"] == [UUID0]
+    assert daemon["pinned_memory_limit"] == {"0": 2 * G}
+
+
+def test_one_gpu_by_index_and_by_uuid_with_two_sizes_is_refused():
+    """Regression: the same GPU named by index and by UUID with different limits silently took one of them."""
+    errors = _plan.daemon_plan(GPUS, None, None, {"0": "2G", UUID0: "4G"})[1]
+    assert errors == ["default_pinned_memory_limit names GPU 0 twice with different sizes (2G as 0, 4G as %s): give "
+                      "each GPU one size" % UUID0]
+    daemon, errors = _plan.daemon_plan(GPUS, None, None, {"0": "2G", UUID0: "2G"})
+    assert errors == [] and daemon["pinned_memory_limit"] == {"0": 2 * G}
+
+
+def test_a_limit_above_the_gpu_memory_is_refused():
+    errors = _plan.daemon_plan(GPUS, None, None, "99999G")[1]
+    assert errors == ["default_pinned_memory_limit for GPU 0: 99999G is more than the 81559 MiB it has",
+                      "default_pinned_memory_limit for GPU 1: 99999G is more than the 81559 MiB it has"]
+    assert _plan.daemon_plan(GPUS, None, None, "999999999999T")[1]
+
+
+def test_one_size_for_every_gpu_and_one_exception():
+    daemon, errors = _plan.daemon_plan(GPUS, None, 50, {"*": "20G", UUID1: "1536M"})
+    assert errors == []
+    assert daemon["pinned_memory_limit"] == {"0": 20 * G, "1": 1536 * M}
+    assert _plan.mps_sizes(daemon) == {"0": "20G", "1": "1536M"}
+    assert daemon["active_thread_percentage"] == 50.0
+
+
+def test_the_plan_of_a_host():
+    plan = _plan.build_plan(DRIVER, GPUS, dict(SETTINGS, visible_devices=["1"], default_pinned_memory_limit="2G",
+                                               systemd_running=True, sharing={"mode": "aggregate", "replicas": 4}))
+    assert plan["version"] == _plan.PLAN_VERSION and plan["owner"] == "host"
+    daemon = plan["daemon"]
+    assert (daemon["state"], daemon["service_manager"]) == ("started", "systemd")
+    assert daemon["visible_devices"] == [UUID1] and daemon["devices"] == {"0": UUID1}
+    assert daemon["pinned_memory_limit"] == {"0": 2 * G} and daemon["pinned_memory_limit_mps"] == {"0": "2G"}
+    assert daemon["environment"] == {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/nvidia-mps",
+                                     "CUDA_MPS_LOG_DIRECTORY": "/var/log/nvidia-mps", "CUDA_VISIBLE_DEVICES": UUID1}
+    assert plan["sharing"]["resources"] == {"nvidia.com/gpu": 8}
+    assert plan["sharing"]["settings"] == {"mode": "aggregate", "replicas": 4, "replicas_per_gpu": {},
+                                           "name_pattern": "gpu%d"}
+    assert [g["memory_per_replica_mib"] for g in plan["sharing"]["gpus"]] == [81559 // 4] * 2
+    assert _plan.plan_problems(plan) == []
+
+
+@pytest.mark.parametrize("host_state, daemon_state", [("started", "stopped"), ("stopped", "stopped"),
+                                                      ("absent", "absent")])
+def test_the_plugin_owner_keeps_the_host_daemon_stopped(host_state, daemon_state):
+    """Regression: with owner plugin every run started the host daemon, tested it and stopped it again."""
+    plan = _plan.build_plan(DRIVER, GPUS, dict(SETTINGS, owner="plugin", host_state=host_state))
+    assert plan["daemon"]["state"] == daemon_state
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"pipe_directory": "nvidia-mps"}, "pipe_directory must be an absolute path, got 'nvidia-mps'"),
+    ({"pipe_directory": "/tmp/my mps"}, "holds characters that a systemd unit"),
+    ({"log_directory": "/var/log/mps;rm"}, "holds characters that a systemd unit"),
+    ({"default_active_thread_percentage": True}, "must be a number between 1 and 100, got True"),
+    ({"default_active_thread_percentage": 150}, "must be between 1 and 100, got 150"),
+    ({"owner": "both"}, "gpulab_mps_owner must be one of host, plugin, got 'both'"),
+    ({"sharing": {"replicas": 1}}, "device plugin: replicas for GPU 0"),
+    ({"sharing": {"replicas": 64}}, "above the MPS client cap of 48"),
+])
+def test_bad_settings_are_all_named(settings, message):
+    with pytest.raises(_plan.PlanError) as raised:
+        _plan.build_plan(DRIVER, GPUS, dict(SETTINGS, **settings))
+    assert any(message in e for e in raised.value.errors), raised.value.errors
+
+
+def test_paths_are_normalised():
+    plan = _plan.build_plan(DRIVER, GPUS, dict(SETTINGS, pipe_directory="/tmp//nvidia-mps/./", log_directory="/var/log/x/.."))
+    assert (plan["pipe_directory"], plan["log_directory"]) == ("/tmp/nvidia-mps", "/var/log")
+
+
+def test_host_problems():
+    assert _plan.host_problems(DRIVER, GPUS, "550") == []
+    assert _plan.host_problems(DRIVER, GPUS, "590")[0].startswith("NVIDIA driver 580.159.04 is older than 590")
+    assert "NVML lists no GPU" in _plan.host_problems(DRIVER, [], "550")[0]
+    blocked = [dict(GPUS[0], compute_mode="prohibited")]
+    assert "GPU(s) 0 are in a compute mode in which MPS cannot run" in _plan.host_problems(DRIVER, blocked, "550")[0]
+
+
+def test_a_plan_of_another_version_is_refused():
+    assert _plan.plan_problems({"version": 0, "owner": "host", "control_binary": "/x", "pipe_directory": "/p", "state_directory": "/s",
+                                "log_directory": "/l", "daemon": {}})[0].startswith("plan is of version 0")
+    assert _plan.plan_problems("no")[0].startswith("plan must be the preflight_mps_plan fact")

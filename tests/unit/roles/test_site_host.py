@@ -1,0 +1,99 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""site.yml's host stages through ansible-playbook on this machine, against the NVIDIA STAND-INS of tests/standins
+(the control daemon emulator and the NVML module that replay the recorded H100; no GPU, no systemd: the daemon is
+managed directly, as on the GPU machine). What a user types: site.yml --check, then for real, then again."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+STANDINS = os.path.join(ROOT, "tests", "standins")
+sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
+from fake_exec import executable  # noqa: E402
+
+CONTROL = executable(os.path.join(STANDINS, "nvidia-cuda-mps-control"), "nvidia-cuda-mps-control-standin")
+
+
+def site(lab, check=False, **extra):
+    binary = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
+    argv = [binary, "-i", lab["inventory"], os.path.join(ROOT, "site.yml"), "--tags", "host", "-e",
+            json.dumps(dict(lab["vars"], **extra))] + (["--check"] if check else [])
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PYTHONPATH=STANDINS, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def recap(done):
+    match = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", done.stdout)
+    assert match, done.stdout[-3000:]
+    return dict(zip(("ok", "changed", "unreachable", "failed"), (int(g) for g in match.groups())))
+
+
+def answers(lab, command):
+    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=lab["pipe"], CUDA_MPS_LOG_DIRECTORY=lab["log"])
+    return subprocess.run([CONTROL], input=command + "\n", text=True, capture_output=True, env=env, timeout=30,
+                          check=False)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    pipe, log, state = str(tmp_path / "mps" / "pipe"), str(tmp_path / "mps" / "log"), str(tmp_path / "state")
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("gpu_hosts:\n  hosts:\n    localhost:\n")
+    lab = {"pipe": pipe, "log": log, "inventory": str(inventory), "vars": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "preflight_control_binary": CONTROL, "mps_host_pipe_directory": pipe, "mps_host_log_directory": log,
+        "mps_host_state_directory": state, "mps_host_service_manager": "direct",
+        "mps_host_default_active_thread_percentage": 50, "mps_host_default_pinned_memory_limit": "1536M",
+        # No GPU here: the dial-tone checks that the daemon answers, no CUDA client.
+        "mps_dialtone_client_check": False}}
+    yield lab
+    answers(lab, "quit")  # whatever a failed test left running
+
+
+def test_check_mode_on_a_fresh_host_predicts_and_changes_nothing(lab):
+    """Regression: `site.yml --check` on a fresh host failed: mps_host predicted "would start", then the host
+    dial-tone ran `ps` for real and found no daemon."""
+    done = site(lab, check=True)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert recap(done)["changed"] >= 1  # the daemon would be started
+    assert "MPS dial-tone skipped in check mode" in " ".join(done.stdout.split())
+    assert not os.path.exists(lab["pipe"]) and not os.path.exists(lab["log"])
+
+
+def test_the_host_stages_start_the_daemon_then_change_nothing(lab):
+    first = site(lab)
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert answers(lab, "get_default_active_thread_percentage").stdout == "50.0\n"
+    assert answers(lab, "get_default_device_pinned_mem_limit 0").stdout == "1G\n"  # 1536M, rounded down
+    second = site(lab)
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert recap(second)["changed"] == 0, second.stdout[-4000:]
+    check = site(lab, check=True)
+    assert recap(check)["changed"] == 0 and "MPS answers in %s" % lab["pipe"] in " ".join(check.stdout.split())
+
+
+def test_the_plugin_owner_stops_the_host_daemon_once(lab):
+    """Regression: with owner plugin (and device_plugin_stop_host_daemon) every run started the host daemon,
+    tested it and stopped it again: never idempotent. The plan keeps the host daemon stopped."""
+    assert site(lab).returncode == 0
+    first = site(lab, gpulab_mps_owner="plugin")
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert recap(first)["changed"] >= 1
+    assert "Cannot find MPS control daemon process" in answers(lab, "get_server_list").stdout
+    second = site(lab, gpulab_mps_owner="plugin")
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert recap(second)["changed"] == 0, second.stdout[-4000:]
+    assert "the device plugin owns MPS" in " ".join(second.stdout.split())
+    assert "Cannot find MPS control daemon process" in answers(lab, "get_server_list").stdout
