@@ -22,8 +22,9 @@ for n in 17 24 27 28 31 34; do platforms+=(--platform "manylinux_2_${n}_x86_64")
 # `ansible` package installed (pack_collection.py says why it rewrites FILES.json).
 site=$("$venv_python" -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__path__[0]))')
 deps=$("$venv_python" -c 'import sys, yaml; print(" ".join(yaml.safe_load(open(sys.argv[1]))["dependencies"]))' "$here/galaxy.yml")
+# ansible.posix too: its profile_tasks callback times the lab (benchmarks/lab_speed.sh).
 # shellcheck disable=SC2086  # one argument per collection
-"$venv_python" "$here/tests/gpu/pack_collection.py" "$site" "$dir/collections" $deps
+"$venv_python" "$here/tests/gpu/pack_collection.py" "$site" "$dir/collections" $deps ansible.posix
 # gpulab.mps itself, built from this checkout.
 "$here/.venv/bin/ansible-galaxy" collection build --force --output-path "$dir/collections" "$here" >/dev/null
 ls -la "$dir" "$dir/collections"

@@ -5,6 +5,7 @@
 #   pod_boundary  tests/gpu/pod_boundary.sh: which of hostIPC, pipe mount, /dev/shm a pod needs (~2 min)
 #   workloads     benchmarks/sample_workloads.sh: the seed workloads with and without MPS (~30 s)
 #   benchmark     benchmarks/mps_benchmark.py: MPS against time-slicing (~3-4 min; --quick ~1 min)
+#   lab_speed     benchmarks/lab_speed.sh: make lab cold (offline install), then site.yml --tags host warm x3 (~2 min)
 # Each step has its own time limit and starts and stops its own MPS daemon; a failing step does not stop the
 # next. Results go to OUT as one archive per step (<step>.tar.gz) and summary.txt, printed last.
 #
@@ -39,6 +40,8 @@ for step in ${steps//,/ }; do
     workloads) timeout 120 bash benchmarks/sample_workloads.sh "$out/work/workloads"; note "workloads: exit $?" ;;
     benchmark) timeout 400 python3 benchmarks/mps_benchmark.py "${quick[@]}" --out "$out/work/benchmark"
                note "benchmark: exit $?" ;;
+    lab_speed) timeout 300 benchmarks/lab_speed.sh "${wheels[@]}" --out "$out/work/lab_speed" | tee "$out/work/lab_speed.txt"
+               note "lab speed: exit ${PIPESTATUS[0]}"; mv "$out/work/lab_speed.txt" "$out/work/lab_speed/summary.txt" ;;
     *) note "unknown step $step" ;;
   esac
   [ -d "$out/work/$step" ] && tar -C "$out/work" -czf "$out/$step.tar.gz" "$step"
@@ -51,6 +54,7 @@ for step in ${steps//,/ }; do
   case "$step" in
     pod_boundary) echo; echo "=== pod boundary"; tar -xzOf "$out/pod_boundary.tar.gz" pod_boundary/summary.txt 2>/dev/null ;;
     benchmark) echo; echo "=== benchmark"; tar -xzOf "$out/benchmark.tar.gz" benchmark/mps_benchmark.md 2>/dev/null | head -60 ;;
+    lab_speed) echo; echo "=== lab speed"; tar -xzOf "$out/lab_speed.tar.gz" lab_speed/summary.txt 2>/dev/null ;;
   esac
 done
 echo; echo "=== summary"; cat "$summary"
