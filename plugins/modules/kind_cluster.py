@@ -63,7 +63,9 @@ options:
     type: path
   wait:
     description:
-      - Seconds that C(kind create cluster) waits for the control plane to be ready (C(--wait)). V(0) does not wait.
+      - Seconds that C(kind create cluster) waits for the control plane to be ready (C(--wait)), 0 to 3600. V(0) does
+        not wait. Every kind call is bounded - a query by 120 s, create and delete by O(wait) plus 300 s - and killed
+        when it runs past that.
     type: int
     default: 300
   kind_path:
@@ -138,6 +140,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.gpulab.mps.plugins.module_utils._command import MAX_TIMEOUT, CommandTimeout, run_bounded
 from ansible_collections.gpulab.mps.plugins.module_utils._kind import (
     KindConfigError,
     check_name,
@@ -146,6 +149,11 @@ from ansible_collections.gpulab.mps.plugins.module_utils._kind import (
 )
 
 EXTRA_PATHS = ["/usr/local/bin", "/usr/bin"]
+
+
+# Every kind call is bounded: a query has this long; create and delete have `wait` plus this margin.
+QUERY_TIMEOUT = 120
+CREATE_MARGIN = 300
 
 
 class KindCli(object):
@@ -166,9 +174,15 @@ class KindCli(object):
                                      "does, at a pinned version) or set kind_path" % ", ".join(EXTRA_PATHS))
         self.last = {}
 
-    def run(self, args, what):
+    def run(self, args, what, timeout=QUERY_TIMEOUT):
         cmd = [self.binary] + args
-        rc, out, err = self.module.run_command(cmd)
+        try:
+            rc, out, err = run_bounded(self.module, cmd, timeout)
+        except CommandTimeout as error:
+            self.module.fail_json(msg="%s did not finish within %d s and was killed: %s; is the Docker engine "
+                                      "answering (docker info)?" % (what, timeout, (error.stderr or error.stdout or
+                                                                                   "it printed nothing").strip()[-800:]),
+                                  **error.details())
         self.last = {"cmd": cmd, "rc": rc, "stdout": out, "stderr": err}
         if rc != 0:
             self.module.fail_json(msg="%s failed (exit %d): %s" % (what, rc, (err or out or "").strip()[-800:]),
@@ -202,8 +216,8 @@ def main():
         check_name(name)
     except KindConfigError as exc:
         module.fail_json(msg=str(exc))
-    if params["wait"] < 0:
-        module.fail_json(msg="wait must be 0 or more seconds, got %d" % params["wait"])
+    if not 0 <= params["wait"] <= MAX_TIMEOUT:
+        module.fail_json(msg="wait must be 0 to %d seconds, got %d" % (MAX_TIMEOUT, params["wait"]))
     if params["state"] == "present" and params["config"] and not os.path.isfile(params["config"]):
         module.fail_json(msg="Kind config %s does not exist on the target: render it first (role "
                              "gpulab.mps.kind_cluster writes it)" % params["config"])
@@ -231,7 +245,7 @@ def main():
                 args += kubeconfig_args
                 if params["wait"]:
                     args += ["--wait", "%ds" % params["wait"]]
-                kind.run(args, "kind create cluster %s" % name)
+                kind.run(args, "kind create cluster %s" % name, params["wait"] + CREATE_MARGIN)
             kubeconfig_after = bool(params["kubeconfig"])
         elif params["kubeconfig"] and not kubeconfig_before:
             changed = True
@@ -245,7 +259,8 @@ def main():
         changed = True
         after = [c for c in before if c != name]
         if not module.check_mode:
-            kind.run(["delete", "cluster", "--name", name] + kubeconfig_args, "kind delete cluster %s" % name)
+            kind.run(["delete", "cluster", "--name", name] + kubeconfig_args, "kind delete cluster %s" % name,
+                     params["wait"] + CREATE_MARGIN)
 
     result = dict(changed=changed, name=name, context="kind-%s" % name, clusters=after, nodes=nodes)
     result.update(kind.last)

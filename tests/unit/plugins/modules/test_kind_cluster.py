@@ -171,7 +171,7 @@ def test_create_failure_reports_output(run):
 
 @pytest.mark.parametrize("args, message", [
     ({"name": "Bad_Name"}, "must be lower-case"),
-    ({"name": "gpulab", "wait": -1}, "wait must be 0 or more"),
+    ({"name": "gpulab", "wait": -1}, "wait must be 0 to 3600 seconds"),
     ({"name": "gpulab", "config": "/nonexistent/kind.yaml"}, "does not exist on the target"),
     ({"name": "gpulab", "kind_path": "/nonexistent/kind"}, "missing or not executable"),
 ])
