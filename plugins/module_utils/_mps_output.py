@@ -40,6 +40,9 @@ _UNKNOWN_COMMAND_RE = re.compile(r'^Unknown command "(?P<command>.*)"$', re.MULT
 PID_FILE = "nvidia-cuda-mps-control.pid"
 LOG_FIFO = "log"
 SOCKET_FILES = ("control", "control_privileged", "control_lock")
+# What each of those is, as the daemon makes them (03_pipe_dir_listing.txt): control_lock is a plain empty file.
+DAEMON_FILES = {"control": "socket", "control_privileged": "socket", "control_lock": "file", LOG_FIFO: "fifo",
+                PID_FILE: "file"}
 
 PS_COLUMNS = ("pid", "id", "server", "device", "namespace", "command")
 # The inode of the initial PID namespace (PROC_PID_INIT_INO): every process of a host that runs no

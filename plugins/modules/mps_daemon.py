@@ -211,7 +211,7 @@ from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
     DaemonNotRunning, LimitRecord, MpsControl, default_state_directory, find_control_binary, pid_alive,
     with_exact_limits)
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import (
-    ALREADY_RUNNING, LOG_FIFO, PID_FILE, SOCKET_FILES)
+    ALREADY_RUNNING, DAEMON_FILES, LOG_FIFO, PID_FILE)
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import daemon_environment, daemon_plan, plan_problems
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import mps_size, readback_matches
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import (
@@ -391,11 +391,9 @@ class MpsDaemon(object):
         if self.control.daemon_pid() is not None or not os.path.isdir(self.params["pipe_directory"]):
             return
         entries = self.control.pipe_entries()
-        kinds = dict((name, "socket") for name in entries["sockets"])
-        if entries["log_fifo"]:
-            kinds[LOG_FIFO] = "fifo"
-        if entries["pid_file"]:
-            kinds[PID_FILE] = "file"
+        present = entries["sockets"] + ([LOG_FIFO] if entries["log_fifo"] else []) + \
+            ([PID_FILE] if entries["pid_file"] else [])
+        kinds = dict((name, DAEMON_FILES[name]) for name in present)
         if not kinds:
             return
         if self.module.check_mode:
