@@ -47,7 +47,13 @@ else
   tarballs=(build/gpu-wheels/collections/*.tar.gz)
 fi
 rm -rf "$collections"
-ansible-galaxy collection install --offline --force -p "$collections" "${tarballs[@]}"
+# The collections gpulab.mps depends on from the tarballs; gpulab.mps itself is this checkout (a link), so that the
+# lane tests the working tree, never a tarball built earlier.
+deps=()
+for t in "${tarballs[@]}"; do [[ $(basename "$t") == gpulab-mps-* ]] || deps+=("$t"); done
+ansible-galaxy collection install --offline --force -p "$collections" "${deps[@]}"
+mkdir -p "$collections/ansible_collections/gpulab"
+ln -sfn "$PWD" "$collections/ansible_collections/gpulab/mps"
 export ANSIBLE_COLLECTIONS_PATH="$collections"
 ansible --version | head -1
 ansible-galaxy collection list -p "$collections" 2>/dev/null | grep -E "gpulab|kubernetes|docker"
