@@ -14,6 +14,7 @@ run_bounded raises CommandTimeout with it.
 
 from __future__ import annotations
 
+import errno
 import threading
 
 # No external call of the collection may wait longer than this, whatever a user asks.
@@ -38,10 +39,12 @@ class CommandTimeout(Exception):
 def run_bounded(module, argv, timeout, **kwargs):
     """module.run_command(argv, **kwargs), killed after `timeout` seconds: (rc, stdout, stderr).
 
-    Raises CommandTimeout (with what the command printed until then) when it had to be killed.
+    Raises CommandTimeout (with what the command printed until then) when it had to be killed. A command that
+    exits before it reads its stdin (the control CLI does, when no daemon listens) is not an error: its answer
+    is read as usual (run_command itself would fail on the broken pipe).
     """
     timeout = float(timeout)
-    state = {"killed": False, "timer": None}
+    state = {"killed": False, "timer": None, "proc": None}
 
     def kill(proc):
         if proc.poll() is None:
@@ -49,15 +52,34 @@ def run_bounded(module, argv, timeout, **kwargs):
             proc.kill()
 
     def arm(proc):
+        state["proc"] = proc
         state["timer"] = threading.Timer(timeout, kill, (proc,))
         state["timer"].daemon = True
         state["timer"].start()
 
     try:
-        rc, out, err = module.run_command(argv, before_communicate_callback=arm, **kwargs)
+        try:
+            rc, out, err = module.run_command(argv, before_communicate_callback=arm, handle_exceptions=False, **kwargs)
+        except OSError as error:
+            proc = state["proc"]
+            if error.errno != errno.EPIPE or proc is None:
+                module.fail_json(msg="Error executing %s: %s" % (argv[0], error), cmd=list(argv), rc=None,
+                                 stdout="", stderr="")
+            rc, out, err = _finish(proc, timeout)
     finally:
         if state["timer"] is not None:
             state["timer"].cancel()
     if state["killed"]:
         raise CommandTimeout(argv, timeout, out, err)
     return rc, out, err
+
+
+def _finish(proc, timeout):
+    """(rc, stdout, stderr) of a child whose stdin is gone, read to the end within the bound."""
+    try:
+        proc.stdin.close()
+    except (OSError, ValueError):
+        pass  # the data that could not be written: the command never wanted it
+    proc.stdin = None
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")

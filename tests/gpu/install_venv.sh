@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make VENV and install tests/gpu/requirements.txt (ansible-core, nvidia-ml-py) into it: offline from the
 # wheel folder WHEELS (made by `make wheelhouse`) when given, else from the package index.
-# Used by tests/gpu/run.sh and by `make lab WHEELS=dir`.
+# Used by tests/gpu/run.sh and by `make lab WHEELS=dir`. Offline it installs with --no-compile: Python compiles what
+# ansible imports when it first runs, instead of every file of ansible-core up front (a cold `make lab` is shorter).
 #
 #   tests/gpu/install_venv.sh VENV [WHEELS]        (PYTHON: the Python to make it with, default python3)
 set -euo pipefail
@@ -18,7 +19,7 @@ else
   pip=("$python" -m pip --python "$venv/bin/python")
 fi
 if [ -n "$wheels" ]; then
-  "${pip[@]}" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" -r "$requirements"
+  "${pip[@]}" install --quiet --disable-pip-version-check --no-compile --no-index --find-links "$wheels" -r "$requirements"
 else
   "${pip[@]}" install --quiet --disable-pip-version-check -r "$requirements"
 fi

@@ -25,10 +25,11 @@ from fake_exec import executable  # noqa: E402
 CONTROL = executable(os.path.join(STANDINS, "nvidia-cuda-mps-control"), "nvidia-cuda-mps-control-standin")
 
 
-def site(lab, check=False, **extra):
+def site(lab, check=False, playbook=None, **extra):
+    """site.yml --tags host (or another playbook, all of it) with the lab's variables."""
     binary = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
-    argv = [binary, "-i", lab["inventory"], os.path.join(ROOT, "site.yml"), "--tags", "host", "-e",
-            json.dumps(dict(lab["vars"], **extra))] + (["--check"] if check else [])
+    argv = [binary, "-i", lab["inventory"]] + (playbook or [os.path.join(ROOT, "site.yml"), "--tags", "host"]) + [
+        "-e", json.dumps(dict(lab["vars"], **extra))] + (["--check"] if check else [])
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                PYTHONPATH=STANDINS, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -97,3 +98,16 @@ def test_the_plugin_owner_stops_the_host_daemon_once(lab):
     assert recap(second)["changed"] == 0, second.stdout[-4000:]
     assert "the device plugin owns MPS" in " ".join(second.stdout.split())
     assert "Cannot find MPS control daemon process" in answers(lab, "get_server_list").stdout
+
+
+def test_teardown_stops_the_daemon_then_changes_nothing(lab):
+    """Regression (seen on the H200): teardown.yml ran mps_host without the plan it reads, and failed, leaving the
+    lab's daemon running."""
+    assert site(lab).returncode == 0
+    teardown = [os.path.join(ROOT, "playbooks", "teardown.yml")]
+    first = site(lab, playbook=teardown, gpulab_kubernetes=False)
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert recap(first)["changed"] >= 1
+    assert "Cannot find MPS control daemon process" in answers(lab, "get_server_list").stdout
+    second = site(lab, playbook=teardown, gpulab_kubernetes=False)
+    assert second.returncode == 0 and recap(second)["changed"] == 0, second.stdout[-4000:]
