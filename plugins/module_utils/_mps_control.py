@@ -146,10 +146,10 @@ class MpsControl(object):
         env.update(self.extra_env)
         return env
 
-    def _call(self, argv, data=None):
+    def _call(self, argv, data=None, timeout=None):
         """(rc, stdout, stderr) of one bounded call of the binary; a hung binary raises MpsControlError."""
         try:
-            return run_bounded(self.module, argv, self.timeout, data=data, environ_update=self.environment())
+            return run_bounded(self.module, argv, timeout or self.timeout, data=data, environ_update=self.environment())
         except CommandTimeout as error:
             raise MpsControlError(
                 "%s (command %r): the MPS control binary hangs; check that %s is NVIDIA's nvidia-cuda-mps-control "
@@ -157,14 +157,16 @@ class MpsControl(object):
                     error, data, self.binary, self.pipe_directory, self.log_directory),
                 cmd=error.cmd, rc=None, stdout=error.stdout, stderr=error.stderr)
 
-    def run(self, command):
-        """Send one command; return stdout. Raises DaemonNotRunning, UntrustedPipe or MpsControlError."""
+    def run(self, command, timeout=None):
+        """Send one command; return stdout. Raises DaemonNotRunning, UntrustedPipe or MpsControlError.
+
+        timeout: the bound of this call, for a command that waits by design (`quit -t N`), else the client's."""
         argv = [self.binary]
         problem = socket_problem(os.path.join(self.pipe_directory, "control"), self.trusted_uids)
         if problem:
             raise UntrustedPipe("refusing to talk to %s: %s. Remove it (as root) and restart the daemon"
                                 % (self.pipe_directory, problem), cmd=argv)
-        rc, out, err = self._call(argv, data=command)
+        rc, out, err = self._call(argv, data=command, timeout=timeout)
         if no_daemon(rc, out + err):
             raise DaemonNotRunning("no MPS control daemon answers in %s" % self.pipe_directory,
                                    cmd=argv, rc=rc, stdout=out, stderr=err)

@@ -208,7 +208,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpulab.mps.plugins.module_utils._common import (
     MpsControlError, fail_control, mps_argument_spec, path_errors, query_gpus, timeout_error)
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
-    DaemonNotRunning, LimitRecord, MpsControl, default_state_directory, find_control_binary, pid_alive,
+    COMMAND_TIMEOUT, DaemonNotRunning, LimitRecord, MpsControl, default_state_directory, find_control_binary, pid_alive,
     with_exact_limits)
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import (
     ALREADY_RUNNING, DAEMON_FILES, LOG_FIFO, PID_FILE)
@@ -365,7 +365,8 @@ class MpsDaemon(object):
         # force decides, not the snapshot: a client that attached since is waited for unless force says otherwise.
         command = "quit -t %d" % self.params["timeout"] if self.params["force"] else "quit"
         try:
-            self.control.run(command)
+            # `quit -t N` returns once it forced the servers down, after N s: its bound is longer.
+            self.control.run(command, timeout=self.params["timeout"] + COMMAND_TIMEOUT)
         except DaemonNotRunning:
             pass  # it died on its own meanwhile: stopped is what was asked
         except MpsControlError as error:
@@ -548,7 +549,8 @@ class MpsDaemon(object):
             else:
                 self.check_visible_devices(before)
             self.apply_defaults(None if started_fresh else before)
-        after = self.snapshot() if not self.module.check_mode else before
+        # Nothing was done: the state is the one just read (a second snapshot would only cost CLI calls).
+        after = self.snapshot() if self.changed and not self.module.check_mode else before
         if wanted != "stopped" and not started_fresh:
             self.handle_running_servers(after)
             if self.restarted_servers and not self.module.check_mode:
