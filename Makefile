@@ -1,6 +1,6 @@
 # gpulab.mps: every entry point a user or CI needs. Each target sets up what it uses.
 #   make lab     the lab, end to end (ansible-playbook site.yml -i inventories/lab)
-#   make test    everything CI runs (lint, unit, render, sanity, molecule)
+#   make test    everything CI runs (lint, unit, hostile, render, sanity, molecule)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -27,12 +27,12 @@ SANITY_ROOT := build/ansible_collections/gpulab/mps
 WHEELHOUSE ?= wheelhouse
 WHEEL_PYTHON ?= 3.12
 
-.PHONY: help venv collection lab test lint unit render sanity molecule molecule-default molecule-fleet molecule-kind-host \
+.PHONY: help venv collection lab test lint unit hostile render sanity molecule molecule-default molecule-fleet molecule-kind-host \
 	images standins wheelhouse gpu-lane benchmark fleet-scale teardown clean
 
 help:
 	@echo "make lab        run site.yml against $(INVENTORY) (TAGS=..., SKIP_TAGS=..., ANSIBLE_ARGS=...; WHEELS=dir offline)"
-	@echo "make test       lint + unit + render + sanity + molecule (what CI runs)"
+	@echo "make test       lint + unit + hostile + render + sanity + molecule (what CI runs)"
 	@echo "make teardown   undo what the lab created"
 	@echo "make wheelhouse build $(WHEELHOUSE)/ for an air-gapped GPU host (Python $(WHEEL_PYTHON))"
 	@echo "make gpu-lane   the GPU integration lane (on a GPU host; WHEELS=dir to install offline)"
@@ -71,13 +71,17 @@ teardown: collection
 	ansible-playbook playbooks/teardown.yml -i $(INVENTORY) $(ANSIBLE_ARGS)
 
 # --- tests ----------------------------------------------------------------------------------------
-test: lint unit render sanity molecule
+test: lint unit hostile render sanity molecule
 
 lint: collection
 	ansible-lint
 
 unit: collection
 	python -m pytest -q tests/unit
+
+# A throwaway local user attacks, root runs the modules (tests/hostile): needs root, as CI runs it.
+hostile: collection
+	python -m pytest -q -rs tests/hostile
 
 render: collection
 	python -m pytest -q tests/render

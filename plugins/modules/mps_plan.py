@@ -17,7 +17,8 @@ description:
     (resources, replicas and memory per replica).
   - The C(gpulab.mps.preflight) role runs it and publishes the plan as the fact C(preflight_mps_plan), which every
     later role reads; M(gpulab.mps.mps_daemon) takes it as its O(gpulab.mps.mps_daemon#module:plan) option.
-  - Fails, naming every bad setting and what to change, before anything changes. Changes nothing itself.
+  - Fails, naming every bad setting and what to change, before anything changes - a pipe, log or state directory
+    that another user made or can write among them. Changes nothing itself.
 extends_documentation_fragment:
   - gpulab.mps.attributes
   - gpulab.mps.attributes.info_module
@@ -171,6 +172,7 @@ from ansible_collections.gpulab.mps.plugins.module_utils._common import query_gp
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import default_state_directory
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import BINARY_DIRECTORIES, CONTROL_BINARY
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import PlanError, build_plan, host_problems
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import directory_problem
 
 
 def find_binary(module):
@@ -228,6 +230,14 @@ def main():
     except PlanError as error:
         module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(error.errors),
                          errors=error.errors, driver=driver, gpus=gpus)
+    # A directory another user made (or can write) is refused here already, so that a fleet excludes the node
+    # in preflight; mps_daemon checks again when it uses them.
+    untrusted = ["%s: %s" % (option, problem) for option, problem in (
+        (option, directory_problem(plan[option], os.geteuid(), creatable=True))
+        for option in ("pipe_directory", "log_directory", "state_directory")) if problem]
+    if untrusted:
+        module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(untrusted), errors=untrusted,
+                         driver=driver, gpus=gpus)
     for warning in plan["warnings"]:
         module.warn(warning)
     module.exit_json(changed=False, plan=plan)

@@ -7,7 +7,6 @@ The faults of a daemon's life: a stop that must wait, a daemon killed under the 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,39 +15,16 @@ import time
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
-STANDINS = os.path.join(ROOT, "tests", "standins")
-sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
-from fake_exec import executable  # noqa: E402
-
-CONTROL = executable(os.path.join(STANDINS, "nvidia-cuda-mps-control"), "nvidia-cuda-mps-control-standin")
-MODULE = os.path.join(ROOT, "plugins", "modules", "mps_daemon.py")
-
-
-def launch(tmp_path, args, check=False, name="args"):
-    """The module as Ansible starts it: `python mps_daemon.py ARGS_FILE`; returns the Popen."""
-    path = tmp_path / ("%s-%d.json" % (name, time.monotonic_ns()))
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check)}))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, ".collections"), STANDINS]))
-    return subprocess.Popen([sys.executable, MODULE, str(path)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def result_of(proc, timeout=120):
-    out, err = proc.communicate(timeout=timeout)
-    assert "Traceback" not in out + err, out + err
-    return json.loads(out.strip().splitlines()[-1])
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from module_file import CONTROL, control, launch, result_of  # noqa: E402
 
 
 def module(tmp_path, check=False, **args):
-    return result_of(launch(tmp_path, args, check))
+    return result_of(launch("mps_daemon", args, check, str(tmp_path / "args")))
 
 
 def ctl(lab, command):
-    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=lab["pipe_directory"], CUDA_MPS_LOG_DIRECTORY=lab["log_directory"])
-    return subprocess.run([CONTROL], input=command + "\n", text=True, capture_output=True, env=env, timeout=30,
-                          check=False).stdout
+    return control(lab["pipe_directory"], lab["log_directory"], command)
 
 
 @pytest.fixture
@@ -120,7 +96,7 @@ def test_two_runs_at_once_each_report_what_they_set(tmp_path, lab):
     """Regression: two runs at once on one pipe directory: the losers failed with a misleading message, and a run
     that asked for 30 % reported success while 70 % was in force. Runs are serialised by a lock."""
     module(tmp_path, **lab)
-    runs = [(value, launch(tmp_path, dict(lab, default_active_thread_percentage=value), name=str(value)))
+    runs = [(value, launch("mps_daemon", dict(lab, default_active_thread_percentage=value), folder=str(tmp_path / "args")))
             for value in (30, 70, 30, 70)]
     results = [(value, result_of(proc)) for value, proc in runs]
     for value, result in results:
@@ -145,7 +121,7 @@ def test_every_refusal_comes_before_any_change(tmp_path, lab):
         for extra, message in cases:
             result = module(tmp_path, check=check, **dict(lab, **extra))
             assert result.get("failed") and message in result["msg"], (extra, result.get("msg"))
-    assert sorted(os.listdir(str(tmp_path))) == [n for n in sorted(os.listdir(str(tmp_path))) if n.startswith("args")]
+    assert os.listdir(str(tmp_path)) == ["args"]  # nothing made: no pipe, log or state directory
 
 
 def test_an_unquoted_yaml_mode_is_the_mode(tmp_path, lab):
