@@ -132,7 +132,7 @@ class ClientProcess(object):
             if left <= 0:
                 self.kill()
                 raise ClientTimeout()
-            ready, _, _ = select.select(list(streams), [], [], min(left, 0.5))
+            ready = select.select(list(streams), [], [], min(left, 0.5))[0]
             for fd in ready:
                 chunk = os.read(fd, 65536)
                 if not chunk:

@@ -179,10 +179,9 @@ class KindCli(object):
         try:
             rc, out, err = run_bounded(self.module, cmd, timeout)
         except CommandTimeout as error:
+            printed = (error.stderr or error.stdout or "it printed nothing").strip()[-800:]
             self.module.fail_json(msg="%s did not finish within %d s and was killed: %s; is the Docker engine "
-                                      "answering (docker info)?" % (what, timeout, (error.stderr or error.stdout or
-                                                                                   "it printed nothing").strip()[-800:]),
-                                  **error.details())
+                                      "answering (docker info)?" % (what, timeout, printed), **error.details())
         self.last = {"cmd": cmd, "rc": rc, "stdout": out, "stderr": err}
         if rc != 0:
             self.module.fail_json(msg="%s failed (exit %d): %s" % (what, rc, (err or out or "").strip()[-800:]),

@@ -378,9 +378,9 @@ class MpsDaemon(object):
             try:
                 attached = self.control.ps()
                 if attached:
+                    pids = ", ".join(str(c["pid"]) for c in attached)
                     waiting = (" It is waiting for client%s %s, which attached meanwhile: it exits when they finish, "
-                               "or stop with force=true." % ("" if len(attached) == 1 else "s",
-                                                            ", ".join(str(c["pid"]) for c in attached)))
+                               "or stop with force=true." % ("" if len(attached) == 1 else "s", pids))
             except MpsControlError:
                 pass
             self.module.fail_json(msg="The MPS control daemon in %s (pid %s) did not exit within %d s after %s.%s %s" % (

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -242,8 +241,9 @@ def fake_binary(folder, body):
 
 def test_a_hanging_control_binary_is_bounded(shared, tmp_path):
     binary = fake_binary(str(tmp_path), "exec sleep 600\n")
-    for name, args in modules_against(os.path.join(shared, "pipe"), os.path.join(shared, "log"),
-                                       os.path.join(shared, "state"), {"control_binary": binary}):
+    cases = modules_against(os.path.join(shared, "pipe"), os.path.join(shared, "log"), os.path.join(shared, "state"),
+                            {"control_binary": binary})
+    for name, args in cases:
         if name == "mps_plan":
             continue  # it only finds the binary
         args = dict(args, timeout=2)

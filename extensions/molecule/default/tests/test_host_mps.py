@@ -89,3 +89,16 @@ def test_systemd_brings_a_killed_daemon_back(host):
     # The defaults live in the daemon's memory: the restarted daemon must have them again.
     assert ctl(host, "get_default_active_thread_percentage").stdout == "50.0\n"
     assert ctl(host, "get_default_device_pinned_mem_limit 0").stdout == "1G\n"
+
+
+def test_a_daemon_restarted_by_systemd_with_the_unit_limits_is_not_changed(host):
+    """After systemd restarted the daemon (the test above), the unit's drop-in set 1536M again (read back as 1G):
+    mps_daemon, asked the same with defaults_applied_at_start as mps_host asks it, must report no change. It reported
+    changed before the record held for the unit's restarts (keyed by the pid, which a restart changes)."""
+    result = host.ansible("gpulab.mps.mps_daemon",
+                          "pipe_directory=%s log_directory=%s default_active_thread_percentage=50 "
+                          "default_pinned_memory_limit=1536M defaults_applied_at_start=true" % (PIPE, LOGS),
+                          check=True)
+    assert result.get("failed") is not True, result
+    assert result["changed"] is False, result
+    assert result["defaults"]["pinned_memory_limit"] == {"0": "1536M"}

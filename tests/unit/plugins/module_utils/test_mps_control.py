@@ -12,7 +12,7 @@ import pytest
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _mps_control as mc
 from ansible_collections.gpulab.mps.plugins.module_utils import _mps_output as out
-from conftest import DaemonProcess, load_transcript, make_socket, transcript_output, transcript_text
+from conftest import load_transcript, make_socket, transcript_output, transcript_text
 
 
 @pytest.mark.parametrize("name, expected", [

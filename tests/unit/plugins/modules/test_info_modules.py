@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ansible_collections.gpulab.mps.plugins.modules import driver_check, gpu_info, mps_info

@@ -341,8 +341,8 @@ def test_stopping_a_stopped_daemon_changes_nothing(run_module, fake_cli, host, c
 
 
 @pytest.mark.parametrize("applied_at_start, changed", [(True, False), (False, True)])
-def test_a_daemon_restarted_by_its_unit_with_the_right_limits_is_not_changed(run_module, fake_cli, standin_nvml,
-                                                                            host, applied_at_start, changed):
+def test_a_daemon_restarted_by_its_unit_with_the_right_limits_is_not_changed(
+        run_module, fake_cli, standin_nvml, host, applied_at_start, changed):
     """Regression: the exact-limits record was keyed by the daemon's pid, so after any restart the next run said
     changed (the CLI reads 1536M back as 1G), and the fleet's auto drain drained a node for nothing. A record
     written for a unit that applies the same limits at every start holds for the daemon that unit restarted."""
