@@ -102,3 +102,22 @@ def test_a_daemon_restarted_by_systemd_with_the_unit_limits_is_not_changed(host)
     assert result.get("failed") is not True, result
     assert result["changed"] is False, result
     assert result["defaults"]["pinned_memory_limit"] == {"0": "1536M"}
+
+
+def test_stopping_goes_through_systemd(host, tmp_path):
+    """Regression: stopped.yml quit the daemon behind systemd's back, then ran `systemctl stop` on a unit whose
+    process was already gone. The role stops it through systemd: the unit's ExecStop (quit -t 30) is what quits."""
+    import json
+    import subprocess
+    playbook = tmp_path / "stop.yml"
+    playbook.write_text(json.dumps([{"hosts": "gpu_hosts", "gather_facts": False, "vars": {"mps_host_state": "stopped"},
+                                     "roles": ["gpulab.mps.preflight", "gpulab.mps.mps_host"]}]))
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".collections"), ANSIBLE_PIPELINING="True")
+    done = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(playbook)], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert unit_property(host, "ActiveState") == "inactive"
+    quits = [line for line in host.file(LOGS + "/control.log").content_string.splitlines() if "Cmd:quit" in line]
+    assert quits and quits[-1].endswith("Cmd:quit -t 30"), quits
+    assert ctl(host, "get_server_list").rc == 1

@@ -364,3 +364,17 @@ def test_a_daemon_restarted_by_its_unit_with_the_right_limits_is_not_changed(
     assert result["changed"] is changed
     if not changed:
         assert result["defaults"]["pinned_memory_limit"] == {"0": "1536M"}
+
+
+@pytest.mark.parametrize("force, command", [(True, "quit -t 7"), (False, "quit")])
+def test_force_decides_the_quit_not_an_earlier_snapshot(run_module, fake_cli, host, force, command):
+    """Regression: stop() chose `quit` or `quit -t` from the snapshot taken before: with no client in it, a forced
+    stop sent a plain `quit`, which waits for a client that attached meanwhile. force decides."""
+    daemon = host["running"]()
+    expect_idle_snapshot(fake_cli, host["ctl"])
+    fake_cli.expect(host["ctl"], command, "", effect=daemon.stop)
+    fake_cli.expect(host["ctl"], "get_server_list", *NO_DAEMON, repeat=True)  # until it is gone, and after
+    result, failed = run_module(mps_daemon, dict(host["args"], state="stopped", force=force, timeout=7))
+    fake_cli.done()
+    assert not failed, result.get("msg")
+    assert result["changed"] and not result["daemon"]["running"]
