@@ -48,7 +48,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
-REAL_SMI_DIRS = ("/usr/local/nvidia/bin", "/usr/bin")
+# Where the real nvidia-smi and nvidia-cuda-mps-control are (GPULAB_LANE_NVIDIA_BIN: another directory, for a dry
+# run on a machine without a GPU).
+REAL_SMI_DIRS = tuple(filter(None, [os.environ.get("GPULAB_LANE_NVIDIA_BIN")])) or ("/usr/local/nvidia/bin", "/usr/bin")
 SOCKET_DIR = "/var/lib/kubelet/device-plugins"
 MPS_HOST_ROOT = "/run/nvidia/mps"   # the chart's mps.root (MPS_ROOT of the plugin: the host side of its mounts)
 MPS_CONTAINER_ROOT = "/mps"         # hard-coded in both binaries: here a symlink to MPS_HOST_ROOT, as a mount would be
@@ -247,7 +249,7 @@ class Lane(object):
             handle.write(guard_script(self.real_smi, self.guard_log))
         os.chmod(os.path.join(guard_dir, "nvidia-smi"), 0o755)
         self.path = ":".join([guard_dir, os.path.dirname(self.mps_control), "/usr/local/sbin", "/usr/local/bin",
-                              "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+                              "/usr/sbin", "/usr/bin", "/sbin", "/bin", os.path.dirname(sys.executable)])
         self.libs = dict((k, os.environ[k]) for k in ("LD_LIBRARY_PATH",) if os.environ.get(k))
         # The binaries, unpacked.
         self.bins = {}
@@ -370,7 +372,7 @@ class Lane(object):
             plugin = self.start([self.bins[s["source"], "nvidia-device-plugin"]], env, name + "-nvidia-device-plugin")
             started.append(plugin)
             for resource, count in sorted(s["expect"]["resources"].items()):
-                registration = self.kubelet.wait_for(resource, 60)
+                registration = self.kubelet.wait_for(resource, self.args.registration_timeout)
                 if not check(checks, "registered %s" % resource, registration is not None,
                              registration and {k: registration[k] for k in ("resource_name", "endpoint", "version")}):
                     continue
@@ -606,6 +608,7 @@ def main(argv=None):
     parser.add_argument("--bin", default=os.path.join(ROOT, ".dp-bin"), help="what build.sh made (.dp-bin)")
     parser.add_argument("--out", required=True, help="where summary.txt, results.json and logs.tar.gz go")
     parser.add_argument("--replicas", type=int, default=20)
+    parser.add_argument("--registration-timeout", type=float, default=60, help="seconds to wait for each resource")
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="run only these scenarios")
     return Lane(parser.parse_args(argv)).main()
 
