@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -268,16 +269,37 @@ class Lane(object):
             if not os.path.lexists(path):
                 os.mkdir(path, 0o755)
                 self.created.append(path)
-        if os.path.lexists(MPS_CONTAINER_ROOT):
-            if not (os.path.islink(MPS_CONTAINER_ROOT) and os.readlink(MPS_CONTAINER_ROOT) == MPS_HOST_ROOT):
-                raise SystemExit("%s exists and is not the lane's symlink to %s: remove it first"
-                                 % (MPS_CONTAINER_ROOT, MPS_HOST_ROOT))
+        self.mps_host_root = MPS_HOST_ROOT
+        if os.path.islink(MPS_CONTAINER_ROOT):
+            if os.readlink(MPS_CONTAINER_ROOT) != MPS_HOST_ROOT:
+                raise SystemExit("%s is a symlink to %s, not the lane's (to %s): remove it first"
+                                 % (MPS_CONTAINER_ROOT, os.readlink(MPS_CONTAINER_ROOT), MPS_HOST_ROOT))
+        elif os.path.isdir(MPS_CONTAINER_ROOT):
+            # A real /mps (an earlier run of the binaries made it): use it as the host root too (MPS_ROOT=/mps).
+            self.mps_host_root = MPS_CONTAINER_ROOT
+        elif os.path.lexists(MPS_CONTAINER_ROOT):
+            raise SystemExit("%s exists and is neither a directory nor the lane's symlink: remove it first"
+                             % MPS_CONTAINER_ROOT)
         else:
             os.symlink(MPS_HOST_ROOT, MPS_CONTAINER_ROOT)
             self.created.append(MPS_CONTAINER_ROOT)
-        leftovers = [n for n in os.listdir(SOCKET_DIR) if n.endswith(".sock")]
-        if leftovers:
-            raise SystemExit("%s already holds %s: another kubelet or plugin runs here" % (SOCKET_DIR, leftovers))
+        self.results["mps_host_root"] = self.mps_host_root
+        live = []
+        for name in sorted(os.listdir(SOCKET_DIR)):
+            path = os.path.join(SOCKET_DIR, name)
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(2)
+            try:
+                probe.connect(path)
+                live.append(name)
+            except OSError:
+                os.unlink(path)   # nobody listens: left by a run that was killed
+            finally:
+                probe.close()
+        if live:
+            raise SystemExit("%s already holds live sockets %s: another kubelet or plugin runs here" % (SOCKET_DIR, live))
         self.mps_before = self.mps_pids()
         self.results["mps_processes_before"] = sorted(self.mps_before)
         self.results["compute_mode_before"] = self.compute_modes()
@@ -325,8 +347,9 @@ class Lane(object):
         self.results["compute_mode_after"] = self.compute_modes()
         for name in os.listdir(SOCKET_DIR) if os.path.isdir(SOCKET_DIR) else []:
             self.ks.remove_socket(os.path.join(SOCKET_DIR, name))
-        if os.path.isdir(MPS_HOST_ROOT):
-            shutil.copytree(MPS_HOST_ROOT, os.path.join(self.logs, "mps-root"), symlinks=True,
+        root = getattr(self, "mps_host_root", MPS_HOST_ROOT)
+        if os.path.isdir(root):
+            shutil.copytree(root, os.path.join(self.logs, "mps-root"), symlinks=True,
                             ignore=lambda d, names: [n for n in names if not stat.S_ISDIR(os.lstat(os.path.join(d, n)).st_mode)
                                                      and not stat.S_ISREG(os.lstat(os.path.join(d, n)).st_mode)],
                             dirs_exist_ok=True)
@@ -349,7 +372,7 @@ class Lane(object):
             handle.write(self.dp._yaml_dump(s["config"]))
         env = dict((k, v) for k, v in os.environ.items() if not k.startswith("CUDA_") and k != "NVIDIA_VISIBLE_DEVICES")
         env.update({"PATH": self.path, "CONFIG_FILE": config_path, "NODE_NAME": "gpulab-lane",
-                    "MPS_ROOT": MPS_HOST_ROOT, "FAIL_ON_INIT_ERROR": "true"})
+                    "MPS_ROOT": self.mps_host_root, "FAIL_ON_INIT_ERROR": "true"})
         started = []
         modes_before = self.compute_modes()
         pipes = {}
@@ -361,9 +384,10 @@ class Lane(object):
                 daemon = self.start([self.bins[s["source"], "mps-control-daemon"]], env, name + "-mps-control-daemon")
                 started.append(daemon)
                 ready = self.wait_for(lambda: os.path.exists(os.path.join(MPS_CONTAINER_ROOT, ".ready")), 60, daemon)
-                check(checks, "mps-control-daemon ready (/mps/.ready)", ready, ready)
                 for resource in s["expect"]["resources"]:
                     pipes[resource] = os.path.join(MPS_CONTAINER_ROOT, resource, "pipe")
+                if not check(checks, "mps-control-daemon ready (/mps/.ready)", ready, ready):
+                    return self.finish(record, checks)
             else:
                 pipes = self.start_host_daemon(s, host_pipe, checks)
             for resource, pipe in sorted(pipes.items()):
@@ -403,6 +427,10 @@ class Lane(object):
                 check(checks, "no MPS daemon left on %s" % pipe, gone, self.control(pipe, "get_server_list")[1])
             modes_after = self.compute_modes()
             check(checks, "compute mode unchanged", modes_after == modes_before, modes_after, modes_before)
+        return self.finish(record, checks)
+
+    @staticmethod
+    def finish(record, checks):
         record["ok"] = all(c["ok"] for c in checks)
         return record
 
@@ -476,8 +504,8 @@ class Lane(object):
                 check(checks, "%s: Allocate env CUDA_MPS_PIPE_DIRECTORY" % resource,
                       envs.get("CUDA_MPS_PIPE_DIRECTORY") == want_pipe, envs.get("CUDA_MPS_PIPE_DIRECTORY"), want_pipe)
                 pipe_mount = [m for m in mounts if m.get("container_path") == want_pipe]
-                check(checks, "%s: Allocate mounts the pipe from %s" % (resource, MPS_HOST_ROOT),
-                      bool(pipe_mount) and pipe_mount[0]["host_path"] == os.path.join(MPS_HOST_ROOT, resource, "pipe")
+                check(checks, "%s: Allocate mounts the pipe from %s" % (resource, self.mps_host_root),
+                      bool(pipe_mount) and pipe_mount[0]["host_path"] == os.path.join(self.mps_host_root, resource, "pipe")
                       and os.path.exists(os.path.join(pipe_mount[0]["host_path"], "control")), mounts)
             else:
                 check(checks, "%s: Allocate gives no MPS pipe (the host daemon's comes from the pod spec)" % resource,
@@ -548,6 +576,10 @@ class Lane(object):
         try:
             self.setup()
             for name in self.args.only or SCENARIOS:
+                if time.time() - self.results["started"] > self.args.budget:
+                    self.log("=== %s skipped: the lane's budget of %d s is spent" % (name, self.args.budget))
+                    self.results["scenarios"].append({"name": name, "checks": [], "ok": False, "skipped": True})
+                    continue
                 self.scenario(name)
         except SystemExit as error:
             self.results["setup_error"] = str(error)
@@ -567,6 +599,8 @@ class Lane(object):
                      "%s %s %d MiB" % (g["index"], g["name"], g["memory_total_mib"]) for g in r.get("gpus", []))),
                  "replicas %d" % self.args.replicas, ""]
         for sc in r["scenarios"]:
+            # From the checks themselves (a scenario's clean-up adds checks after it returned).
+            sc["ok"] = bool(sc["checks"]) and all(c["ok"] for c in sc["checks"]) and not sc.get("skipped")
             lines.append("%s %s" % ("PASS" if sc.get("ok") else "FAIL", sc["name"]))
             for c in sc["checks"]:
                 lines.append("  %s %s: %s%s%s" % ("ok  " if c["ok"] else "FAIL", c["check"], json.dumps(c["seen"])[:300],
@@ -609,6 +643,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="where summary.txt, results.json and logs.tar.gz go")
     parser.add_argument("--replicas", type=int, default=20)
     parser.add_argument("--registration-timeout", type=float, default=60, help="seconds to wait for each resource")
+    parser.add_argument("--budget", type=int, default=420,
+                        help="seconds after which no new scenario starts (the report is always written)")
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="run only these scenarios")
     return Lane(parser.parse_args(argv)).main()
 
