@@ -146,7 +146,8 @@ def replicas_by_gpu(gpus, replicas, per_gpu=None, mode=AGGREGATE):
     indices = set(g["index"] for g in gpus)
     unknown = sorted(set(per_gpu) - indices)
     if unknown:
-        raise DevicePluginError("per-GPU replicas name GPU index %s, but the node has GPUs %s"
+        raise DevicePluginError("per-GPU replicas name GPU index %s, but the node has GPUs %s (indices as the node "
+                                "sees them): remove them from device_plugin_replicas_per_gpu or name a GPU it has"
                                 % (", ".join(map(str, unknown)), ", ".join(str(i) for i in sorted(indices))))
     result = {}
     for gpu in gpus:

@@ -132,8 +132,9 @@ def daemon_plan(gpus, visible_devices=None, active_thread_percentage=None, pinne
                                   % (selector, index))
                 elif index in named and limits[ordinal_of[index]] != size_bytes:
                     errors.append("default_pinned_memory_limit names GPU %d twice with different sizes (%s as %s, %s "
-                                  "as %s): give each GPU one size" % (index, mps_size(limits[ordinal_of[index]]),
-                                                                     named[index], mps_size(size_bytes), selector))
+                                  "as %s): give each GPU one size" % (
+                                      index, mps_size(limits[ordinal_of[index]]), named[index], mps_size(size_bytes),
+                                      selector))
                 named.setdefault(index, selector)
             targets = [i for i in targets if i in ordinal_of]
         for index in targets:

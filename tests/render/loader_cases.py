@@ -26,8 +26,8 @@ MODES_OWNERS = [("aggregate", "plugin"), ("aggregate", "host"), ("individual", "
 LOADER_OF_MODE = {"aggregate": "upstream", "individual": "fork"}
 
 
-def gpus(n, model=H100):
-    return [dict(model, index=i) for i in range(n)]
+def gpus(n, model=None):
+    return [dict(model or H100, index=i) for i in range(n)]
 
 
 def key(config):

@@ -1,11 +1,10 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Record what the REAL device plugin config loaders say about every config of loader_cases.py.
 
-    tests/gpu/device_plugin/build.sh --loaders-only UPSTREAM_GIT FORK_GIT     # builds build/dp-loaders/*
-    .venv/bin/python tests/render/record_loaders.py [build/dp-loaders]
+    tests/gpu/device_plugin/build.sh --loaders-only UPSTREAM_GIT FORK_GIT     # builds .cache/dp-loaders/*
+    .venv/bin/python tests/render/record_loaders.py [.cache/dp-loaders]
 
 Each loader is gpulab-loadconfig (tests/gpu/device_plugin/loadconfig/main.go) compiled inside one source tree: it
 runs that tree's spec.NewConfig, DisableResourceNamingInConfig and a strict walk for unknown keys. The result goes to
@@ -20,8 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-
-import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -43,7 +40,7 @@ def run_loader(binary, paths):
 
 
 def main(argv):
-    loaders_dir = argv[1] if len(argv) > 1 else os.path.join(ROOT, "build", "dp-loaders")
+    loaders_dir = argv[1] if len(argv) > 1 else os.path.join(ROOT, ".cache", "dp-loaders")
     cases = {}
     for name, (mode, owner, config) in sorted(loader_cases.rendered().items()):
         cases[name] = {"kind": "rendered", "mode": mode, "owner": owner, "config": config}
@@ -82,8 +79,8 @@ def main(argv):
         handle.write("\n")
     fit = dict((loader, sum(1 for c in cases.values() if c[loader]["accepted"] and not c[loader]["unknown_fields"]))
                for loader in LOADERS)
-    print("%d cases recorded in %s; fit for upstream %d, for the fork %d" % (len(cases), FIXTURE, fit["upstream"],
-                                                                          fit["fork"]))
+    print("%d cases recorded in %s; fit for upstream %d, for the fork %d" % (
+        len(cases), FIXTURE, fit["upstream"], fit["fork"]))
     return 0
 
 

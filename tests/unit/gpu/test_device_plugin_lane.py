@@ -272,4 +272,3 @@ def test_the_lane_refuses_to_run_as_another_user(tmp_path, monkeypatch):
     args = type("Args", (), {"out": str(tmp_path), "bin": str(tmp_path), "replicas": 20, "only": None})()
     with pytest.raises(SystemExit, match="as root"):
         lane.Lane(args).setup()
-

@@ -62,8 +62,15 @@ def test_aggregate_refuses_per_gpu_replicas():
 
 
 def test_per_gpu_replicas_for_unknown_gpu():
-    with pytest.raises(dp.DevicePluginError, match="name GPU index 5"):
+    with pytest.raises(dp.DevicePluginError, match="name GPU index 5") as raised:
         dp.plan(gpus(2), mode="individual", replicas=4, per_gpu_replicas={5: 8})
+    assert "remove them from device_plugin_replicas_per_gpu" in str(raised.value)
+
+
+def test_per_gpu_replicas_for_a_gpu_the_node_does_not_see():
+    """A Kind worker handed GPU 1 sees it as its GPU 0: replicas for index 1 name a GPU it does not have."""
+    with pytest.raises(dp.DevicePluginError, match="name GPU index 1, but the node has GPUs 0"):
+        dp.node_plans(gpus(2), [{"name": "w1", "gpus": [1]}], mode="individual", replicas=4, per_gpu_replicas={1: 8})
 
 
 @pytest.mark.parametrize("gpu, replicas, ok", [
