@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpulab.mps.plugins.module_utils import _sizes
+from ansible_collections.gpulab.mps.plugins.module_utils import _plan, _sizes
 
 
 def mps_size_bytes(value):
@@ -40,10 +40,21 @@ def mps_replica_memory_mib(total_mib, replicas):
         raise AnsibleFilterError("mps_replica_memory_mib: %s" % error)
 
 
+def mps_defaults_gaps(defaults, plan):
+    """What the defaults a daemon reads back lack against the host's plan, as sentences (empty: it holds them)."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("daemon"), dict):
+        raise AnsibleFilterError("mps_defaults_gaps: expects the host's plan (preflight_mps_plan)")
+    try:
+        return _plan.defaults_gaps(plan["daemon"], defaults)
+    except (_sizes.SizeError, TypeError, ValueError) as error:
+        raise AnsibleFilterError("mps_defaults_gaps: %s" % error)
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "mps_size_bytes": mps_size_bytes,
             "mps_size": mps_size,
             "mps_replica_memory_mib": mps_replica_memory_mib,
+            "mps_defaults_gaps": mps_defaults_gaps,
         }

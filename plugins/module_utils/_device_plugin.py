@@ -10,20 +10,26 @@ Everything here is pure (data in, data out) so that the same code renders the ma
 device_plugin role applies and the ones that tests/render validates offline.
 
 Two modes:
-- aggregate: the upstream image and config format (`sharing.mps.resources`); all GPUs of a node
-  are one resource `nvidia.com/gpu` with `replicas` per GPU.
+- aggregate: the upstream image and config format; all GPUs of a node are one resource
+  `nvidia.com/gpu` with `replicas` per GPU.
 - individual: per-GPU resource names (`nvidia.com/gpu0`, `nvidia.com/gpu1`, ...) in the format of
-  the device-plugin fork of seed 004 (`individualGPU.gpuConfigs`). Upstream ignores `rename` and
-  `devices` for MPS, so this mode needs an image that understands `individualGPU`.
+  the device-plugin fork of seed 004 (`individualGPU.gpuConfigs`). Upstream (v0.20.0) cannot name
+  resources per GPU at all: right after loading its config, both of its binaries call
+  DisableResourceNamingInConfig, which drops `rename` and `devices` from `sharing.timeSlicing` and
+  `sharing.mps` alike (recorded by tests/gpu/device_plugin/loadconfig). So this mode needs the
+  fork's image, whose Allocate answers NVIDIA_VISIBLE_DEVICES=0 for any GPU: on a node with more
+  than one GPU a pod of gpu2 would get GPU 0, and such nodes are refused unless the user opts in.
 
 Two owners of the MPS control daemon, never both on one node:
 - plugin: the plugin's own `mps-control-daemon` DaemonSet runs the daemon on every node labelled
-  `nvidia.com/mps.capable=true` and `gpulab.mps/mps-owner=plugin`, with a pinned memory limit of
-  total/replicas per device and 100/replicas active threads (upstream behaviour). The host daemon
-  of the mps_host role must not run there.
+  `nvidia.com/mps.capable=true` and `gpulab.mps/mps-owner=plugin`. Upstream sets a pinned memory
+  limit of total/replicas per device and 100/replicas active threads; the fork sets the GPU's TOTAL
+  memory unless the config names `pinnedMemoryLimit` per GPU, so this module always names it.
+  The host daemon of the mps_host role must not run there.
 - host: the host daemon of mps_host serves the pods through its mounted pipe directory (the seed
-  lab). The plugin then only counts replicas for the scheduler (`sharing.timeSlicing`, same
-  replicas) and runs no MPS daemon; aggregate mode only.
+  lab); the host's plan (_plan) gives it the per-replica limits of this module's plan. The plugin
+  then only counts replicas for the scheduler (`sharing.timeSlicing`, same replicas) and runs no
+  MPS daemon; in both modes (individual: the fork's per-GPU counts, with time-slicing).
 """
 
 from __future__ import annotations
@@ -54,8 +60,10 @@ RESOURCE_DOMAIN = "nvidia.com"
 DEFAULT_RESOURCE = "nvidia.com/gpu"
 DEFAULT_NAME_PATTERN = "gpu%d"
 
-# The upstream release whose chart these manifests follow (MPS sharing exists since v0.15.0).
-UPSTREAM_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"
+# The upstream release whose chart these manifests follow, and whose binaries tests/gpu/device_plugin runs on the
+# GPU host (built from source at v0.20.0, commit 1b826acc).
+UPSTREAM_VERSION = "v0.20.0"
+UPSTREAM_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:%s" % UPSTREAM_VERSION
 DEFAULT_NAMESPACE = "nvidia-device-plugin"
 DEFAULT_NAME = "nvidia-device-plugin"
 MPS_ROOT = "/run/nvidia/mps"
@@ -138,7 +146,8 @@ def replicas_by_gpu(gpus, replicas, per_gpu=None, mode=AGGREGATE):
     indices = set(g["index"] for g in gpus)
     unknown = sorted(set(per_gpu) - indices)
     if unknown:
-        raise DevicePluginError("per-GPU replicas name GPU index %s, but the node has GPUs %s"
+        raise DevicePluginError("per-GPU replicas name GPU index %s, but the node has GPUs %s (indices as the node "
+                                "sees them): remove them from device_plugin_replicas_per_gpu or name a GPU it has"
                                 % (", ".join(map(str, unknown)), ", ".join(str(i) for i in sorted(indices))))
     result = {}
     for gpu in gpus:
@@ -180,11 +189,20 @@ def _check_mode_owner(mode, owner):
         raise DevicePluginError("mode must be one of %s, got %r" % (", ".join(MODES), mode))
     if owner not in OWNERS:
         raise DevicePluginError("MPS owner must be one of %s, got %r" % (", ".join(OWNERS), owner))
-    if mode == INDIVIDUAL and owner == OWNER_HOST:
+
+
+FORK_ALLOCATE_FAULT = (
+    "the fork's Allocate answers NVIDIA_VISIBLE_DEVICES=0 (a relative index) for every per-GPU resource, so on a "
+    "node with several GPUs a pod of nvidia.com/gpu2 would run on GPU 0")
+
+
+def check_fork_node(gpus, allow_multi_gpu=False, node="this node"):
+    """Refuse individual mode (the fork) on a node that sees more than one GPU, unless the user opted in."""
+    if len(gpus) > 1 and not allow_multi_gpu:
         raise DevicePluginError(
-            "mode individual needs the plugin to own the MPS daemon (owner plugin): per-GPU resource names "
-            "exist only in the MPS configuration of the fork image, and the host daemon cannot be shared "
-            "with it. Use mode aggregate with owner host, or owner plugin with the host daemon stopped.")
+            "mode individual runs the seed-004 fork, and %s sees %d GPUs: %s. Give each GPU its own node (Kind: "
+            "kind_cluster_layout per_gpu), use mode aggregate, or accept it with "
+            "device_plugin_fork_allow_multi_gpu_nodes: true" % (node, len(gpus), FORK_ALLOCATE_FAULT))
 
 
 def visible_gpus(gpus, visible="all"):
@@ -213,18 +231,22 @@ def visible_gpus(gpus, visible="all"):
 
 
 def plan(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWNER_PLUGIN,
-         name_pattern=DEFAULT_NAME_PATTERN, visible="all"):
+         name_pattern=DEFAULT_NAME_PATTERN, visible="all", allow_multi_gpu=None, node=None):
     """What a node with these GPUs gets: per GPU its resource, replicas, memory and threads per replica.
 
     Returns a dict: mode, owner, config_name, labels (for the node), gpus (list), resources
     ({name: count}). Memory per replica is the seed 004 and upstream formula: total MiB // replicas.
     `visible` limits the plan to the GPUs a node is handed (indices re-numbered from 0).
+    allow_multi_gpu: None plans a host (its nodes are checked later, by node_plans); True or False
+    plans one node, and False refuses individual mode (the fork) there when it sees several GPUs.
     """
     _check_mode_owner(mode, owner)
     gpus = normalize_gpus(gpus)
     if visible not in (None, "all"):
         gpus = visible_gpus(gpus, visible)
     counts = replicas_by_gpu(gpus, replicas, per_gpu_replicas, mode)
+    if mode == INDIVIDUAL and allow_multi_gpu is not None:
+        check_fork_node(gpus, allow_multi_gpu, "node %s" % node if node else "this node")
     rows = []
     resources = {}
     for gpu in gpus:
@@ -257,47 +279,52 @@ def node_plans(gpus, nodes, **kwargs):
     """[{"name", "plan"}] for each node ({"name", "gpus": "all" | [host indices]}) of a GPU host."""
     if not isinstance(nodes, (list, tuple)) or not nodes:
         raise DevicePluginError("no nodes given: name the Kubernetes nodes of this GPU host ({name, gpus})")
+    allow = bool(kwargs.pop("allow_multi_gpu", False))
     out = []
     for node in nodes:
         if not isinstance(node, dict) or not node.get("name"):
             raise DevicePluginError("node %r needs a name" % (node,))
-        out.append({"name": node["name"], "plan": plan(gpus, visible=node.get("gpus", "all"), **kwargs)})
+        out.append({"name": node["name"], "plan": plan(gpus, visible=node.get("gpus", "all"), node=node["name"],
+                                                       allow_multi_gpu=allow, **kwargs)})
     return out
 
 
 def plugin_config(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWNER_PLUGIN,
                   name_pattern=DEFAULT_NAME_PATTERN, fail_requests_greater_than_one=True,
                   enable_memory_limit=True):
-    """The device plugin's config file (a dict) for a node with these GPUs."""
+    """The device plugin's config file (a dict) for a node with these GPUs.
+
+    aggregate: upstream's format. individual: the fork's (`individualGPU`), the only one with per-GPU names.
+    Owner host: `sharing.timeSlicing`, the plugin only counts replicas and runs no MPS daemon; the pods reach the
+    host daemon, whose per-replica limits the host's plan sets. Owner plugin: `sharing.mps`; in individual mode each
+    GPU's `pinnedMemoryLimit` (MiB) is named, since without it the fork's daemon gives every client the GPU's TOTAL
+    memory (seen on the H200), and enable_memory_limit only turns that limit off (the fork's own switch).
+    """
     node = plan(gpus, mode, replicas, per_gpu_replicas, owner, name_pattern)
     config = {"version": "v1", "flags": {"migStrategy": "none"}}
-    if owner == OWNER_HOST:
-        # No MPS in the plugin: it only tells the scheduler how many pods share a GPU. The pods
-        # reach the host daemon through its pipe directory; its pinned limit bounds their memory.
-        config["sharing"] = {"timeSlicing": {
-            "renameByDefault": False,
-            "failRequestsGreaterThanOne": bool(fail_requests_greater_than_one),
-            "resources": [{"name": DEFAULT_RESOURCE, "replicas": int(replicas)}],
-        }}
-        return config
-    mps = {
+    replicated = {
         "renameByDefault": False,
         "failRequestsGreaterThanOne": bool(fail_requests_greater_than_one),
         "resources": [{"name": DEFAULT_RESOURCE, "replicas": int(replicas)}],
     }
-    config["sharing"] = {"mps": mps}
+    if owner == OWNER_HOST:
+        # No MPS in the plugin: it only tells the scheduler how many pods share a GPU. The pods
+        # reach the host daemon through its pipe directory; its pinned limit bounds their memory.
+        config["sharing"] = {"timeSlicing": replicated}
+    else:
+        config["sharing"] = {"mps": replicated}
+        if mode == INDIVIDUAL:
+            replicated["enableMemoryLimit"] = bool(enable_memory_limit)
     if mode == INDIVIDUAL:
-        mps["enableMemoryLimit"] = bool(enable_memory_limit)
-        config["individualGPU"] = {
-            "enabled": True,
-            "namePattern": name_pattern,
-            "gpuConfigs": [{
-                "index": row["index"],
-                "name": row["resource"].split("/", 1)[1],
-                "mps": {"enabled": True, "replicas": row["replicas"],
-                        "enableMemoryLimit": bool(enable_memory_limit)},
-            } for row in node["gpus"]],
-        }
+        gpu_configs = []
+        for row in node["gpus"]:
+            mps = {"enabled": True, "replicas": row["replicas"]}
+            if owner == OWNER_PLUGIN:
+                mps["enableMemoryLimit"] = bool(enable_memory_limit)
+                if enable_memory_limit:
+                    mps["pinnedMemoryLimit"] = row["memory_per_replica_mib"]
+            gpu_configs.append({"index": row["index"], "name": row["resource"].split("/", 1)[1], "mps": mps})
+        config["individualGPU"] = {"enabled": True, "namePattern": name_pattern, "gpuConfigs": gpu_configs}
     return config
 
 
@@ -360,8 +387,11 @@ def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWN
 
     Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, ConfigMap, the device-plugin
     DaemonSet and, when the plugin owns MPS, the mps-control-daemon DaemonSet. Follows the upstream
-    Helm chart (v0.17) with the embedded-config layout (config-manager picks the config named by
-    the node label nvidia.com/device-plugin.config).
+    Helm chart of UPSTREAM_VERSION with the embedded-config layout (config-manager picks the config
+    named by the node label nvidia.com/device-plugin.config), its default values (mps.enableHostPID
+    true: the MPS daemon runs with hostPID, which the chart sets since v0.18.0 so that the MPS server
+    finds its own pid) and migStrategy none (so no NVIDIA_MIG_MONITOR_DEVICES, which the chart adds only
+    for a MIG strategy other than none).
     """
     config = plugin_config(gpus, mode, replicas, per_gpu_replicas, owner, name_pattern,
                            fail_requests_greater_than_one, enable_memory_limit)
@@ -370,7 +400,9 @@ def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWN
         if mode == INDIVIDUAL:
             raise DevicePluginError(
                 "mode individual needs a device-plugin image that understands individualGPU (the fork of "
-                "seed 004): set its image; the upstream image %s would ignore the per-GPU names" % UPSTREAM_IMAGE)
+                "seed 004): set device_plugin_image. The upstream image %s cannot name resources per GPU: it "
+                "drops rename and devices from sharing.timeSlicing and sharing.mps when it loads its config "
+                "(DisableResourceNamingInConfig), so every pod would get nvidia.com/gpu" % UPSTREAM_IMAGE)
         image = UPSTREAM_IMAGE
     for what, value in (("namespace", namespace), ("name", name)):
         if not _DNS_LABEL_RE.match(value or "") or len(value) > 40:
@@ -409,6 +441,7 @@ def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWN
     def pod_common(component):
         spec = {
             "serviceAccountName": sa_name,
+            # config-manager signals the main process; the chart's MPS daemon uses hostPID instead (below).
             "shareProcessNamespace": True,
             "priorityClassName": priority_class,
             "tolerations": tolerations,
@@ -481,6 +514,10 @@ def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWN
 
     if owner == OWNER_PLUGIN:
         daemon_spec = pod_common("mps-control-daemon")
+        # The chart's mps.enableHostPID (true since v0.18.0): the MPS server finds its own pid only in the host's
+        # PID namespace. hostPID and shareProcessNamespace cannot both be set.
+        del daemon_spec["shareProcessNamespace"]
+        daemon_spec["hostPID"] = True
         daemon_spec.update({
             "initContainers": [
                 with_image({

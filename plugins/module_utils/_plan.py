@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
 from ansible_collections.gpulab.mps.plugins.module_utils._nvml import driver_problem, resolve_devices
-from ansible_collections.gpulab.mps.plugins.module_utils._sizes import MIB, SizeError, mps_size, parse_size
+from ansible_collections.gpulab.mps.plugins.module_utils._sizes import (
+    MIB, SizeError, mps_size, parse_size, readback_matches)
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import normalize_path
 
 PLAN_VERSION = 1
@@ -25,6 +26,10 @@ OWNERS = ("host", "plugin")
 HOST_STATES = ("started", "stopped", "absent")
 SERVICE_MANAGERS = ("auto", "systemd", "direct")
 MPS_COMPUTE_MODES = ("default", "exclusive_process")
+# What the host daemon takes from the device plugin's replicas (owner host, sharing planned): the pinned memory
+# limit per GPU (its memory // its replicas) and the active thread percentage (100 // replicas), like upstream's own
+# MPS daemon; only the memory limit; or nothing.
+REPLICA_LIMITS = ("memory_and_threads", "memory", "none")
 
 
 class PlanError(ValueError):
@@ -143,6 +148,78 @@ def daemon_plan(gpus, visible_devices=None, active_thread_percentage=None, pinne
     return daemon, errors
 
 
+def replica_limits(daemon, sharing, which):
+    """Give the host daemon the per-replica limits of the device plugin's plan; returns the warnings.
+
+    daemon: a daemon_plan() result, whose pinned limits and thread percentage are the explicit settings (they win);
+    sharing: the device plugin's plan of the host (_device_plugin.plan, every GPU by its NVML index). Per GPU the
+    daemon sees, the pinned limit is that GPU's memory_per_replica_mib in bytes. The active thread percentage is one
+    default for every GPU of the daemon, so it is the smallest share, 100 // the largest replica count: no replica
+    gets more than its share on any GPU (a GPU with fewer replicas then leaves some SMs to no one). Fills
+    daemon["replica_limits"] with what the replicas ask, and daemon's limits where no explicit value was given.
+    """
+    warnings = []
+    ordinal_of = dict((uuid, ordinal) for ordinal, uuid in daemon["devices"].items())
+    explicit = dict(daemon["pinned_memory_limit"])
+    wanted = {}
+    for row in sharing["gpus"]:
+        ordinal = ordinal_of.get(row["uuid"])
+        if ordinal is None:
+            warnings.append("GPU %d is shared by the device plugin (%d replicas) but is not one of the host daemon's "
+                            "visible_devices: its pods get no MPS and no memory limit" % (row["index"], row["replicas"]))
+            continue
+        share = row["memory_per_replica_mib"] * MIB
+        wanted[ordinal] = share
+        if ordinal in explicit:
+            if explicit[ordinal] != share:
+                warnings.append(
+                    "default_pinned_memory_limit gives GPU %d %s per client, but the device plugin shares it among %d "
+                    "replicas of %d MiB: %s. Remove mps_host_default_pinned_memory_limit to take the replicas' share, "
+                    "or set it to %dM" % (
+                        row["index"], mps_size(explicit[ordinal]), row["replicas"], row["memory_per_replica_mib"],
+                        "the replicas together may ask more than the GPU has" if explicit[ordinal] > share
+                        else "each pod gets less than its share", row["memory_per_replica_mib"]))
+        else:
+            daemon["pinned_memory_limit"][ordinal] = share
+    daemon["pinned_memory_limit"] = dict(sorted(daemon["pinned_memory_limit"].items()))
+    counts = sorted(set(row["replicas"] for row in sharing["gpus"] if row["uuid"] in ordinal_of))
+    threads = None
+    if which == "memory_and_threads" and counts:
+        threads = float(100 // counts[-1])
+        if len(counts) > 1:
+            warnings.append("the GPUs of the host daemon have different replica counts (%s): its one default active "
+                            "thread percentage is the smallest share, %g %%, on every GPU"
+                            % (", ".join(str(c) for c in counts), threads))
+        if daemon["active_thread_percentage"] is None:
+            daemon["active_thread_percentage"] = threads
+        elif abs(daemon["active_thread_percentage"] - threads) > 0.05:
+            warnings.append(
+                "default_active_thread_percentage is %g, but %d replicas per GPU give each %g %%: remove "
+                "mps_host_default_active_thread_percentage to take the replicas' share, or set "
+                "mps_host_replica_limits: memory" % (daemon["active_thread_percentage"], counts[-1], threads))
+    daemon["replica_limits"] = {"mode": which, "pinned_memory_limit": dict(sorted(wanted.items())),
+                                "active_thread_percentage": threads}
+    return warnings
+
+
+def defaults_gaps(daemon, defaults):
+    """What a running daemon's defaults (mps_info's `defaults`: the CLI's read-back, or the exact value recorded) lack
+    against its plan (the plan's `daemon`), as sentences; [] when it holds every planned value."""
+    gaps = []
+    defaults = defaults or {}
+    want = daemon.get("active_thread_percentage")
+    have = defaults.get("active_thread_percentage")
+    if want is not None and (have is None or abs(float(have) - float(want)) > 0.05):
+        gaps.append("the host MPS daemon's default active thread percentage is %s, the plan asks %g"
+                    % ("unset" if have is None else "%g" % float(have), float(want)))
+    shown = defaults.get("pinned_memory_limit") or {}
+    for ordinal, size_bytes in sorted(daemon.get("pinned_memory_limit", {}).items()):
+        if not readback_matches(size_bytes, shown.get(str(ordinal))):
+            gaps.append("the host MPS daemon's default pinned memory limit of device %s is %s, the plan asks %s"
+                        % (ordinal, shown.get(str(ordinal)) or "unset", mps_size(size_bytes)))
+    return gaps
+
+
 def mps_sizes(daemon):
     """The pinned limits of a daemon plan as the CLI is sent them ("7188M")."""
     return dict((o, mps_size(b)) for o, b in sorted(daemon["pinned_memory_limit"].items()))
@@ -196,6 +273,9 @@ def build_plan(driver, gpus, settings):
         _binary, error = normalize_path("control_binary", settings["control_binary"])
         if error:
             errors.append(error)
+    which = settings.get("replica_limits") or REPLICA_LIMITS[0]
+    if which not in REPLICA_LIMITS:
+        errors.append("mps_host_replica_limits must be one of %s, got %r" % (", ".join(REPLICA_LIMITS), which))
     manager = settings.get("service_manager") or "auto"
     if manager not in SERVICE_MANAGERS:
         errors.append("service_manager must be one of %s, got %r" % (", ".join(SERVICE_MANAGERS), manager))
@@ -220,14 +300,19 @@ def build_plan(driver, gpus, settings):
             errors.append("device plugin: %s" % error)
     if errors:
         raise PlanError(errors)
+    warnings = ["GPU %d has MIG enabled: MPS then runs per MIG instance, which this collection does not configure. "
+                "Disable MIG or expect MPS to see the MIG instances only." % g["index"]
+                for g in gpus if g.get("mig_mode_current") == "enabled"]
+    # Owner host with the device plugin planned: the host daemon enforces the replicas' share (seed 004: memory per
+    # replica = GPU memory / replicas), since the plugin only counts them (time-slicing format, no MPS of its own).
+    daemon["replica_limits"] = None
+    if sharing is not None and owner == "host" and which != "none":
+        warnings.extend(replica_limits(daemon, sharing, which))
     # The plugin owns MPS: the host daemon must not run (absent stays absent).
     daemon["state"] = host_state if owner == "host" or host_state == "absent" else "stopped"
     daemon["service_manager"] = manager
     daemon["pinned_memory_limit_mps"] = mps_sizes(daemon)
     daemon["environment"] = daemon_environment(paths["pipe_directory"], paths["log_directory"], daemon)
-    warnings = ["GPU %d has MIG enabled: MPS then runs per MIG instance, which this collection does not configure. "
-                "Disable MIG or expect MPS to see the MIG instances only." % g["index"]
-                for g in gpus if g.get("mig_mode_current") == "enabled"]
     return {
         "version": PLAN_VERSION,
         "owner": owner,

@@ -76,6 +76,20 @@ options:
       - Default pinned device memory limit of new MPS servers - one size for every GPU (V(20G), V(1536M)), or a
         dict from GPU (index or UUID) to size. Whole MiB, binary units, at most the GPU's memory.
     type: raw
+  replica_limits:
+    description:
+      - What the host daemon takes from the device plugin's replicas when O(owner=host) and O(sharing) is given (the
+        plugin then only counts replicas, and the host daemon is what enforces them).
+      - V(memory_and_threads) - per GPU, a default pinned memory limit of that GPU's memory divided by its replicas
+        (whole MiB, rounded down), and a default active thread percentage of 100 divided by the replicas (one value
+        for every GPU of the daemon - with different replica counts per GPU, the smallest share), as the device
+        plugin's own MPS daemon does. V(memory) - only the memory limit. V(none) - neither.
+      - An explicit O(default_pinned_memory_limit) or O(default_active_thread_percentage) wins; where it differs from
+        the replicas' share the plan warns.
+    type: str
+    choices: [memory_and_threads, memory, none]
+    default: memory_and_threads
+    version_added: 0.3.0
   service_manager:
     description: V(systemd) (a unit), V(direct) (the module runs the daemon) or V(auto) (systemd where it runs).
     type: str
@@ -136,8 +150,10 @@ plan:
     - The plan. C(driver) and C(gpus) as M(gpulab.mps.gpu_info) reports them; C(daemon) with C(state),
       C(service_manager), C(visible_devices) (UUIDs or null), C(active_thread_percentage),
       C(pinned_memory_limit) (exact bytes by MPS device ordinal), C(pinned_memory_limit_mps) (the sizes sent to
-      the CLI), C(devices) (ordinal to UUID) and C(environment); C(sharing), the device plugin's plan (null
-      without O(sharing)); C(warnings).
+      the CLI), C(devices) (ordinal to UUID), C(environment) and C(replica_limits) (what the replicas ask of the
+      daemon - O(replica_limits), C(pinned_memory_limit) by ordinal, C(active_thread_percentage) - or null where
+      they do not apply); C(sharing), the device plugin's plan (null without O(sharing)); C(warnings), among them
+      every mismatch between an explicit default and the replicas' share.
   returned: success
   type: dict
   sample:
@@ -153,14 +169,15 @@ plan:
       state: started
       service_manager: systemd
       visible_devices: null
-      active_thread_percentage: 50.0
-      pinned_memory_limit: {"0": 21474836480}
-      pinned_memory_limit_mps: {"0": 20G}
+      active_thread_percentage: 5.0
+      pinned_memory_limit: {"0": 7537164288}
+      pinned_memory_limit_mps: {"0": 7188M}
+      replica_limits: {mode: memory_and_threads, pinned_memory_limit: {"0": 7537164288}, active_thread_percentage: 5.0}
       devices: {"0": GPU-3a1b8d4e-0000-0000-0000-000000000000}
       environment: {CUDA_MPS_PIPE_DIRECTORY: /tmp/nvidia-mps, CUDA_MPS_LOG_DIRECTORY: /var/log/nvidia-mps}
     sharing:
       mode: aggregate
-      resources: {nvidia.com/gpu: 4}
+      resources: {nvidia.com/gpu: 20}
     warnings: []
 """
 
@@ -205,6 +222,7 @@ def main():
             visible_devices=dict(type="list", elements="str"),
             default_active_thread_percentage=dict(type="raw"),
             default_pinned_memory_limit=dict(type="raw"),
+            replica_limits=dict(type="str", default="memory_and_threads", choices=["memory_and_threads", "memory", "none"]),
             service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "direct"]),
             min_driver_version=dict(type="str", default="550"),
             sharing=dict(type="dict", options=dict(

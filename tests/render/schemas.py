@@ -1,7 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""JSON schemas of the two formats that kubernetes-validate does not know.
+"""The JSON schema of kind's config, a format that kubernetes-validate does not know.
+
+(The device plugin's config files are checked against what its real loaders say, recorded in
+fixtures/device_plugin_loaders.json, not against a schema: see record_loaders.py.)
 
 KIND_V1ALPHA4: the fields of kind's `kind.x-k8s.io/v1alpha4` Cluster, transcribed from
 kubernetes-sigs/kind pkg/apis/config/v1alpha4/types.go (Cluster, Node, Networking, Mount,
@@ -9,16 +12,9 @@ PortMapping, PatchJSON6902). Unknown fields are errors, as they are for `kind cr
 (it decodes strictly). The `gpus` node field of some unreleased kind branches is left out on
 purpose: the collection hands GPUs to nodes the nvkind way (extraMounts), which every kind
 release understands.
-
-DEVICE_PLUGIN_V1: the NVIDIA k8s-device-plugin config file, `version: v1`, transcribed from
-NVIDIA/k8s-device-plugin api/config/v1 (config.go, flags.go, sharing.go, replicas.go) for the
-parts the collection writes. DEVICE_PLUGIN_FORK adds what the fork of seed 004 reads:
-`individualGPU` and `sharing.mps.enableMemoryLimit`.
 """
 
 from __future__ import annotations
-
-import copy
 
 _MOUNT = {
     "type": "object",
@@ -92,92 +88,5 @@ KIND_V1ALPHA4 = {
         "kubeadmConfigPatchesJSON6902": {"type": "array", "items": _PATCH_6902},
         "containerdConfigPatches": {"type": "array", "items": {"type": "string"}},
         "containerdConfigPatchesJSON6902": {"type": "array", "items": {"type": "string"}},
-    },
-}
-
-_REPLICA_RESOURCE = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "replicas"],
-    "properties": {
-        "name": {"type": "string", "pattern": r"^[a-z0-9.-]+/[a-z0-9-]+$"},
-        "rename": {"type": "string"},
-        "devices": {},
-        "replicas": {"type": "integer", "minimum": 1},
-    },
-}
-_REPLICATED = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["resources"],
-    "properties": {
-        "renameByDefault": {"type": "boolean"},
-        "failRequestsGreaterThanOne": {"type": "boolean"},
-        "resources": {"type": "array", "minItems": 1, "items": _REPLICA_RESOURCE},
-    },
-}
-DEVICE_PLUGIN_V1 = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["version"],
-    "properties": {
-        "version": {"const": "v1"},
-        "flags": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "migStrategy": {"enum": ["none", "single", "mixed"]},
-                "failOnInitError": {"type": "boolean"},
-                "restartOnDeviceUnhealthy": {"type": "boolean"},
-                "nvidiaDriverRoot": {"type": "string"},
-                "gdsEnabled": {"type": "boolean"},
-                "mofedEnabled": {"type": "boolean"},
-                "plugin": {"type": "object"},
-                "gfd": {"type": "object"},
-            },
-        },
-        "resources": {"type": "object"},
-        "sharing": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"timeSlicing": _REPLICATED, "mps": _REPLICATED},
-        },
-        "imex": {"type": "object"},
-    },
-}
-
-DEVICE_PLUGIN_FORK = copy.deepcopy(DEVICE_PLUGIN_V1)
-DEVICE_PLUGIN_FORK["properties"]["sharing"]["properties"]["mps"]["properties"]["enableMemoryLimit"] = {"type": "boolean"}
-DEVICE_PLUGIN_FORK["properties"]["individualGPU"] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["enabled", "gpuConfigs"],
-    "properties": {
-        "enabled": {"type": "boolean"},
-        "namePattern": {"type": "string", "pattern": "%d"},
-        "gpuConfigs": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["index", "name", "mps"],
-                "properties": {
-                    "index": {"type": "integer", "minimum": 0},
-                    "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                    "mps": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["enabled", "replicas"],
-                        "properties": {
-                            "enabled": {"type": "boolean"},
-                            "replicas": {"type": "integer", "minimum": 2, "maximum": 48},
-                            "enableMemoryLimit": {"type": "boolean"},
-                        },
-                    },
-                },
-            },
-        },
     },
 }

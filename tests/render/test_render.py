@@ -5,7 +5,9 @@
 
 - Kubernetes objects: kubernetes-validate, strict (unknown fields are errors), against Kubernetes 1.33.
 - Kind configs: kind's v1alpha4 fields (schemas.KIND_V1ALPHA4), strict.
-- Device plugin config files: the upstream v1 format (aggregate) or the fork's (individual).
+- Device plugin config files: what the REAL loaders say (upstream v0.20.0 for aggregate, the seed-004 fork for
+  individual), recorded from their own code with strict decoding in fixtures/device_plugin_loaders.json
+  (record_loaders.py; the cases are loader_cases.py). A rendered config that is not in the record fails.
 
 Two paths are covered: the roles themselves (tests/render/render.yml runs kind_cluster and
 device_plugin in render-only mode through ansible-playbook), and the generation code directly, over
@@ -15,6 +17,7 @@ more combinations. A test that the validators reject a broken object keeps them 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -29,15 +32,15 @@ from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin a
 from ansible_collections.gpulab.mps.plugins.module_utils import _pods as dt
 from ansible_collections.gpulab.mps.plugins.module_utils import _kind as kind
 
-from schemas import DEVICE_PLUGIN_FORK, DEVICE_PLUGIN_V1, KIND_V1ALPHA4
+import loader_cases
+from schemas import KIND_V1ALPHA4
 
 KUBERNETES_VERSION = "1.33"
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_total_mib": 81559, "mps_client_cap": 48}
 GPU_COUNTS = [1, 4, 8]
-CASES = [(n, mode, owner) for mode, owner in (("aggregate", "plugin"), ("aggregate", "host"), ("individual", "plugin"))
-         for n in GPU_COUNTS]
+CASES = [(n, mode, owner) for mode, owner in loader_cases.MODES_OWNERS for n in GPU_COUNTS]
 FORK_IMAGE = "registry.local/k8s-device-plugin:individual-mps"
 
 
@@ -60,6 +63,41 @@ def plugin_config_of(objects):
     (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
     ((name, text),) = configmap["data"].items()
     return name, yaml.safe_load(text)
+
+
+with open(os.path.join(HERE, "fixtures", "device_plugin_loaders.json")) as _handle:
+    LOADERS = json.load(_handle)
+RECORDED = dict((loader_cases.key(case["config"]), case) for case in LOADERS["cases"].values())
+
+
+def fit(result):
+    """A config is fit for a plugin only when its loader accepts it AND reads every key (strict decoding)."""
+    return result["accepted"] and not result["unknown_fields"]
+
+
+def recorded(config):
+    """What the real loaders said about this very config; fails when it was never recorded."""
+    case = RECORDED.get(loader_cases.key(config))
+    assert case is not None, (
+        "this rendered config was never fed to the real loaders: re-record with tests/gpu/device_plugin/build.sh "
+        "--loaders-only and tests/render/record_loaders.py:\n%s" % json.dumps(config, indent=1))
+    return case
+
+
+def check_with_the_real_loader(mode, owner, config):
+    """The loader of this mode's image accepts the config strictly and does with it what the plan says."""
+    loader = loader_cases.LOADER_OF_MODE[mode]
+    result = recorded(config)[loader]
+    assert fit(result), (loader, result["error"], result["unknown_fields"])
+    assert result["warnings"] == [], result["warnings"]  # nothing ignored
+    assert result["sharing_strategy"] == ("mps" if owner == "plugin" else "time-slicing")
+    effective = result["effective"]
+    if mode == "individual":
+        # What the fork read for each GPU (its Go types drop false and 0 when written back: omitempty).
+        read = [g["mps"] for g in effective["individualGPU"]["gpuConfigs"]]
+        assert read == [dict((k, v) for k, v in g["mps"].items() if v not in (False, 0))
+                        for g in config["individualGPU"]["gpuConfigs"]]
+    return result
 
 
 # --- the roles, through ansible-playbook -------------------------------------------------------------------------
@@ -143,18 +181,97 @@ def test_manifests_validate(n, mode, owner, replicas):
         validate_k8s(obj)
     name, config = plugin_config_of(objects)
     assert name == "%s-gpu-mps" % mode
-    if mode == "aggregate":
-        jsonschema.validate(config, DEVICE_PLUGIN_V1)
-    else:
-        jsonschema.validate(config, DEVICE_PLUGIN_FORK)
+    check_with_the_real_loader(mode, owner, config)
+    if mode == "individual":
         assert len(config["individualGPU"]["gpuConfigs"]) == n
 
 
-def test_individual_config_is_not_upstream():
-    """The per-GPU names exist only in the fork's format: upstream's strict schema rejects them."""
-    dummy, config = plugin_config_of(dp.manifests(h100s(2), mode="individual", replicas=4, image=FORK_IMAGE))
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(config, DEVICE_PLUGIN_V1)
+@pytest.mark.parametrize("n, mode, owner", CASES)
+def test_role_configs_pass_the_real_loaders(rendered, n, mode, owner):
+    name, config = plugin_config_of(role_objects(rendered, n, mode, owner))
+    check_with_the_real_loader(mode, owner, config)
+
+
+@pytest.mark.parametrize("name", sorted(loader_cases.rendered()))
+def test_the_record_is_current(name):
+    """Every config loader_cases renders is in the record as the code renders it today, with both loaders' verdicts."""
+    mode, owner, config = loader_cases.rendered()[name]
+    case = LOADERS["cases"][name]
+    assert case["config"] == json.loads(json.dumps(config)), "re-record: tests/render/record_loaders.py"
+    check_with_the_real_loader(mode, owner, config)
+
+
+def test_the_record_names_its_sources():
+    assert LOADERS["sources"]["upstream"]["commit"] == "1b826acc6af3079d8923bac395c3124b8861a9a6"
+    assert LOADERS["sources"]["upstream"]["version"] == dp.UPSTREAM_VERSION
+    assert LOADERS["sources"]["fork"]["commit"] == "52596d72c2552fd011d870ae352a9113ac31c019"
+
+
+def test_the_h200_fork_config_carries_the_replica_share():
+    """The fork reads pinnedMemoryLimit: 143771 // 20 = 7188 MiB per client (without it, it set TOTAL memory)."""
+    result = recorded(loader_cases.rendered()["individual-plugin-1xH200-r20"][2])["fork"]
+    assert result["effective"]["individualGPU"]["gpuConfigs"][0]["mps"]["pinnedMemoryLimit"] == 7188
+
+
+def test_the_individual_config_is_not_upstream():
+    """Upstream's strict reading does not know individualGPU: that format is the fork's alone."""
+    result = recorded(loader_cases.rendered()["individual-plugin-1xH100-r4"][2])["upstream"]
+    assert result["accepted"] and "individualGPU" in result["unknown_fields"]
+
+
+# --- what the real loaders do with broken configs, and that the collection refuses them first ------------------------
+
+@pytest.mark.parametrize("name, unknown", [
+    ("misspelt-sharing", "sharng"),
+    ("misspelt-failRequestsGreaterThanOne", "sharing.mps.failRequestGreaterThanOne"),
+])
+def test_loaders_accept_misspelt_keys_silently_strict_decoding_catches_them(name, unknown):
+    case = LOADERS["cases"][name]
+    for loader in ("upstream", "fork"):
+        assert case[loader]["accepted"], "the loader itself does not care"
+        assert case[loader]["unknown_fields"] == [unknown]
+        assert not fit(case[loader])
+    if name == "misspelt-sharing":
+        assert case["upstream"]["sharing_strategy"] == "none"  # no sharing at all, and no error
+
+
+def test_a_misspelt_key_of_the_fork_is_caught():
+    case = LOADERS["cases"]["misspelt-pinnedMemoryLimit"]["fork"]
+    assert case["accepted"] and case["unknown_fields"] == ["individualGPU.gpuConfigs.0.mps.pinnedMemoryLimt"]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("replicas-1", "number of replicas must be >= 2"),
+    ("replicas-missing", "no replicas specified"),
+])
+def test_loaders_reject_what_the_collection_refuses_first(name, message):
+    for loader in ("upstream", "fork"):
+        result = LOADERS["cases"][name][loader]
+        assert not result["accepted"] and message in result["error"]
+    with pytest.raises(dp.DevicePluginError, match="at least 2 replicas"):
+        dp.plugin_config(h100s(1), replicas=1)
+
+
+def test_the_fork_takes_one_replica_for_a_gpu_the_collection_refuses_it():
+    """The fork's loader accepts per-GPU replicas 1 (no sharing of that GPU, silently): refused before rendering."""
+    assert fit(LOADERS["cases"]["fork-gpu-replicas-1"]["fork"])
+    with pytest.raises(dp.DevicePluginError, match="at least 2 replicas"):
+        dp.plugin_config(h100s(2), mode="individual", replicas=4, per_gpu_replicas={0: 1})
+
+
+@pytest.mark.parametrize("name, section", [("timeSlicing-rename-devices", "timeSlicing"), ("mps-rename-devices", "mps")])
+def test_upstream_drops_rename_and_devices(name, section):
+    """Why individual mode needs the fork: upstream v0.20.0 accepts rename/devices and throws them away."""
+    result = LOADERS["cases"][name]["upstream"]
+    assert fit(result)
+    assert result["effective"]["sharing"][section]["resources"] == [
+        {"name": "nvidia.com/gpu", "devices": "all", "replicas": 4}]
+    assert result["warnings"] == [
+        "Setting the 'rename' field in sharing.%s.resources is not yet supported in the config. Ignoring..." % section,
+        "Customizing the 'devices' field in sharing.%s.resources is not yet supported in the config. Ignoring..."
+        % section]
+    with pytest.raises(dp.DevicePluginError, match="DisableResourceNamingInConfig"):
+        dp.manifests(h100s(1), mode="individual", owner="host", replicas=4)
 
 
 @pytest.mark.parametrize("n", GPU_COUNTS)

@@ -14,6 +14,9 @@ from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin a
 # total 85520809984 B = 81559 MiB, compute capability (9, 0).
 H100 = {"index": 0, "uuid": "GPU-058fcf08-fc4a-49f5-ddd9-6d7fedc642b2", "name": "NVIDIA H100 80GB HBM3",
         "compute_capability": "9.0", "memory_total_mib": 85520809984 // (1 << 20), "mps_client_cap": 48}
+# The H200 of the lent GPU machine (MPS-FACTS, 2026-12-02): 143771 MiB; 20 replicas of 143771 // 20 = 7188 MiB.
+H200 = {"index": 0, "uuid": "GPU-3a1b8d4e-0000-0000-0000-000000000000", "name": "NVIDIA H200",
+        "compute_capability": "9.0", "memory_total_mib": 143771, "mps_client_cap": 48}
 V100 = {"index": 0, "name": "Tesla V100-SXM2-16GB", "compute_capability": [7, 0], "memory_total_mib": 16160}
 P100 = {"index": 0, "name": "Tesla P100-PCIE-16GB", "compute_capability": "6.0", "memory_total_mib": 16280}
 
@@ -59,8 +62,15 @@ def test_aggregate_refuses_per_gpu_replicas():
 
 
 def test_per_gpu_replicas_for_unknown_gpu():
-    with pytest.raises(dp.DevicePluginError, match="name GPU index 5"):
+    with pytest.raises(dp.DevicePluginError, match="name GPU index 5") as raised:
         dp.plan(gpus(2), mode="individual", replicas=4, per_gpu_replicas={5: 8})
+    assert "remove them from device_plugin_replicas_per_gpu" in str(raised.value)
+
+
+def test_per_gpu_replicas_for_a_gpu_the_node_does_not_see():
+    """A Kind worker handed GPU 1 sees it as its GPU 0: replicas for index 1 name a GPU it does not have."""
+    with pytest.raises(dp.DevicePluginError, match="name GPU index 1, but the node has GPUs 0"):
+        dp.node_plans(gpus(2), [{"name": "w1", "gpus": [1]}], mode="individual", replicas=4, per_gpu_replicas={1: 8})
 
 
 @pytest.mark.parametrize("gpu, replicas, ok", [
@@ -124,9 +134,51 @@ def test_visible_unknown_gpu():
         dp.plan(gpus(2), visible=[9])
 
 
-def test_individual_with_host_owner_is_refused():
-    with pytest.raises(dp.DevicePluginError, match="owner plugin"):
-        dp.plan(gpus(1), mode="individual", owner="host")
+def test_individual_with_host_owner_is_planned():
+    """Regression: individual + host was refused; the host daemon enforces the per-GPU limits, the fork counts."""
+    plan = dp.plan(gpus(2), mode="individual", owner="host", replicas=4, per_gpu_replicas={1: 8})
+    assert plan["resources"] == {"nvidia.com/gpu0": 4, "nvidia.com/gpu1": 8}
+    assert plan["labels"][dp.LABEL_OWNER] == "host"
+
+
+@pytest.mark.parametrize("owner", ["plugin", "host"])
+def test_fork_on_a_multi_gpu_node_is_refused_naming_the_allocate_fault(owner):
+    with pytest.raises(dp.DevicePluginError) as raised:
+        dp.node_plans(gpus(2), [{"name": "gpu-node", "gpus": "all"}], mode="individual", owner=owner, replicas=4)
+    message = str(raised.value)
+    assert "node gpu-node sees 2 GPUs" in message and "NVIDIA_VISIBLE_DEVICES=0" in message
+    assert "device_plugin_fork_allow_multi_gpu_nodes: true" in message and "per_gpu" in message
+
+
+def test_fork_on_a_multi_gpu_node_with_the_opt_in():
+    (node,) = dp.node_plans(gpus(2), [{"name": "n", "gpus": "all"}], mode="individual", replicas=4,
+                            allow_multi_gpu=True)
+    assert node["plan"]["resources"] == {"nvidia.com/gpu0": 4, "nvidia.com/gpu1": 4}
+
+
+def test_fork_on_single_gpu_nodes_of_a_multi_gpu_host():
+    """Kind's per_gpu layout: one GPU per worker, each worker sees its GPU as gpu0."""
+    plans = dp.node_plans(gpus(2), [{"name": "w0", "gpus": [0]}, {"name": "w1", "gpus": [1]}], mode="individual",
+                          replicas=4)
+    assert [p["plan"]["resources"] for p in plans] == [{"nvidia.com/gpu0": 4}, {"nvidia.com/gpu0": 4}]
+    assert [p["plan"]["gpus"][0]["host_index"] for p in plans] == [0, 1]
+
+
+def test_aggregate_on_a_multi_gpu_node_needs_no_opt_in():
+    (node,) = dp.node_plans(gpus(4), [{"name": "n", "gpus": "all"}], replicas=4)
+    assert node["plan"]["resources"] == {"nvidia.com/gpu": 16}
+
+
+@pytest.mark.parametrize("per_gpu", [{0: 1}, {0: "1"}, {1: 1}])
+def test_per_gpu_replicas_below_two_are_refused(per_gpu):
+    with pytest.raises(dp.DevicePluginError, match="at least 2 replicas"):
+        dp.plan(gpus(2), mode="individual", replicas=4, per_gpu_replicas=per_gpu)
+
+
+@pytest.mark.parametrize("mode, owner", [("sideways", "plugin"), ("aggregate", "both")])
+def test_unknown_mode_or_owner(mode, owner):
+    with pytest.raises(dp.DevicePluginError, match="must be one of"):
+        dp.plan(gpus(1), mode=mode, owner=owner)
 
 
 def test_aggregate_config_is_the_upstream_format():
@@ -139,15 +191,38 @@ def test_aggregate_config_is_the_upstream_format():
     }
 
 
-def test_individual_config_is_the_fork_format():
+def test_individual_config_is_the_fork_format_with_the_per_replica_limit():
+    """Regression: without pinnedMemoryLimit the fork's daemon set the GPU's TOTAL memory (143771M on the H200), and
+    an 8000 MiB client ran in a 20-replica share of 7188 MiB."""
     config = dp.plugin_config(gpus(2), mode="individual", replicas=4, per_gpu_replicas={1: 6})
     assert config["sharing"]["mps"]["enableMemoryLimit"] is True
     assert config["individualGPU"] == {
         "enabled": True, "namePattern": "gpu%d",
         "gpuConfigs": [
-            {"index": 0, "name": "gpu0", "mps": {"enabled": True, "replicas": 4, "enableMemoryLimit": True}},
-            {"index": 1, "name": "gpu1", "mps": {"enabled": True, "replicas": 6, "enableMemoryLimit": True}},
+            {"index": 0, "name": "gpu0", "mps": {"enabled": True, "replicas": 4, "enableMemoryLimit": True,
+                                                 "pinnedMemoryLimit": 81559 // 4}},
+            {"index": 1, "name": "gpu1", "mps": {"enabled": True, "replicas": 6, "enableMemoryLimit": True,
+                                                 "pinnedMemoryLimit": 81559 // 6}},
         ]}
+
+
+def test_individual_config_on_the_h200():
+    config = dp.plugin_config([H200], mode="individual", replicas=20)
+    assert config["individualGPU"]["gpuConfigs"][0]["mps"]["pinnedMemoryLimit"] == 7188
+
+
+def test_individual_config_without_the_memory_limit():
+    config = dp.plugin_config(gpus(1), mode="individual", replicas=4, enable_memory_limit=False)
+    assert config["individualGPU"]["gpuConfigs"][0]["mps"] == {"enabled": True, "replicas": 4,
+                                                               "enableMemoryLimit": False}
+
+
+def test_individual_config_with_host_owner_counts_per_gpu_without_mps():
+    config = dp.plugin_config(gpus(2), mode="individual", replicas=4, per_gpu_replicas={1: 6}, owner="host")
+    assert config["sharing"] == {"timeSlicing": {"renameByDefault": False, "failRequestsGreaterThanOne": True,
+                                                 "resources": [{"name": "nvidia.com/gpu", "replicas": 4}]}}
+    assert [g["mps"] for g in config["individualGPU"]["gpuConfigs"]] == [
+        {"enabled": True, "replicas": 4}, {"enabled": True, "replicas": 6}]
 
 
 def test_host_owner_config_counts_without_mps():
@@ -199,9 +274,25 @@ def test_config_change_changes_the_pod_template():
     assert annotation(4) != annotation(5)
 
 
-def test_individual_needs_an_image():
-    with pytest.raises(dp.DevicePluginError, match="understands individualGPU"):
-        dp.manifests(gpus(1), mode="individual", replicas=2)
+@pytest.mark.parametrize("owner", ["plugin", "host"])
+def test_individual_needs_an_image(owner):
+    with pytest.raises(dp.DevicePluginError, match="understands individualGPU") as raised:
+        dp.manifests(gpus(1), mode="individual", replicas=2, owner=owner)
+    assert "DisableResourceNamingInConfig" in str(raised.value) and "device_plugin_image" in str(raised.value)
+
+
+def test_the_pinned_upstream_release_is_the_one_run_on_the_gpu():
+    assert dp.UPSTREAM_IMAGE == "nvcr.io/nvidia/k8s-device-plugin:v0.20.0"
+
+
+def test_mps_daemon_runs_with_host_pid_like_the_chart():
+    """Regression: the chart sets hostPID on the MPS daemon since v0.18.0; ours had shareProcessNamespace."""
+    objs = _by_kind(dp.manifests(gpus(1), replicas=4))
+    plugin, daemon = [ds["spec"]["template"]["spec"] for ds in objs["DaemonSet"]]
+    assert daemon["hostPID"] is True and "shareProcessNamespace" not in daemon
+    assert plugin["shareProcessNamespace"] is True and "hostPID" not in plugin
+    env = [e["name"] for c in daemon["containers"] for e in c.get("env", [])]
+    assert "NVIDIA_MIG_MONITOR_DEVICES" not in env  # the chart adds it only for a MIG strategy other than none
 
 
 def test_aggregate_uses_the_pinned_upstream_image():

@@ -112,3 +112,101 @@ def test_a_plan_of_another_version_is_refused():
     assert _plan.plan_problems({"version": 0, "owner": "host", "control_binary": "/x", "pipe_directory": "/p", "state_directory": "/s",
                                 "log_directory": "/l", "daemon": {}})[0].startswith("plan is of version 0")
     assert _plan.plan_problems("no")[0].startswith("plan must be the preflight_mps_plan fact")
+
+
+# --- the replicas' share on the host daemon (owner host, device plugin planned) -----------------------------------
+
+# The H200 of the lent GPU machine (MPS-FACTS, 2026-12-02): 143771 MiB; a daemon with 7188M took a 7000 MiB client
+# and refused an 8000 MiB one; the CLI read the limit back as 7G.
+H200 = {"index": 0, "uuid": "GPU-3a1b8d4e-0000-0000-0000-000000000000", "name": "NVIDIA H200",
+        "compute_capability": "9.0", "memory_total_mib": 143771, "memory_total_bytes": 143771 * M + 524288,
+        "mps_client_cap": 48, "compute_mode": "default", "mig_mode_current": "disabled"}
+
+
+def test_owner_host_gives_the_host_daemon_the_replicas_share():
+    """Regression: with owner host nothing set the host daemon's pinned limit, so a pod holding 1 of 20 replicas
+    could take the whole GPU, while the device plugin's verify step promised 20 replicas of 7188 MiB."""
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, sharing={"mode": "aggregate", "replicas": 20}))
+    daemon = plan["daemon"]
+    assert daemon["pinned_memory_limit"] == {"0": 7188 * M}
+    assert daemon["pinned_memory_limit_mps"] == {"0": "7188M"}
+    assert daemon["active_thread_percentage"] == 5.0
+    assert daemon["replica_limits"] == {"mode": "memory_and_threads", "pinned_memory_limit": {"0": 7188 * M},
+                                        "active_thread_percentage": 5.0}
+    assert plan["sharing"]["gpus"][0]["memory_per_replica_mib"] == 7188
+    assert plan["warnings"] == []
+
+
+def test_replica_limits_memory_only_leaves_the_threads():
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, replica_limits="memory", sharing={"replicas": 20}))
+    assert plan["daemon"]["pinned_memory_limit"] == {"0": 7188 * M}
+    assert plan["daemon"]["active_thread_percentage"] is None
+
+
+@pytest.mark.parametrize("settings", [
+    {"replica_limits": "none", "sharing": {"replicas": 20}},
+    {"owner": "plugin", "sharing": {"replicas": 20}},   # the plugin's own daemon sets them; the host's is stopped
+    {},                                                 # no device plugin planned (gpulab_device_plugin false)
+])
+def test_no_replica_limits(settings):
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, **settings))
+    assert plan["daemon"]["pinned_memory_limit"] == {} and plan["daemon"]["active_thread_percentage"] is None
+    assert plan["daemon"]["replica_limits"] is None
+
+
+def test_an_explicit_limit_wins_and_the_mismatch_is_reported():
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, default_pinned_memory_limit="20G",
+                                                 default_active_thread_percentage=50, sharing={"replicas": 20}))
+    assert plan["daemon"]["pinned_memory_limit"] == {"0": 20 * G}
+    assert plan["daemon"]["active_thread_percentage"] == 50.0
+    assert plan["daemon"]["replica_limits"]["pinned_memory_limit"] == {"0": 7188 * M}
+    assert plan["warnings"] == [
+        "default_pinned_memory_limit gives GPU 0 20G per client, but the device plugin shares it among 20 replicas of "
+        "7188 MiB: the replicas together may ask more than the GPU has. Remove mps_host_default_pinned_memory_limit "
+        "to take the replicas' share, or set it to 7188M",
+        "default_active_thread_percentage is 50, but 20 replicas per GPU give each 5 %: remove "
+        "mps_host_default_active_thread_percentage to take the replicas' share, or set mps_host_replica_limits: memory"]
+
+
+def test_an_explicit_limit_equal_to_the_share_is_no_mismatch():
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, default_pinned_memory_limit="7188M",
+                                                 sharing={"replicas": 20}))
+    assert plan["warnings"] == [] and plan["daemon"]["pinned_memory_limit"] == {"0": 7188 * M}
+
+
+def test_per_gpu_replicas_give_per_gpu_limits_and_the_smallest_thread_share():
+    plan = _plan.build_plan(DRIVER, GPUS, dict(SETTINGS, sharing={"mode": "individual", "replicas": 4,
+                                                                  "replicas_per_gpu": {"1": 8}}))
+    assert plan["daemon"]["pinned_memory_limit"] == {"0": (81559 // 4) * M, "1": (81559 // 8) * M}
+    assert plan["daemon"]["active_thread_percentage"] == 12.0
+    assert plan["warnings"] == ["the GPUs of the host daemon have different replica counts (4, 8): its one default "
+                                "active thread percentage is the smallest share, 12 %, on every GPU"]
+
+
+def test_replica_limits_follow_the_daemon_ordinals():
+    """With visible_devices the daemon numbers its devices by position: GPU 1 is its device 0."""
+    plan = _plan.build_plan(DRIVER, GPUS, dict(SETTINGS, visible_devices=["1"], sharing={"replicas": 4}))
+    assert plan["daemon"]["pinned_memory_limit"] == {"0": (81559 // 4) * M}
+    assert plan["warnings"] == ["GPU 0 is shared by the device plugin (4 replicas) but is not one of the host "
+                                "daemon's visible_devices: its pods get no MPS and no memory limit"]
+
+
+def test_a_bad_replica_limits_value_is_named():
+    with pytest.raises(_plan.PlanError) as raised:
+        _plan.build_plan(DRIVER, [H200], dict(SETTINGS, replica_limits="all"))
+    assert raised.value.errors == ["mps_host_replica_limits must be one of memory_and_threads, memory, none, got 'all'"]
+
+
+@pytest.mark.parametrize("defaults, gaps", [
+    # the CLI reads 7188M back as 7G (whole units, rounded down); mps_daemon's record gives the exact 7188M
+    ({"active_thread_percentage": 5.0, "pinned_memory_limit": {"0": "7G"}}, []),
+    ({"active_thread_percentage": 5.0, "pinned_memory_limit": {"0": "7188M"}}, []),
+    ({"active_thread_percentage": 100.0, "pinned_memory_limit": {"0": None}},
+     ["the host MPS daemon's default active thread percentage is 100, the plan asks 5",
+      "the host MPS daemon's default pinned memory limit of device 0 is unset, the plan asks 7188M"]),
+    ({"active_thread_percentage": 5.0, "pinned_memory_limit": {"0": "140G"}},
+     ["the host MPS daemon's default pinned memory limit of device 0 is 140G, the plan asks 7188M"]),
+])
+def test_defaults_gaps(defaults, gaps):
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, sharing={"replicas": 20}))
+    assert _plan.defaults_gaps(plan["daemon"], defaults) == gaps
