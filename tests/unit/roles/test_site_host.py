@@ -25,9 +25,9 @@ from fake_exec import executable  # noqa: E402
 CONTROL = executable(os.path.join(STANDINS, "nvidia-cuda-mps-control"), "nvidia-cuda-mps-control-standin")
 
 
-def site(lab, check=False, **extra):
+def site(lab, check=False, playbook="site.yml", **extra):
     binary = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
-    argv = [binary, "-i", lab["inventory"], os.path.join(ROOT, "site.yml"), "--tags", "host", "-e",
+    argv = [binary, "-i", lab["inventory"], os.path.join(ROOT, playbook), "--tags", "host", "-e",
             json.dumps(dict(lab["vars"], **extra))] + (["--check"] if check else [])
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                PYTHONPATH=STANDINS, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
@@ -57,7 +57,7 @@ def lab(tmp_path):
         "mps_host_state_directory": state, "mps_host_service_manager": "direct",
         "mps_host_default_active_thread_percentage": 50, "mps_host_default_pinned_memory_limit": "1536M",
         # No GPU here: the dial-tone checks that the daemon answers, no CUDA client.
-        "mps_dialtone_client_check": False}}
+        "mps_dialtone_client_check": False, "gpulab_mps_qos_directory": str(tmp_path / "qos")}}
     yield lab
     answers(lab, "quit")  # whatever a failed test left running
 
@@ -97,3 +97,45 @@ def test_the_plugin_owner_stops_the_host_daemon_once(lab):
     assert recap(second)["changed"] == 0, second.stdout[-4000:]
     assert "the device plugin owns MPS" in " ".join(second.stdout.split())
     assert "Cannot find MPS control daemon process" in answers(lab, "get_server_list").stdout
+
+
+def test_the_qos_class_files_are_written_once_and_follow_the_plan(lab, tmp_path):
+    """What a systemd service or a job script reads: one root-owned 0644 file per class, the class's variables and
+    the host daemon's pipe directory; a class taken out of the plan loses its file, teardown removes them all, and a
+    file the role did not write stays."""
+    qos = tmp_path / "qos"
+    first = site(lab)
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert sorted(os.listdir(str(qos))) == ["batch.env", "latency.env"]
+    info = os.stat(str(qos / "batch.env"))
+    assert (info.st_mode & 0o777, info.st_uid) == (0o644, 0)
+    lines = (qos / "batch.env").read_text().splitlines()
+    assert [line for line in lines if not line.startswith("#")] == [
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12", "CUDA_MPS_CLIENT_PRIORITY=1", "CUDA_MPS_PIPE_DIRECTORY=%s" % lab["pipe"]]
+    # A job script gets exactly that environment from the file.
+    env = subprocess.run(["sh", "-c", "set -a; . %s; set +a; env" % (qos / "batch.env")], capture_output=True,
+                         text=True, env={"PATH": os.environ["PATH"]}, check=True).stdout.splitlines()
+    assert sorted(v for v in env if v.startswith("CUDA_MPS_")) == [
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12", "CUDA_MPS_CLIENT_PRIORITY=1", "CUDA_MPS_PIPE_DIRECTORY=%s" % lab["pipe"]]
+    assert recap(site(lab))["changed"] == 0
+    (qos / "mine.env").write_text("FOO=1\n")
+    classes = {"latency": {"client_priority": 0}, "bulk": {"active_thread_percentage": 25, "pinned_memory_limit": "1G"}}
+    check = site(lab, check=True, gpulab_mps_qos_classes=classes)
+    assert check.returncode == 0 and recap(check)["changed"] >= 1
+    assert sorted(os.listdir(str(qos))) == ["batch.env", "latency.env", "mine.env"]
+    changed = site(lab, gpulab_mps_qos_classes=classes)
+    assert changed.returncode == 0, changed.stdout[-4000:]
+    assert sorted(os.listdir(str(qos))) == ["bulk.env", "latency.env", "mine.env"]
+    assert "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=1G" in (qos / "bulk.env").read_text().splitlines()
+    teardown = site(lab, playbook="playbooks/teardown.yml", gpulab_mps_qos_classes=classes)
+    assert teardown.returncode == 0, teardown.stdout[-4000:]
+    assert os.listdir(str(qos)) == ["mine.env"]
+    assert "Cannot find MPS control daemon process" in answers(lab, "get_server_list").stdout
+
+
+def test_a_bad_qos_class_stops_the_host_before_anything_changes(lab, tmp_path):
+    done = site(lab, gpulab_mps_qos_classes={"batch": {"active_thread_percentage": 60}})
+    assert done.returncode != 0
+    assert "qos_classes.batch.active_thread_percentage 60 is above the daemon's default_active_thread_percentage 50" \
+        in " ".join(done.stdout.split())
+    assert not os.path.exists(lab["pipe"]) and not (tmp_path / "qos").exists()
