@@ -79,7 +79,8 @@ def test_qos_and_daemon_settings_are_named_together(run_module, standin_nvml, bi
     result, failed = run_module(mps_plan, {"control_binary": binary, "default_pinned_memory_limit": "lots",
                                            "qos_classes": {"batch": {"client_priority": 7}}})
     assert failed and result["msg"].startswith("Invalid MPS settings, nothing was changed: ")
-    assert [e.split(":")[0] for e in result["errors"]] == ["default_pinned_memory_limit", "qos_classes.batch.client_priority must be 0 (normal) or 1 (below normal), got 7"]
+    assert [e.split(":")[0] for e in result["errors"]] == [
+        "default_pinned_memory_limit", "qos_classes.batch.client_priority must be 0 (normal) or 1 (below normal), got 7"]
 
 
 def test_a_class_above_the_daemon_default_fails_the_plan(run_module, standin_nvml, binary):
