@@ -38,6 +38,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -360,6 +361,7 @@ def parse_args(argv):
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--control-binary")
     p.add_argument("--start-timeout", type=float, default=90.0)
+    p.add_argument("--deadline-s", type=float, default=140.0, help="hard stop: clean up (users, daemons) and report")
     p.add_argument("--sim-ms", type=float, default=2.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.daemons = [d for d in DAEMONS if d in [x.strip() for x in args.daemons.split(",")]]
@@ -391,6 +393,13 @@ def main(argv=None):
     shutil.copy(bench.CLIENT, state["client"])
     os.chmod(state["client"], 0o644)
     users = Users(args.users, say, args.as_current_user)
+
+    def on_signal(signum, _frame):
+        raise bench.Interrupted("signal %d" % signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(sig, on_signal)
+    signal.alarm(int(args.deadline_s))
     status = 0
     try:
         state["binary"] = bench.find_control_binary(args.control_binary)
@@ -440,7 +449,14 @@ def main(argv=None):
         state["problems"].append(str(exc).splitlines()[0][:600])
         say("ERROR: %s" % exc)
         status = 2
+    except bench.Interrupted as exc:
+        state["problems"].append("interrupted (%s): results are partial" % exc)
+        say("INTERRUPTED (%s): cleaning up" % exc)
+        status = 1
     finally:
+        signal.alarm(0)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # the cleanup is bounded; let it finish
         bench.stop_clients(state["clients"], grace=2.0)
         for daemon in list(state["daemons"]):
             daemon.stop()
