@@ -186,16 +186,29 @@ class CupyWorkloads(Workloads):
         self.cp.cuda.Device().synchronize()
 
     def inspect(self):
+        """Each figure on its own: one that cannot be read is None, with why in "inspect_errors"."""
         runtime = self.cp.cuda.runtime
         device = self.cp.cuda.Device().id
-        attribute = int(runtime.deviceGetAttribute(runtime.cudaDevAttrMultiProcessorCount, device))
-        blocks = 4 * max(self.full_sms, attribute)
-        ids = self.cp.zeros(blocks, dtype=self.cp.uint32)
-        self.smid_kernel((blocks,), (THREADS,), (ids, self.np.int64(20000)))
-        self.sync()
-        free, total = runtime.memGetInfo()
-        return {"sm_count_attribute": attribute, "sms_used": int(len(set(ids.get().tolist()))),
-                "probe_blocks": blocks, "mem_free_mib": int(free) >> 20, "mem_total_mib": int(total) >> 20}
+        seen = {"sm_count_attribute": None, "sms_used": None, "probe_blocks": None, "mem_free_mib": None,
+                "mem_total_mib": None, "inspect_errors": []}
+        try:  # 16 is cudaDevAttrMultiProcessorCount
+            seen["sm_count_attribute"] = int(runtime.deviceGetAttribute(16, device))
+        except Exception as exc:
+            seen["inspect_errors"].append("SM count: %s: %s" % (type(exc).__name__, exc))
+        try:
+            blocks = 4 * max(self.full_sms, seen["sm_count_attribute"] or 0)
+            ids = self.cp.zeros(blocks, dtype=self.cp.uint32)
+            self.smid_kernel((blocks,), (THREADS,), (ids, self.np.int64(20000)))
+            self.sync()
+            seen["sms_used"], seen["probe_blocks"] = int(len(set(ids.get().tolist()))), blocks
+        except Exception as exc:
+            seen["inspect_errors"].append("SM probe: %s: %s" % (type(exc).__name__, exc))
+        try:
+            free, total = runtime.memGetInfo()
+            seen["mem_free_mib"], seen["mem_total_mib"] = int(free) >> 20, int(total) >> 20
+        except Exception as exc:
+            seen["inspect_errors"].append("memory: %s: %s" % (type(exc).__name__, exc))
+        return seen
 
     def launch(self, name):
         if name == "spin":
@@ -283,10 +296,15 @@ class TorchWorkloads(Workloads):
         self.torch.cuda.synchronize(self.dev)
 
     def inspect(self):
-        free, total = self.torch.cuda.mem_get_info(self.dev)
-        return {"sm_count_attribute": int(self.torch.cuda.get_device_properties(self.dev).multi_processor_count),
-                "sms_used": None, "probe_blocks": None, "mem_free_mib": int(free) >> 20,
-                "mem_total_mib": int(total) >> 20}
+        seen = {"sm_count_attribute": None, "sms_used": None, "probe_blocks": None, "mem_free_mib": None,
+                "mem_total_mib": None, "inspect_errors": ["SM probe: torch has no kernel that reads its SM"]}
+        try:
+            seen["sm_count_attribute"] = int(self.torch.cuda.get_device_properties(self.dev).multi_processor_count)
+            free, total = self.torch.cuda.mem_get_info(self.dev)
+            seen["mem_free_mib"], seen["mem_total_mib"] = int(free) >> 20, int(total) >> 20
+        except Exception as exc:
+            seen["inspect_errors"].append("%s: %s" % (type(exc).__name__, exc))
+        return seen
 
     def launch(self, name):
         if name == "spin":
