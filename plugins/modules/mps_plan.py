@@ -75,6 +75,12 @@ options:
       - Default pinned device memory limit of new MPS servers - one size for every GPU (V(20G), V(1536M)), or a
         dict from GPU (index or UUID) to size. Whole MiB, binary units, at most the GPU's memory.
     type: raw
+  multiuser_server:
+    description:
+      - Run the host daemon as a multi-user server (C(nvidia-cuda-mps-control -d -M)), for hosts where several Unix
+        users run CUDA clients (C(mps_host_multiuser_server); docs/qos.md). Planned as C(daemon.multiuser_server).
+    type: bool
+    default: false
   service_manager:
     description: V(systemd) (a unit), V(direct) (the module runs the daemon) or V(auto) (systemd where it runs).
     type: str
@@ -182,6 +188,7 @@ plan:
     daemon:
       state: started
       service_manager: systemd
+      multiuser_server: false
       visible_devices: null
       active_thread_percentage: 50.0
       pinned_memory_limit: {"0": 21474836480}
@@ -245,6 +252,7 @@ def main():
             default_active_thread_percentage=dict(type="raw"),
             default_pinned_memory_limit=dict(type="raw"),
             service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "direct"]),
+            multiuser_server=dict(type="bool", default=False),
             qos_classes=dict(type="dict", default=DEFAULT_CLASSES),
             qos_directory=dict(type="str", default=DEFAULT_DIRECTORY),
             min_driver_version=dict(type="str", default="550"),
@@ -279,6 +287,7 @@ def main():
     if errors:
         module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(errors),
                          errors=errors, driver=driver, gpus=gpus)
+    plan["daemon"]["multiuser_server"] = p["multiuser_server"]
     plan["qos"] = qos
     plan["warnings"].extend(qos_warnings)
     for warning in plan["warnings"]:

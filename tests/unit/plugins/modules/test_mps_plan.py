@@ -89,3 +89,9 @@ def test_a_class_above_the_daemon_default_fails_the_plan(run_module, standin_nvm
     result, failed = run_module(mps_plan, {"control_binary": binary, "default_active_thread_percentage": 10,
                                            "qos_classes": {"batch": {"active_thread_percentage": 10}}})
     assert not failed and sorted(result["plan"]["qos"]["classes"]) == ["batch"]
+
+
+def test_the_multiuser_server_is_planned(run_module, standin_nvml, binary):
+    result, failed = run_module(mps_plan, {"control_binary": binary, "multiuser_server": True})
+    assert not failed and result["plan"]["daemon"]["multiuser_server"] is True
+    assert run_module(mps_plan, {"control_binary": binary})[0]["plan"]["daemon"]["multiuser_server"] is False
