@@ -6,8 +6,9 @@
 # 1. multiuser  benchmarks/mps_multiuser.py: two throwaway Unix users' clients at once, under `-d` and `-d -M`
 #               (users created and removed, daemons stopped)                                     (~1.5 min)
 # 2. ansible    with --wheels: make lab WHEELS=DIR TAGS=host with the lane's classes (latency, and batch with a
-#               16G pinned limit): the class files /etc/gpulab-mps/qos/*.env; again (must change nothing); the
-#               lab daemon is stopped so that the GPU is idle for the benchmark                   (~1.2 min)
+#               16G pinned limit) and mps_host_multiuser_server: the class files /etc/gpulab-mps/qos/*.env and a
+#               `-d -M` daemon; again (must change nothing); the lab daemon is then stopped so that the GPU is
+#               idle for the benchmark                                                           (~1.2 min)
 # 3. qos        the noisy-neighbour benchmark through playbooks/benchmark.yml (benchmark_kind qos) against the class
 #               files the host has; without Ansible, the same script directly against class files written by
 #               tests/gpu/qos_class_files.py (the collection's _qos)                             (~3 min)
@@ -80,7 +81,9 @@ bench_args=(--modes ts,mps,prio,qos --ns 0,3,7 --repeats 3 --duration 2.0 "${ben
 ran_playbook=0
 if [ -n "$wheels" ] || [ -n "$rehearsal" ]; then
   step "2. the classes on the host: make lab TAGS=host, twice"
-  echo "{\"gpulab_mps_qos_classes\": $classes$lab_extra}" > "$work/ansible/qos-vars.json"
+  # The lab daemon as a multi-user server too: the collection's own way of starting -d -M, on the real driver.
+  echo "{\"gpulab_mps_qos_classes\": $classes, \"mps_host_multiuser_server\": true$lab_extra}" \
+    > "$work/ansible/qos-vars.json"
   bounded 150 "${lab_env[@]}" make lab "${make_wheels[@]}" TAGS=host ANSIBLE_ARGS="-e @$work/ansible/qos-vars.json" \
     > "$work/ansible/site-1.log" 2>&1
   rc1=$?
@@ -89,6 +92,7 @@ if [ -n "$wheels" ] || [ -n "$rehearsal" ]; then
     > "$work/ansible/site-2.log" 2>&1
   rc2=$?
   note "site.yml --tags host: exit $rc1, again exit $rc2: $(grep -E '^localhost +:' "$work/ansible/site-2.log")"
+  note "lab daemon: $(pgrep -a nvidia-cuda-mps-c | tr '\n' ' ')"
   ls -l "$qos_dir" 2>&1 | tee "$work/ansible/qos-files.txt"
   for f in "$qos_dir"/*.env; do echo "--- $f"; cat "$f"; done 2>&1 | tee -a "$work/ansible/qos-files.txt"
   # An idle server of the lab daemon would hold a context on the GPU that the benchmark must have to itself.
