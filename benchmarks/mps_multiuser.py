@@ -312,7 +312,7 @@ def run_daemon(args, say, state, name, users, workdir, iters):
             bench.stop_clients([a], grace=10.0)
             finding["a_exit_s"] = round(time.time() - a_gone, 2)
             try:
-                bench.collect([b], "ready", args.start_timeout)
+                bench.collect([b], "ready", args.b_wait)
                 finding["b_wait_after_a_exit_s"] = round(time.time() - a_gone, 2)
                 b.send({"cmd": "inspect"})
                 finding["b_seen"] = bench.collect([b], "inspect", 60)[0]
@@ -361,6 +361,7 @@ def parse_args(argv):
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--control-binary")
     p.add_argument("--start-timeout", type=float, default=90.0)
+    p.add_argument("--b-wait", type=float, default=30.0, help="seconds B may take to start once A's client is gone")
     p.add_argument("--deadline-s", type=float, default=140.0, help="hard stop: clean up (users, daemons) and report")
     p.add_argument("--sim-ms", type=float, default=2.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

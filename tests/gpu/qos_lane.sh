@@ -104,7 +104,8 @@ if [ -n "$wheels" ] || [ -n "$rehearsal" ]; then
   if [ "$rc1" = 0 ] && [ -f "$qos_dir/batch.env" ]; then
     step "3. the noisy-neighbour benchmark through playbooks/benchmark.yml"
     budget=$(( $(left) - 110 )); [ "$budget" -gt 170 ] && budget=170
-    args_json=$(printf '"%s",' "${bench_args[@]}" --budget-s "$budget")
+    # The script stops itself (and cleans up) before the playbook's async limit would kill it.
+    args_json=$(printf '"%s",' "${bench_args[@]}" --budget-s "$budget" --deadline-s $((budget + 60)))
     # A vars file: JSON on make's command line would lose its quotes to the shell.
     printf '{"benchmark_kind": "qos", "benchmark_timeout": %d, "benchmark_fetch_to": "%s", "benchmark_qos_directory": "%s", "benchmark_args": [%s]%s}\n' \
       $((budget + 80)) "$work/qos" "$qos_dir" "${args_json%,}" \
@@ -122,7 +123,7 @@ if [ "$ran_playbook" = 0 ] || [ ! -f "$work/qos/localhost/mps_qos.json" ]; then
   python3 tests/gpu/qos_class_files.py "$direct_qos" "$classes" "$lab_pipe"
   budget=$(( $(left) - 60 )); [ "$budget" -gt 170 ] && budget=170
   bounded $((budget + 50)) python3 benchmarks/mps_qos_benchmark.py --qos-dir "$direct_qos" --out "$work/qos/direct" \
-    "${bench_args[@]}" --budget-s "$budget"
+    "${bench_args[@]}" --budget-s "$budget" --deadline-s $((budget + 40))
   note "benchmark (direct): exit $?"
 fi
 

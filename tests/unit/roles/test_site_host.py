@@ -139,3 +139,14 @@ def test_a_bad_qos_class_stops_the_host_before_anything_changes(lab, tmp_path):
     assert "qos_classes.batch.active_thread_percentage 60 is above the daemon's default_active_thread_percentage 50" \
         in " ".join(done.stdout.split())
     assert not os.path.exists(lab["pipe"]) and not (tmp_path / "qos").exists()
+
+
+def test_a_class_above_the_running_daemons_default_is_refused(lab, tmp_path):
+    """Read back where MPS allows it: the plan knew no daemon default, but the running daemon has 10 % (set by
+    hand): the batch class's 12 % could not be had, and the role says so instead of writing the files."""
+    assert site(lab).returncode == 0
+    assert answers(lab, "set_default_active_thread_percentage 10").stdout.strip() == "10.0"
+    done = site(lab, mps_host_default_active_thread_percentage=None)
+    assert done.returncode != 0
+    assert "QoS class(es) batch ask a larger share of the SMs than the running MPS daemon's default active thread " \
+        "percentage, 10.0 (read back)" in " ".join(done.stdout.split())
