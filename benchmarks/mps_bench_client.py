@@ -607,8 +607,8 @@ def main(argv=None):
                         probe["spin_registers"] = int(work.kernel.num_regs)
                     except Exception:  # informative only
                         probe["spin_registers"] = None
-            targets = dict((k, float(v)) for k, _sep, v in (item.partition("=") for item in args.calibrate.split(",")
-                                                             if item))
+            items = [item.partition("=") for item in args.calibrate.split(",") if item]
+            targets = dict((k, float(v)) for k, _sep, v in items)
             for name in names:
                 if name in targets:
                     iters, probe["solo_ms"][name] = calibrate_spin(work, targets[name], name)

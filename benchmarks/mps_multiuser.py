@@ -435,9 +435,9 @@ def main(argv=None):
             probe = probe or answer
         state["backend"], state["alone_ms"] = probe["backend"], probe["solo_ms"]["latency"]
         state["probe"] = probe
-        say("probe as %s: %s, %d SMs, backend %s; %d-block launch %.2f ms alone" % (
+        say("probe as %s: %s, %d SMs, backend %s; %d-block launch %s ms alone" % (
             args.users[0], probe["device"]["name"], probe["device"]["sm_count"], probe["backend"], args.blocks,
-            state["alone_ms"]))
+            qreport._fmt(state["alone_ms"])))
         for name in args.daemons:
             try:
                 state["findings"].append(run_daemon(args, say, state, name, users, workdir,

@@ -250,10 +250,10 @@ def estimate(args, fill_ms=None):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     say = bench.Console()
+    runs = len(args.modes) * len(args.ns) * args.repeats
     say("plan: modes %s; neighbours %s; %d repeats of %.2f s; %d runs, about %.0f s of runs plus client start-up "
         "(budget %.0f s, hard stop %.0f s)" % (",".join(args.modes), ",".join(map(str, args.ns)), args.repeats,
-                                                args.duration, len(args.modes) * len(args.ns) * args.repeats,
-                                                estimate(args), args.budget_s, args.deadline_s))
+                                               args.duration, runs, estimate(args), args.budget_s, args.deadline_s))
     if args.dry_run:
         say("classes: %s" % ("%s/%s.env and %s/%s.env" % (args.qos_dir, args.latency_class, args.qos_dir,
                                                           args.batch_class) if set(args.modes) & set(CLASS_MODES)
@@ -477,8 +477,8 @@ def run_mode(args, say, state, mode, daemon, no_mps, sim_dir, share):
             except bench.BenchError as exc:
                 failures += 1
                 record["error"] = str(exc)[:600]
-                state["problems"].append("mode %s N=%d repeat %d failed: %s" % (mode, n, rep,
-                                                                               str(exc).splitlines()[0][:300]))
+                first = str(exc).splitlines()[0][:300]
+                state["problems"].append("mode %s N=%d repeat %d failed: %s" % (mode, n, rep, first))
                 say("FAILED mode %s N=%d: %s" % (mode, n, exc))
                 if failures >= 2:
                     state["problems"].append("mode %s abandoned after %d failed runs" % (mode, failures))

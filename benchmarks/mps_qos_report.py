@@ -264,8 +264,8 @@ def render_summary(result):
     lines = ["Noisy neighbours: %s, %s SMs, driver %s, backend %s, %s s/run, %s repeats" % (
         env.get("gpu_name", "?"), env.get("sm_count", "?"), env.get("driver") or "?", env.get("backend", "?"),
         result["config"]["duration_s"], result["config"]["repeats"])]
-    lines.append("%-8s %3s %9s %9s %9s %8s %8s %10s %7s" % ("mode", "N", "p50 ms", "p99 ms", "max ms", "p99/alone",
-                                                          "p99/best", "nbr/s", "nbr/nolim"))
+    header = ("mode", "N", "p50 ms", "p99 ms", "max ms", "p99/alone", "p99/best", "nbr/s", "nbr/nolim")
+    lines.append("%-8s %3s %9s %9s %9s %8s %8s %10s %7s" % header)
     for r in result["rows"]:
         lat = r["latency"] or {}
         lines.append("%-8s %3d %9s %9s %9s %8s %8s %10s %7s" % (

@@ -29,10 +29,10 @@ def wrapper(path, script):
 def test_the_lane_rehearsed(tmp_path):
     rehearsal = tmp_path / "r"
     rehearsal.mkdir()
-    wrapper(str(rehearsal / "nvidia-cuda-mps-control"), os.path.join(ROOT, "tests", "unit", "benchmarks",
-                                                                     "fake_mps_control.py"))
-    wrapper(str(rehearsal / "nvidia-cuda-mps-control-standin"), os.path.join(ROOT, "tests", "standins",
-                                                                            "nvidia-cuda-mps-control"))
+    fake = os.path.join(ROOT, "tests", "unit", "benchmarks", "fake_mps_control.py")
+    standin = os.path.join(ROOT, "tests", "standins", "nvidia-cuda-mps-control")
+    wrapper(str(rehearsal / "nvidia-cuda-mps-control"), fake)
+    wrapper(str(rehearsal / "nvidia-cuda-mps-control-standin"), standin)
     out = tmp_path / "out"
     env = dict(os.environ, GPULAB_QOS_LANE_REHEARSAL=str(rehearsal),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
