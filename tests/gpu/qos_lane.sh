@@ -144,6 +144,37 @@ note "modes (compute, persistence, MIG) before: $modes_before; after: $modes_aft
 note "lane took $(( $(date +%s) - start )) s"
 
 for part in multiuser ansible qos; do tar -C "$work" -czf "$out/$part.tar.gz" "$part"; done
+# The findings last, compact (a caller may see only the last 12,000 characters): the table, the class evidence of
+# mode qos, the multi-user verdicts, the summary.
+echo; echo "=== noisy neighbours"
+js=$(ls "$work"/qos/localhost/mps_qos.json "$work"/qos/direct/mps_qos.json 2>/dev/null | head -1)
+if [ -n "$js" ]; then
+  python3 - "$js" <<'EOF'
+import json, sys
+sys.path.insert(0, "benchmarks")
+import mps_qos_report as report
+r = json.load(open(sys.argv[1]))
+for line in report.table_lines(r["rows"]):
+    print(line)
+print(report.criterion_line(r["criterion"]))
+for line in r["verdicts"]:
+    print("*", line)
+short = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "threads", "CUDA_MPS_CLIENT_PRIORITY": "priority",
+         "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "pinned"}
+for e in r["evidence"]:
+    if e["mode"] == "qos" or not e.get("class_ok"):
+        env = " ".join("%s=%s" % (short.get(k, k), v) for k, v in sorted(e["mps_env"].items()) if k in short)
+        print("class %s %s pid %s [%s]: SM attr %s, SMs used %s, free %s MiB%s" % (
+            e["mode"], e["role"], e["pid"], env or "-", e.get("sm_count_attribute"), e.get("sms_used"),
+            e.get("mem_free_mib"), "" if e.get("class_ok") else " NOT OK: " + e.get("class_line", "")))
+for line in [d for d in r["daemon_evidence"] if d.startswith(("mode qos", "server.log"))][:10]:
+    print("daemon:", line[:300])
+for line in r["check_lines"] + r["problems"]:
+    print(line[:300])
+EOF
+else
+  echo "(no noisy-neighbour result)"
+fi
 echo; echo "=== multi-user finding"
 python3 - "$work/multiuser/mps_multiuser.json" <<'EOF' 2>/dev/null || echo "(no multiuser result)"
 import json, sys
@@ -153,30 +184,16 @@ for f in r["findings"]:
     for who in ("a", "b"):
         s = f.get(who + "_seen")
         if s:
-            print("  %s pid %s uid %s mps_client %s: SM attr %s, SMs used %s, env %s" % (who, s["pid"], s.get("uid"),
-                  f.get(who + "_mps_client"), s.get("sm_count_attribute"), s.get("sms_used"),
-                  {k: v for k, v in s["mps_env"].items() if k != "CUDA_MPS_PIPE_DIRECTORY"}))
+            print("  %s pid %s uid %s MPS client %s: SM attr %s, SMs used %s, env %s" % (
+                who, s["pid"], s.get("uid"), f.get(who + "_mps_client"), s.get("sm_count_attribute"),
+                s.get("sms_used"), {k: v for k, v in s["mps_env"].items() if k != "CUDA_MPS_PIPE_DIRECTORY"}))
     for srv in f.get("servers_during") or []:
         print("  server while A ran:", srv)
+    if f.get("b_wait_after_a_exit_s") is not None:
+        print("  B ready %s s after A's exit; then: %s" % (f["b_wait_after_a_exit_s"],
+                                                          (f.get("after_a") or {}).get("servers")))
 for p in r["problems"]:
     print("PROBLEM:", p)
-EOF
-echo; echo "=== noisy neighbours"
-md=$(ls "$work"/qos/localhost/mps_qos.md "$work"/qos/direct/mps_qos.md 2>/dev/null | head -1)
-[ -n "$md" ] && sed -n '/^## The latency client/,/^## The classes reach/p' "$md" | head -40
-js=$(ls "$work"/qos/localhost/mps_qos.json "$work"/qos/direct/mps_qos.json 2>/dev/null | head -1)
-[ -n "$js" ] && python3 - "$js" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-for e in r["evidence"]:
-    if e["mode"] in ("qos", "prio"):
-        print("%s %s pid %s: env %s; SM attr %s, SMs used %s, free %s MiB; %s" % (
-            e["mode"], e["role"], e["pid"], {k: v for k, v in e["mps_env"].items() if k != "CUDA_MPS_PIPE_DIRECTORY"},
-            e.get("sm_count_attribute"), e.get("sms_used"), e.get("mem_free_mib"), e.get("class_line")))
-for line in r["daemon_evidence"][:12]:
-    print("daemon:", line)
-for line in r["check_lines"] + r["problems"]:
-    print(line)
 EOF
 rm -rf "$work"
 echo; echo "=== summary"; cat "$summary"
