@@ -11,7 +11,16 @@ client's own lines on stdout start with "@@gpulab " (libraries may print too).
   -> {"cmd": "run", "workload": "spin", "start_at": <epoch s>, "duration": 1.0, "warmup": 1}
   <- {"event": "result", "pid", "workload", "count" (launches completed in the window), "latency_ms": [...],
       "start_delay_ms", "check": "ok" | "<what was wrong>"}
+  -> {"cmd": "inspect"}
+  <- {"event": "inspect", "pid", "sm_count_attribute" (the SM count CUDA gives this process), "sms_used" (distinct
+      SMs that a wide probe kernel's blocks ran on, read from %smid), "mem_free_mib", "mem_total_mib",
+      "mps_env" (the CUDA_MPS_* variables this process has)}: what MPS really gives the client, not what it asked
   -> {"cmd": "exit"}
+
+The noisy-neighbour benchmark (mps_qos_benchmark.py) adds two spin kernels of their own size: `latency`
+(--latency-blocks, 16 by default: a latency-critical service's small kernels) and `fill` (--fill-blocks, the
+GPU's SM count: one block per SM, a neighbour that fills the GPU); --calibrate latency=0.24,fill=2.0 makes the
+probe calibrate each to that many ms alone. A run with "times": true also returns each launch's start offset.
 
 Every launch is timed from submit to completion (the client synchronizes after each one): that is the latency
 a process sees; the common start instant (start_at, wall clock, shared by the processes of one host) lines
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -63,6 +73,20 @@ gpulab_spin(float *out, const long long iters)
 }
 """ % (CHAINS, THREADS)
 
+# Where a block runs: each block spins a few microseconds (so that the blocks spread over every SM the client may
+# use) and writes its SM id. The distinct ids are the SMs MPS lets this client occupy.
+SMID_SOURCE = r"""
+extern "C" __global__ void gpulab_smid(unsigned int *out, const long long cycles)
+{
+    unsigned int id;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+    if (threadIdx.x == 0) out[blockIdx.x] = id;
+}
+"""
+QOS_KERNELS = ("latency", "fill")
+
 
 def emit(obj):
     sys.stdout.write(PREFIX + json.dumps(obj) + "\n")
@@ -86,6 +110,7 @@ class Workloads(object):
     backend = None
     spin_blocks = None  # blocks per spin launch, as really launched
     iters = 0
+    kernels = None  # the noisy-neighbour kernels: {"latency": {"blocks", "iters"}, "fill": {...}}
 
     def launch(self, name):
         raise NotImplementedError
@@ -93,12 +118,21 @@ class Workloads(object):
     def smoke(self):
         """One short launch of everything, so that a backend that cannot compile or run fails HERE, at start,
         and "auto" moves on to the next one (CuPy compiles its kernel at the first launch, not before)."""
-        iters, self.iters = self.iters, 16
+        saved = (self.iters, dict((k, v["iters"]) for k, v in self.kernels.items()))
+        self.iters = 16
+        for kernel in self.kernels.values():
+            kernel["iters"] = 16
         try:
-            for name in ("spin", "matmul", "copy"):
+            for name in ("spin", "matmul", "copy") + tuple(self.kernels):
                 self.launch(name)
         finally:
-            self.iters = iters
+            self.iters = saved[0]
+            for name, iters in saved[1].items():
+                self.kernels[name]["iters"] = iters
+
+    def inspect(self):
+        """What this process really gets: SM count, SMs its blocks run on, memory (see the module docstring)."""
+        raise NotImplementedError
 
     def prepare_run(self, name):
         """Poison the output of `name` so that the check after the run proves every launch wrote it."""
@@ -139,14 +173,49 @@ class CupyWorkloads(Workloads):
         self.y = cupy.empty(elems, dtype=cupy.float32)
         self.copy_reps = args.copy_reps
         self.c_rows = None
+        self.full_sms = args.fill_blocks or self.info["sm_count"]
+        self.kernels = {}
+        for kernel, blocks, iters in (("latency", args.latency_blocks, args.latency_iters),
+                                      ("fill", self.full_sms, args.fill_iters)):
+            self.kernels[kernel] = {"blocks": blocks, "iters": iters,
+                                    "out": cupy.empty(blocks * THREADS, dtype=cupy.float32)}
+        self.smid_kernel = cupy.RawKernel(SMID_SOURCE, "gpulab_smid")
         self.smoke()
 
     def sync(self):
         self.cp.cuda.Device().synchronize()
 
+    def inspect(self):
+        """Each figure on its own: one that cannot be read is None, with why in "inspect_errors"."""
+        runtime = self.cp.cuda.runtime
+        device = self.cp.cuda.Device().id
+        seen = {"sm_count_attribute": None, "sms_used": None, "probe_blocks": None, "mem_free_mib": None,
+                "mem_total_mib": None, "inspect_errors": []}
+        try:  # 16 is cudaDevAttrMultiProcessorCount
+            seen["sm_count_attribute"] = int(runtime.deviceGetAttribute(16, device))
+        except Exception as exc:
+            seen["inspect_errors"].append("SM count: %s: %s" % (type(exc).__name__, exc))
+        try:
+            blocks = 4 * max(self.full_sms, seen["sm_count_attribute"] or 0)
+            ids = self.cp.zeros(blocks, dtype=self.cp.uint32)
+            self.smid_kernel((blocks,), (THREADS,), (ids, self.np.int64(20000)))
+            self.sync()
+            seen["sms_used"], seen["probe_blocks"] = int(len(set(ids.get().tolist()))), blocks
+        except Exception as exc:
+            seen["inspect_errors"].append("SM probe: %s: %s" % (type(exc).__name__, exc))
+        try:
+            free, total = runtime.memGetInfo()
+            seen["mem_free_mib"], seen["mem_total_mib"] = int(free) >> 20, int(total) >> 20
+        except Exception as exc:
+            seen["inspect_errors"].append("memory: %s: %s" % (type(exc).__name__, exc))
+        return seen
+
     def launch(self, name):
         if name == "spin":
             self.kernel((self.spin_blocks,), (THREADS,), (self.out, self.np.int64(self.iters)))
+        elif name in self.kernels:
+            kernel = self.kernels[name]
+            self.kernel((kernel["blocks"],), (THREADS,), (kernel["out"], self.np.int64(kernel["iters"])))
         elif name == "matmul":
             self.cp.matmul(self.a, self.b, out=self.c)
         elif name == "copy":
@@ -157,17 +226,22 @@ class CupyWorkloads(Workloads):
         self.sync()
 
     def prepare_run(self, name):
-        target = {"spin": self.out, "matmul": self.c, "copy": self.y}[name]
+        if name in self.kernels:
+            target = self.kernels[name]["out"]
+        else:
+            target = {"spin": self.out, "matmul": self.c, "copy": self.y}[name]
         target.fill(float("nan"))
         self.sync()
 
     def check(self, name):
         np = self.np
-        if name == "spin":
-            got = self.out.get().reshape(self.spin_blocks, THREADS)
-            want = np.array(spin_expected(self.iters), dtype=np.float64)
+        if name == "spin" or name in self.kernels:
+            out, blocks, iters = (self.out, self.spin_blocks, self.iters) if name == "spin" else (
+                self.kernels[name]["out"], self.kernels[name]["blocks"], self.kernels[name]["iters"])
+            got = out.get().reshape(blocks, THREADS)
+            want = np.array(spin_expected(iters), dtype=np.float64)
             err = float(np.max(np.abs(got - want[None, :]))) if np.all(np.isfinite(got)) else float("nan")
-            return "ok" if err <= spin_tolerance(self.iters) else "spin kernel output off by %r" % err
+            return "ok" if err <= spin_tolerance(iters) else "%s kernel output off by %r" % (name, err)
         if name == "matmul":
             rows = self.c[:8].get().astype(np.float64)
             if self.c_rows is None:  # first check: against float64 on the host, then keep the rows
@@ -214,15 +288,30 @@ class TorchWorkloads(Workloads):
         self.y = torch.empty(elems, device=self.dev)
         self.copy_reps = args.copy_reps
         self.c_rows = None
+        # No kernel with a chosen block count in torch: latency is torch.cuda._sleep (one block), fill the matmul.
+        self.kernels = {"latency": {"blocks": 1, "iters": args.latency_iters}, "fill": {"blocks": None, "iters": 0}}
         self.smoke()
 
     def sync(self):
         self.torch.cuda.synchronize(self.dev)
 
+    def inspect(self):
+        seen = {"sm_count_attribute": None, "sms_used": None, "probe_blocks": None, "mem_free_mib": None,
+                "mem_total_mib": None, "inspect_errors": ["SM probe: torch has no kernel that reads its SM"]}
+        try:
+            seen["sm_count_attribute"] = int(self.torch.cuda.get_device_properties(self.dev).multi_processor_count)
+            free, total = self.torch.cuda.mem_get_info(self.dev)
+            seen["mem_free_mib"], seen["mem_total_mib"] = int(free) >> 20, int(total) >> 20
+        except Exception as exc:
+            seen["inspect_errors"].append("%s: %s" % (type(exc).__name__, exc))
+        return seen
+
     def launch(self, name):
         if name == "spin":
             self.torch.cuda._sleep(int(self.iters))
-        elif name == "matmul":
+        elif name == "latency":
+            self.torch.cuda._sleep(int(self.kernels["latency"]["iters"]))
+        elif name in ("matmul", "fill"):
             self.torch.matmul(self.a, self.b, out=self.c)
         elif name == "copy":
             for _unused in range(self.copy_reps):
@@ -280,6 +369,64 @@ class SimWorkloads(Workloads):
             with open(os.path.join(clients, str(os.getpid())), "w") as handle:
                 handle.write(os.path.basename(sys.executable))
         self.handles = {}
+        # The noisy-neighbour kernels: SIM_GROUPS lock files stand for groups of SMs under MPS. A fill launch holds
+        # as many groups as its thread percentage allows (all without one), taken in order, so that limited fills
+        # crowd into the first groups; a latency launch takes any one free group. Time-slicing: one lock for all.
+        self.kernels = {"latency": {"blocks": args.latency_blocks, "iters": args.latency_iters},
+                        "fill": {"blocks": args.fill_blocks or args.sim_sms, "iters": args.fill_iters}}
+        self.ms.update(latency=args.sim_latency_ms, fill=args.sim_fill_ms)
+        self.mem_total_mib = args.sim_mem_mib
+        try:
+            self.threads = min(100.0, float(os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100")))
+        except ValueError:
+            self.threads = 100.0
+
+    SIM_GROUPS = 8
+
+    def _lock(self, name, blocking):
+        path = os.path.join(self.sim_dir, name)
+        handle = self.handles.get(path) or open(path, "a")
+        self.handles[path] = handle
+        try:
+            self.fcntl.flock(handle, self.fcntl.LOCK_EX | (0 if blocking else self.fcntl.LOCK_NB))
+        except OSError:
+            return None
+        return handle
+
+    def _qos_launch(self, name):
+        seconds = self.ms[name] / 1000.0
+        if not self.mps:
+            handles = [self._lock("qos-ts", True)]
+        elif name == "fill":
+            groups = max(1, int(math.ceil(self.SIM_GROUPS * self.threads / 100.0 - 1e-9)))
+            handles = [self._lock("qos-group%d" % i, True) for i in range(groups)]
+        else:
+            handles = []
+            while not handles:
+                for i in reversed(range(self.SIM_GROUPS)):
+                    handle = self._lock("qos-group%d" % i, False)
+                    if handle:
+                        handles = [handle]
+                        break
+                else:
+                    time.sleep(0.0001)
+        try:
+            time.sleep(seconds)
+        finally:
+            for handle in handles:
+                self.fcntl.flock(handle, self.fcntl.LOCK_UN)
+
+    def inspect(self):
+        share = self.threads if self.mps else 100.0
+        sms = int(math.ceil(self.info["sm_count"] * share / 100.0 - 1e-9))
+        free = self.mem_total_mib
+        pinned = os.environ.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "") if self.mps else ""
+        for item in pinned.split(","):
+            device, _sep, size = item.partition("=")
+            if device.strip() == "0" and size.strip()[:-1].isdigit():
+                free = min(free, int(size.strip()[:-1]) << {"M": 0, "G": 10}.get(size.strip()[-1].upper(), 0))
+        return {"sm_count_attribute": sms, "sms_used": sms, "probe_blocks": 4 * self.info["sm_count"],
+                "mem_free_mib": max(0, free - 512), "mem_total_mib": self.mem_total_mib}
 
     def _slots(self, name):
         if not self.mps:
@@ -291,6 +438,8 @@ class SimWorkloads(Workloads):
     def launch(self, name):
         if name not in self.ms:
             raise ValueError("unknown workload %r" % name)
+        if name in self.kernels:
+            return self._qos_launch(name)
         slots = self._slots(name)
         while True:
             for i in range(slots):
@@ -334,13 +483,23 @@ def time_launches(work, name, count):
     return times[len(times) // 2]
 
 
-def calibrate_spin(work, target_ms):
-    """Pick spin iterations (cycles for torch) so that one launch alone takes about target_ms."""
-    iters = work.iters
+def calibrate_spin(work, target_ms, name="spin"):
+    """Pick spin iterations (cycles for torch) so that one launch alone takes about target_ms: of the spin kernel,
+    or of a noisy-neighbour kernel (`name` latency or fill, whose iterations are its own)."""
+    def get():
+        return work.iters if name == "spin" else work.kernels[name]["iters"]
+
+    def put(value):
+        if name == "spin":
+            work.iters = value
+        else:
+            work.kernels[name]["iters"] = value
+
+    iters = get()
     for _unused in range(6):
-        work.iters = iters
-        work.launch("spin")  # warm
-        ms = time_launches(work, "spin", 5)
+        put(iters)
+        work.launch(name)  # warm
+        ms = time_launches(work, name, 5)
         if ms <= 0:
             iters *= 4
             continue
@@ -349,8 +508,8 @@ def calibrate_spin(work, target_ms):
         if abs(new - iters) <= 0.05 * iters:
             break
         iters = new
-    work.iters = iters
-    return iters, time_launches(work, "spin", 5)
+    put(iters)
+    return iters, time_launches(work, name, 5)
 
 
 def warm_up(work, workloads, launches):
@@ -379,17 +538,22 @@ def run_command(work, cmd):
         time.sleep(left - 0.002 if left > 0.003 else 0)
     begin = time.time()
     end_at = start_at + duration
-    done, latency = 0, []
+    done, latency, offsets = 0, [], []
     while done < max_launches:
+        started = time.time()
         t0 = time.perf_counter()
         work.launch(name)
         latency.append(round((time.perf_counter() - t0) * 1000.0, 4))
+        offsets.append(round((started - start_at) * 1000.0, 2))
         if time.time() > end_at:
             break  # this launch ended after the window: not counted, so that no client gets a longer window
         done += 1
-    return {"event": "result", "pid": os.getpid(), "workload": name, "count": done,
-            "latency_ms": latency[:done], "start_delay_ms": round((begin - start_at) * 1000.0, 3),
-            "check": work.check(name)}
+    result = {"event": "result", "pid": os.getpid(), "workload": name, "count": done,
+              "latency_ms": latency[:done], "start_delay_ms": round((begin - start_at) * 1000.0, 3),
+              "check": work.check(name)}
+    if cmd.get("times"):
+        result["offsets_ms"] = offsets[:done]  # when each counted launch was submitted, from start_at
+    return result
 
 
 def parse_args(argv):
@@ -405,7 +569,15 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=3, help="warm-up launches of each workload at start")
     p.add_argument("--probe", action="store_true", help="report the device, calibrate, check, exit")
     p.add_argument("--target-ms", type=float, default=2.0, help="probe: spin launch duration to calibrate to")
+    p.add_argument("--latency-blocks", type=int, default=16, help="blocks per launch of the latency kernel")
+    p.add_argument("--latency-iters", type=int, default=4096, help="loop count of the latency kernel")
+    p.add_argument("--fill-blocks", type=int, default=0, help="blocks per fill launch (0: the SM count CUDA gives)")
+    p.add_argument("--fill-iters", type=int, default=4096, help="loop count of the fill kernel")
+    p.add_argument("--calibrate", default="", help="probe: KERNEL=MS,... (latency, fill) to calibrate to")
     p.add_argument("--sim-sms", type=int, default=132)
+    p.add_argument("--sim-latency-ms", type=float, default=0.3)
+    p.add_argument("--sim-fill-ms", type=float, default=2.0)
+    p.add_argument("--sim-mem-mib", type=int, default=143771)
     p.add_argument("--sim-ms", type=float, default=4.0)
     p.add_argument("--sim-dir", default="")
     p.add_argument("--sim-fail", default="", help="sim: 'init' fails at start, 'hang' never answers a run")
@@ -435,14 +607,23 @@ def main(argv=None):
                         probe["spin_registers"] = int(work.kernel.num_regs)
                     except Exception:  # informative only
                         probe["spin_registers"] = None
+            items = [item.partition("=") for item in args.calibrate.split(",") if item]
+            targets = dict((k, float(v)) for k, _sep, v in items)
             for name in names:
-                if name != "spin":
+                if name in targets:
+                    iters, probe["solo_ms"][name] = calibrate_spin(work, targets[name], name)
+                    probe.setdefault("kernels", {})[name] = {"blocks": work.kernels[name]["blocks"], "iters": iters}
+                    work.prepare_run(name)
+                    work.launch(name)
+                    probe["checks"][name] = work.check(name)
+                elif name != "spin":
                     probe["solo_ms"][name] = time_launches(work, name, 5)
             emit(probe)
             return 0
         checks = warm_up(work, names, args.warmup)
         emit({"event": "ready", "pid": os.getpid(), "backend": work.backend, "checks": checks,
-              "spin_blocks": work.spin_blocks, "spin_iters": work.iters, "device": work.info})
+              "spin_blocks": work.spin_blocks, "spin_iters": work.iters, "device": work.info,
+              "kernels": dict((k, {"blocks": v["blocks"], "iters": v["iters"]}) for k, v in work.kernels.items())})
         for line in sys.stdin:
             line = line.strip()
             if not line:
@@ -454,6 +635,11 @@ def main(argv=None):
                 if args.sim_fail == "hang":
                     time.sleep(3600)
                 emit(run_command(work, cmd))
+            elif cmd.get("cmd") == "inspect":
+                seen = work.inspect()
+                seen.update(event="inspect", pid=os.getpid(), uid=os.getuid(), mps_env=dict(
+                    (k, v) for k, v in sorted(os.environ.items()) if k.startswith("CUDA_MPS_")))
+                emit(seen)
             else:
                 emit({"event": "error", "pid": os.getpid(), "message": "unknown command %r" % cmd.get("cmd")})
         return 0  # stdin closed: the benchmark is gone

@@ -141,10 +141,15 @@ def children_of(pid):
 
 
 class Daemon(object):
-    """One MPS control daemon, chosen by its pipe directory; `own` when this script started it."""
+    """One MPS control daemon, chosen by its pipe directory; `own` when this script started it.
 
-    def __init__(self, binary, pipe_dir, log_dir, own, say):
+    start_args: what starts it (["-d"]; ["-d", "-M"] for the multi-user server of benchmarks/mps_multiuser.py);
+    dir_mode: of the pipe and log directories it makes (0700; 0755 where clients of other users must reach it).
+    """
+
+    def __init__(self, binary, pipe_dir, log_dir, own, say, start_args=("-d",), dir_mode=0o700):
         self.binary, self.pipe_dir, self.log_dir, self.own, self.say = binary, pipe_dir, log_dir, own, say
+        self.start_args, self.dir_mode = list(start_args), dir_mode
         self.pid = None
 
     def env(self):
@@ -179,18 +184,19 @@ class Daemon(object):
 
     def start(self, timeout=30):
         for path in (self.pipe_dir, self.log_dir):
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.makedirs(path, mode=self.dir_mode, exist_ok=True)
+            os.chmod(path, self.dir_mode)  # makedirs' mode is masked by the umask
         if self.answers():
             raise BenchError("a daemon already answers in %s: not starting another" % self.pipe_dir)
         # -d daemonizes; its output goes to a file, so that no inherited pipe keeps this call waiting.
         with open(os.path.join(self.log_dir, "start.out"), "w") as out:
-            proc = subprocess.Popen([self.binary, "-d"], env=self.env(), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([self.binary] + self.start_args, env=self.env(), stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, close_fds=True)
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                raise BenchError("`%s -d` did not return within %d s" % (self.binary, timeout))
+                raise BenchError("`%s %s` did not return within %d s" % (self.binary, " ".join(self.start_args), timeout))
         deadline = time.time() + timeout
         while time.time() < deadline:
             self.pid = self.read_pid()
@@ -198,8 +204,9 @@ class Daemon(object):
                 self.say("MPS control daemon started: pid %d, pipe directory %s" % (self.pid, self.pipe_dir))
                 return
             time.sleep(0.1)
-        raise BenchError("MPS control daemon in %s did not start (`-d` exit %s): %s; is the NVIDIA driver "
-                         "loaded?" % (self.pipe_dir, rc, self.log_tail("control.log") or self.log_tail("start.out")))
+        raise BenchError("MPS control daemon in %s did not start (`%s` exit %s): %s; is the NVIDIA driver "
+                         "loaded?" % (self.pipe_dir, " ".join(self.start_args), rc,
+                                      self.log_tail("control.log") or self.log_tail("start.out")))
 
     def ps(self):
         rc, out = self.command("ps")

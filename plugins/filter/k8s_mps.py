@@ -2,7 +2,7 @@
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Filters that render the Kubernetes side of gpulab.mps: the Kind config, the device plugin and the dial-tone pod.
+"""Filters that render the Kubernetes side of gpulab.mps: the Kind config, the device plugin, the pods, a QoS class's env.
 
 The roles kind_cluster, device_plugin and mps_dialtone (pod) build every object through these
 filters, and tests/render validates the very same output offline, so what is applied is what
@@ -16,6 +16,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
 from ansible_collections.gpulab.mps.plugins.module_utils import _pods as dt
 from ansible_collections.gpulab.mps.plugins.module_utils import _kind as kind
+from ansible_collections.gpulab.mps.plugins.module_utils import _qos as qos
 
 
 def _call(func, *args, **kwargs):
@@ -70,6 +71,11 @@ def workload_pod(files, command, **kwargs):
     return _call(dt.workload_pod, files, command, **kwargs)
 
 
+def mps_qos_env(plan, name):
+    """A QoS class's environment from the host's plan, as a container's env list."""
+    return _call(qos.pod_env, plan, name)
+
+
 def dialtone_diagnosis(result, **kwargs):
     """The meaning of a kubernetes.core.k8s_exec result of the dial-tone: {ok, state, message}."""
     if not isinstance(result, dict):
@@ -96,4 +102,5 @@ class FilterModule(object):
             "dialtone_pod": dialtone_pod,
             "workload_pod": workload_pod,
             "dialtone_diagnosis": dialtone_diagnosis,
+            "mps_qos_env": mps_qos_env,
         }

@@ -235,9 +235,13 @@ class MpsControl(object):
     def quit(self):
         self.run("quit")
 
-    def start_daemon(self):
-        """`nvidia-cuda-mps-control -d`: returns (rc, stdout, stderr) for the caller to judge."""
-        return self._call([self.binary, "-d"])
+    def start_argv(self, multiuser=False):
+        """How the daemon is started: `-d`, and `-M` for the multi-user server (clients of every user, one server)."""
+        return [self.binary, "-d"] + (["-M"] if multiuser else [])
+
+    def start_daemon(self, multiuser=False):
+        """`nvidia-cuda-mps-control -d [-M]`: returns (rc, stdout, stderr) for the caller to judge."""
+        return self._call(self.start_argv(multiuser))
 
     # State of the pipe directory -----------------------------------------------------------------
     def daemon_pid(self):

@@ -131,6 +131,14 @@ def parse_percentage(text):
         raise OutputError("expected one percentage, got %r" % text)
 
 
+def parse_client_priority(text):
+    """`get_default_client_priority`: the priority new clients get, "0" (normal) or "1" (below normal)."""
+    lines = _lines(text)
+    if len(lines) != 1 or not lines[0].isdigit():
+        raise OutputError("expected one client priority such as 0, got %r" % text)
+    return int(lines[0])
+
+
 _SIZE_SHOWN_RE = re.compile(r"^\d+[KMGT]?$")
 
 
@@ -152,6 +160,10 @@ _LOG_LINE_RE = re.compile(r"^\[(?P<time>[0-9-]+ [0-9:.]+) (?P<source>\w+)\s+(?P<
 _ATP_RE = re.compile(r"^Active Threads Percentage set to (?P<value>[0-9.]+)$")
 _PINNED_RE = re.compile(r"^Device pinned memory limit for device (?P<device>\d+) set to (?P<value>0x[0-9a-fA-F]+|\d+) bytes$")
 _UNABLE_RE = re.compile(r"^Server was unable to shutdown due to (?P<count>\d+) active clients?$")
+_PRIORITY_RE = re.compile(r"^Server Priority set to (?P<value>\d+)$")
+# How server.log names a client: "Client {PID: 465, Context ID: 1} connected" (a negative PID in "Received new client
+# request for {PID: -1333654781, ...}" is not a process).
+_CLIENT_RE = re.compile(r"\{PID: (?P<pid>-?\d+), Context ID: (?P<context>\d+)\}")
 
 
 def parse_log_lines(text):
@@ -170,18 +182,19 @@ def parse_server_log(text):
     """What each MPS server took when it started, from server.log.
 
     Returns {server_pid: {"active_thread_percentage": 50.0, "pinned_memory_limit": {0: 2147483648},
-    "started": bool, "unable_to_shutdown_clients": N}}. A server logs its values once, at start:
+    "started": bool, "unable_to_shutdown_clients": N, "priority": 0}}. A server logs its values once, at start:
     this is the exact read-back (the CLI's get_default_* rounds sizes to whole G).
     """
     servers = {}
     for entry in parse_log_lines(text):
         server = servers.setdefault(entry["pid"], {
             "active_thread_percentage": None, "pinned_memory_limit": {}, "started": False,
-            "unable_to_shutdown_clients": None})
+            "unable_to_shutdown_clients": None, "priority": None})
         message = entry["message"]
         atp = _ATP_RE.match(message)
         pinned = _PINNED_RE.match(message)
         unable = _UNABLE_RE.match(message)
+        priority = _PRIORITY_RE.match(message)
         if atp:
             server["active_thread_percentage"] = float(atp.group("value"))
         elif pinned:
@@ -190,9 +203,29 @@ def parse_server_log(text):
             server["started"] = True
         elif unable:
             server["unable_to_shutdown_clients"] = int(unable.group("count"))
+        elif priority:
+            server["priority"] = int(priority.group("value"))
     # Keep only processes that were MPS servers (server.log also holds "Other" start-up lines).
     return dict((pid, s) for pid, s in servers.items()
                 if s["started"] or s["active_thread_percentage"] is not None or s["pinned_memory_limit"])
+
+
+def client_log_entries(text, pids):
+    """The server.log lines about these client PIDs: {pid: [{"time", "server", "context", "message"}]}.
+
+    server.log names a client as "{PID: 465, Context ID: 1}"; what a server logs about a client (connected,
+    its status, its exit, and whatever this driver says of its limits) is kept as written, for a report to show.
+    """
+    wanted = set(int(p) for p in pids)
+    found = dict((pid, []) for pid in sorted(wanted))
+    for entry in parse_log_lines(text):
+        for match in _CLIENT_RE.finditer(entry["message"]):
+            pid = int(match.group("pid"))
+            if pid in wanted:
+                found[pid].append({"time": entry["time"], "server": entry["pid"],
+                                   "context": int(match.group("context")), "message": entry["message"]})
+                break
+    return found
 
 
 def parse_pipe_directory(names):

@@ -29,6 +29,9 @@ WORKLOAD_FILES_PATH = "/opt/gpulab-workloads"
 
 _NOT_FOUND_RE = re.compile(r"(executable file not found|not found in \$PATH|: not found|No such file or directory)")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What the builder itself sets: a caller's env (a QoS class's, _qos.pod_env) must not change how the pod reaches MPS.
+_BUILDER_ENV = ("CUDA_MPS_PIPE_DIRECTORY", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
 
 
 class DialtoneError(ValueError):
@@ -42,6 +45,21 @@ def _labels(app):
 def _check_name(what, value):
     if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > 63:
         raise DialtoneError("%s %r is not a DNS label" % (what, value))
+
+
+def _check_env(env):
+    """A container's extra env ([{name, value}], e.g. a QoS class's): each name once, none the builder sets."""
+    seen = set()
+    for item in env or []:
+        if not isinstance(item, dict) or set(item) != {"name", "value"} or not isinstance(item["name"], str) \
+                or not _ENV_NAME_RE.match(item["name"]) or not isinstance(item["value"], str):
+            raise DialtoneError("env entries must be {name: VARIABLE, value: string}, got %r" % (item,))
+        if item["name"] in _BUILDER_ENV:
+            raise DialtoneError("env must not set %s: the pod builder sets it from the plan" % item["name"])
+        if item["name"] in seen:
+            raise DialtoneError("env sets %s twice" % item["name"])
+        seen.add(item["name"])
+    return list(env or [])
 
 
 def mps_pod(name, namespace, image, command, container_name, app, source="host", pipe_directory="/tmp/nvidia-mps",
@@ -59,7 +77,7 @@ def mps_pod(name, namespace, image, command, container_name, app, source="host",
         raise DialtoneError("source must be one of %s, got %r" % (", ".join(SOURCES), source))
     _check_name("pod name", name)
     _check_name("namespace", namespace)
-    container_env = [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"}] + list(env or [])
+    container_env = [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"}] + _check_env(env)
     container_mounts = list(mounts or []) + [{"name": "dshm", "mountPath": "/dev/shm"}]
     shm = {"medium": "Memory"}
     if shm_size:
@@ -100,21 +118,26 @@ def mps_pod(name, namespace, image, command, container_name, app, source="host",
 def dialtone_pod(name="mps-dialtone", namespace="default", image="nvcr.io/nvidia/cuda:12.8.1-base-ubuntu24.04",
                  source="host", pipe_directory="/tmp/nvidia-mps", host_ipc=False, shm_size="1Gi",
                  runtime_class="nvidia", node_name=None, resource=None, lifetime_seconds=600,
-                 image_pull_policy="IfNotPresent"):
-    """The dial-tone pod (a dict): a container that sleeps `lifetime_seconds` and then ends by itself."""
+                 image_pull_policy="IfNotPresent", env=None):
+    """The dial-tone pod (a dict): a container that sleeps `lifetime_seconds` and then ends by itself.
+
+    env: more environment ([{name, value}]), such as a QoS class's (_qos.pod_env).
+    """
     if not isinstance(lifetime_seconds, int) or isinstance(lifetime_seconds, bool) or lifetime_seconds < 30:
         raise DialtoneError("lifetime_seconds must be a whole number of at least 30, got %r" % (lifetime_seconds,))
     return mps_pod(name, namespace, image, ["sleep", str(lifetime_seconds)], "dialtone", "mps-dialtone", source,
                    pipe_directory, host_ipc, shm_size, runtime_class, node_name, resource, lifetime_seconds + 60, 1,
-                   image_pull_policy)
+                   image_pull_policy, env=env)
 
 
 def workload_pod(files, command, name="gpulab-workload", namespace="default", image="nvcr.io/nvidia/pytorch:25.01-py3",
                  source="host", pipe_directory="/tmp/nvidia-mps", host_ipc=False, shm_size="1Gi",
-                 runtime_class="nvidia", node_name=None, resource=None, timeout=300, image_pull_policy="IfNotPresent"):
+                 runtime_class="nvidia", node_name=None, resource=None, timeout=300, image_pull_policy="IfNotPresent",
+                 env=None):
     """The workload pod and the ConfigMap that carries its files ({name: content}), in apply order.
 
-    `command` runs the runner from WORKLOAD_FILES_PATH, where the ConfigMap is mounted read-only.
+    `command` runs the runner from WORKLOAD_FILES_PATH, where the ConfigMap is mounted read-only. env: more
+    environment ([{name, value}]), such as a QoS class's (_qos.pod_env).
     """
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 30:
         raise DialtoneError("timeout must be a whole number of at least 30, got %r" % (timeout,))
@@ -123,7 +146,7 @@ def workload_pod(files, command, name="gpulab-workload", namespace="default", im
                   "data": dict((k, v.rstrip("\n") + "\n") for k, v in sorted(files.items()))}
     pod = mps_pod(name, namespace, image, command, "workload", "gpulab-workload", source, pipe_directory, host_ipc,
                   shm_size, runtime_class, node_name, resource, timeout + 120, 5, image_pull_policy,
-                  env=[{"name": "PYTHONUNBUFFERED", "value": "1"}],
+                  env=[{"name": "PYTHONUNBUFFERED", "value": "1"}] + list(env or []),
                   # 0644: the scripts run as `python3 FILE`
                   volumes=[{"name": "files", "configMap": {"name": "%s-files" % name, "defaultMode": 420}}],
                   mounts=[{"name": "files", "mountPath": WORKLOAD_FILES_PATH, "readOnly": True}])

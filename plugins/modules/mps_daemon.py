@@ -79,6 +79,14 @@ options:
       - At most the memory of the GPU. The CLI reads this back in whole units rounded down (1536M shows as 1G);
         the module compares accordingly, and keeps the exact value it set in O(state_directory).
     type: raw
+  multiuser_server:
+    description:
+      - Start the daemon as a multi-user server (C(nvidia-cuda-mps-control -d -M)), so that clients of different
+        Unix users share one MPS server instead of waiting for each other's (docs/qos.md has what this driver does
+        with and without it). With O(plan), the plan's C(daemon.multiuser_server).
+      - Applies when the daemon starts; a running daemon started the other way is reported, not restarted.
+    type: bool
+    default: false
   apply_to_running:
     description:
       - What to do with running servers that hold other values than the defaults.
@@ -307,6 +315,7 @@ class MpsDaemon(object):
                 errors.append("state_directory: %s" % problem)
         if errors:
             self.module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(errors), errors=errors)
+        self.multiuser = bool(daemon.get("multiuser_server")) if plan is not None else bool(p["multiuser_server"])
         self.percentage = daemon["active_thread_percentage"]
         self.limits = dict((int(o), b) for o, b in daemon["pinned_memory_limit"].items())
         self.visible_uuids = daemon["visible_devices"]
@@ -412,18 +421,33 @@ class MpsDaemon(object):
         if self.module.check_mode:
             return
         try:
-            rc, out, err = self.control.start_daemon()
+            rc, out, err = self.control.start_daemon(self.multiuser)
         except MpsControlError as error:
             fail_control(self.module, error, "MPS control daemon in %s did not start" % self.params["pipe_directory"])
         if rc != 0:
             hint = " (a daemon process holds the pipe directory but does not answer)" if ALREADY_RUNNING in out + err else ""
             self.module.fail_json(msg="MPS control daemon in %s did not start%s: %s" % (
                 self.params["pipe_directory"], hint, (out + err).strip() or self.control.log_tail().strip()),
-                cmd=[self.control.binary, "-d"], rc=rc, stdout=out, stderr=err)
+                cmd=self.control.start_argv(self.multiuser), rc=rc, stdout=out, stderr=err)
         if not self.control.wait(self.control.is_running, self.params["timeout"]):
             self.module.fail_json(msg="MPS control daemon in %s did not answer within %d s: %s; is the NVIDIA driver "
                                       "loaded?" % (self.params["pipe_directory"], self.params["timeout"],
                                                    self.control.log_tail().strip() or "control.log is empty"))
+
+    def check_multiuser(self, state):
+        """Warn when the running daemon was started with (or without) -M against what is asked."""
+        if not state["pid"]:
+            return
+        try:
+            with open("/proc/%d/cmdline" % state["pid"], "rb") as handle:
+                argv = handle.read().split(b"\0")[1:]
+        except (IOError, OSError):
+            return
+        running = b"-M" in argv or b"--multiuser-server" in argv
+        if running != self.multiuser:
+            self.warnings.append("The running MPS control daemon was started %s -M (multi-user server), not %s; it "
+                                 "keeps that until it restarts (state=restarted, when no client runs)." % (
+                                     "with" if running else "without", "with" if self.multiuser else "without"))
 
     def check_visible_devices(self, state):
         """Warn when the running daemon was started with other CUDA_VISIBLE_DEVICES."""
@@ -548,6 +572,7 @@ class MpsDaemon(object):
                 started_fresh = True
             else:
                 self.check_visible_devices(before)
+                self.check_multiuser(before)
             self.apply_defaults(None if started_fresh else before)
         # Nothing was done: the state is the one just read (a second snapshot would only cost CLI calls).
         after = self.snapshot() if self.changed and not self.module.check_mode else before
@@ -612,6 +637,7 @@ def main():
             timeout=dict(type="int", default=30),
             state_directory=dict(type="str"),
             defaults_applied_at_start=dict(type="bool", default=False),
+            multiuser_server=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("plan", "visible_devices"), ("plan", "default_active_thread_percentage"),
                             ("plan", "default_pinned_memory_limit")],

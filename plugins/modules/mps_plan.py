@@ -90,11 +90,47 @@ options:
     choices: [memory_and_threads, memory, none]
     default: memory_and_threads
     version_added: 0.3.0
+  multiuser_server:
+    description:
+      - Run the host daemon as a multi-user server (C(nvidia-cuda-mps-control -d -M)), for hosts where several Unix
+        users run CUDA clients (C(mps_host_multiuser_server); docs/qos.md). Planned as C(daemon.multiuser_server).
+    type: bool
+    default: false
   service_manager:
     description: V(systemd) (a unit), V(direct) (the module runs the daemon) or V(auto) (systemd where it runs).
     type: str
     choices: [auto, systemd, direct]
     default: auto
+  qos_classes:
+    description:
+      - The QoS classes of this host's MPS clients, declared once - a dict from class name (lower-case letters,
+        digits, dashes) to its settings. Each client runs in a class through its environment (the file
+        O(qos_directory)/<class>.env on a host, the env of a pod); see C(docs/qos.md).
+      - C(active_thread_percentage) (1 to 100, or null for what the client's server allows) becomes
+        C(CUDA_MPS_ACTIVE_THREAD_PERCENTAGE); a client can only lower its server's share, so a class above
+        O(default_active_thread_percentage) is refused (the default classes only warn). C(client_priority) (0 normal, 1 below normal) becomes
+        C(CUDA_MPS_CLIENT_PRIORITY). C(pinned_memory_limit) (one size, at most the smallest GPU's memory) becomes
+        C(CUDA_MPS_PINNED_DEVICE_MEM_LIMIT) for every device. C(description) is one line for the file's header.
+      - An unknown setting is refused (a misspelt key would otherwise be a class without its limit). V({}) plans
+        no class.
+    type: dict
+    default:
+      latency:
+        active_thread_percentage: null
+        client_priority: 0
+        pinned_memory_limit: null
+        description: "a latency-critical service: normal priority, the SMs its server allows"
+      batch:
+        active_thread_percentage: 12
+        client_priority: 1
+        pinned_memory_limit: null
+        description: "throughput work beside a latency-critical service: 12 % of the SMs, below-normal priority"
+  qos_directory:
+    description:
+      - Where the role C(gpulab.mps.mps_host) writes each class's environment, C(<class>.env) (root's, 0644), for a
+        systemd service (C(EnvironmentFile=)) or a job script (C(set -a; . FILE; set +a)) to run in its class.
+    type: str
+    default: /etc/gpulab-mps/qos
   min_driver_version:
     description: Oldest driver accepted, as a branch (V(550)) or a full version (V(550.54.15)).
     type: str
@@ -152,8 +188,10 @@ plan:
       C(pinned_memory_limit) (exact bytes by MPS device ordinal), C(pinned_memory_limit_mps) (the sizes sent to
       the CLI), C(devices) (ordinal to UUID), C(environment) and C(replica_limits) (what the replicas ask of the
       daemon - O(replica_limits), C(pinned_memory_limit) by ordinal, C(active_thread_percentage) - or null where
-      they do not apply); C(sharing), the device plugin's plan (null without O(sharing)); C(warnings), among them
-      every mismatch between an explicit default and the replicas' share.
+      they do not apply); C(sharing), the device plugin's plan (null without O(sharing)); C(qos), the classes (their
+      checked values, C(environment), C(env_file) and C(env_file_environment), which adds the pipe directory when
+      the host daemon serves clients); C(warnings), among them every mismatch between an explicit default and the
+      replicas' share.
   returned: success
   type: dict
   sample:
@@ -168,6 +206,7 @@ plan:
     daemon:
       state: started
       service_manager: systemd
+      multiuser_server: false
       visible_devices: null
       active_thread_percentage: 5.0
       pinned_memory_limit: {"0": 7537164288}
@@ -178,6 +217,15 @@ plan:
     sharing:
       mode: aggregate
       resources: {nvidia.com/gpu: 20}
+    qos:
+      directory: /etc/gpulab-mps/qos
+      classes:
+        batch:
+          active_thread_percentage: 12.0
+          client_priority: 1
+          pinned_memory_limit: null
+          environment: {CUDA_MPS_ACTIVE_THREAD_PERCENTAGE: "12", CUDA_MPS_CLIENT_PRIORITY: "1"}
+          env_file: /etc/gpulab-mps/qos/batch.env
     warnings: []
 """
 
@@ -189,6 +237,7 @@ from ansible_collections.gpulab.mps.plugins.module_utils._common import query_gp
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import default_state_directory
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import BINARY_DIRECTORIES, CONTROL_BINARY
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import PlanError, build_plan, host_problems
+from ansible_collections.gpulab.mps.plugins.module_utils._qos import DEFAULT_CLASSES, DEFAULT_DIRECTORY, qos_plan
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import directory_problem
 
 
@@ -224,6 +273,9 @@ def main():
             default_pinned_memory_limit=dict(type="raw"),
             replica_limits=dict(type="str", default="memory_and_threads", choices=["memory_and_threads", "memory", "none"]),
             service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "direct"]),
+            multiuser_server=dict(type="bool", default=False),
+            qos_classes=dict(type="dict", default=DEFAULT_CLASSES),
+            qos_directory=dict(type="str", default=DEFAULT_DIRECTORY),
             min_driver_version=dict(type="str", default="550"),
             sharing=dict(type="dict", options=dict(
                 mode=dict(type="str", default="aggregate", choices=["aggregate", "individual"]),
@@ -243,19 +295,29 @@ def main():
                          driver=driver, gpus=gpus)
     settings = dict(p, control_binary=binary, systemd_running=os.path.isdir("/run/systemd/system"),
                     state_directory=p["state_directory"] or default_state_directory())
+    errors = []
     try:
         plan = build_plan(driver, gpus, settings)
     except PlanError as error:
-        module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(error.errors),
-                         errors=error.errors, driver=driver, gpus=gpus)
-    # A directory another user made (or can write) is refused here already, so that a fleet excludes the node
-    # in preflight; mps_daemon checks again when it uses them.
-    untrusted = ["%s: %s" % (option, problem) for option, problem in (
-        (option, directory_problem(plan[option], os.geteuid(), creatable=True))
-        for option in ("pipe_directory", "log_directory", "state_directory")) if problem]
-    if untrusted:
-        module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(untrusted), errors=untrusted,
-                         driver=driver, gpus=gpus)
+        plan, errors = None, list(error.errors)
+    # The classes are checked against the daemon's defaults when those resolved; every bad setting is named at once.
+    qos, qos_errors, qos_warnings = qos_plan(
+        p["qos_classes"], p["qos_directory"], gpus, plan["daemon"] if plan else None,
+        plan["pipe_directory"] if plan and plan["owner"] == "host" else None,
+        strict=p["qos_classes"] != DEFAULT_CLASSES)
+    errors.extend(qos_errors)
+    if plan:
+        # A directory another user made (or can write) is refused here already, so that a fleet excludes the node
+        # in preflight; mps_daemon checks again when it uses them.
+        errors.extend("%s: %s" % (option, problem) for option, problem in (
+            (option, directory_problem(plan[option], os.geteuid(), creatable=True))
+            for option in ("pipe_directory", "log_directory", "state_directory")) if problem)
+    if errors:
+        module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(errors),
+                         errors=errors, driver=driver, gpus=gpus)
+    plan["daemon"]["multiuser_server"] = p["multiuser_server"]
+    plan["qos"] = qos
+    plan["warnings"].extend(qos_warnings)
     for warning in plan["warnings"]:
         module.warn(warning)
     module.exit_json(changed=False, plan=plan)

@@ -293,6 +293,18 @@ def test_dialtone_pods_validate(source, host_ipc):
     validate_k8s(dt.dialtone_pod(source=source, host_ipc=host_ipc, node_name="lab-worker", resource="nvidia.com/gpu"))
 
 
+def test_pods_in_a_qos_class_validate():
+    from ansible_collections.gpulab.mps.plugins.module_utils import _qos
+    plan = {"qos": _qos.qos_plan({"batch": {"active_thread_percentage": 12, "client_priority": 1,
+                                            "pinned_memory_limit": "16G"}}, None, [{"memory_total_bytes": 150 << 30}])[0]}
+    env = _qos.pod_env(plan, "batch")
+    assert [e["name"] for e in env] == ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_CLIENT_PRIORITY",
+                                        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"]
+    validate_k8s(dt.dialtone_pod(env=env))
+    for obj in dt.workload_pod({"run.py": "print(1)"}, ["python3", "/opt/gpulab-workloads/run.py"], env=env):
+        validate_k8s(obj)
+
+
 def test_runtime_class_validates():
     validate_k8s(kind.runtime_class("nvidia"))
 

@@ -6,8 +6,8 @@
 It speaks like the real one (tests/unit/fixtures/h100-transcripts): `-d` starts a background "daemon" process
 that writes the pid file and a `control` entry in CUDA_MPS_PIPE_DIRECTORY; commands come on stdin; with no
 daemon it prints "Cannot find MPS control daemon process" and exits 1; `ps` prints "Server not found" or the
-client table; the queries gpulab.mps.mps_daemon and mps_info make get plausible answers (no limits set, 100%
-threads). Its clients are the simulated benchmark clients (mps_bench_client.py --backend sim), which
+client table; the queries gpulab.mps.mps_daemon, mps_info and the benchmarks make get plausible answers (no limits
+set, 100% threads, client priority 0). Its clients are the simulated benchmark clients (mps_bench_client.py --backend sim), which
 register their PID in <pipe>/sim-clients/ when they find a daemon, as the CUDA driver connects to one.
 
 Fault injection (environment of the fake): FAKE_MPS_HIDE=1 makes `ps` list no client (clients that silently
@@ -127,6 +127,8 @@ def main(argv):
             print("100.0")
         elif command.startswith(("get_default_device_pinned_mem_limit ", "get_device_pinned_mem_limit ")):
             pass  # no limit set: the real CLI prints nothing
+        elif command == "get_default_client_priority":
+            print("0")  # what the H100 printed (driver 580, 60_cli_exploration.txt)
         elif command.startswith("get_server_status "):
             print("ACTIVE")
         elif command.startswith("get_client_list "):

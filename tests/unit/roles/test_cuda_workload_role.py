@@ -166,6 +166,9 @@ def pods(tmp_path_factory):
         "host": {"gpulab_mps_owner": "host", "mps_host_pipe_directory": "/tmp/nvidia-mps", "gpulab_device_plugin": False},
         "plugin": {"gpulab_mps_owner": "plugin", "cuda_workload_pod_node": "lab-worker",
                    "cuda_workload_pod_host_ipc": True},
+        # The workloads in the batch class of the plan, with a pinned limit of their own.
+        "qos": {"gpulab_mps_owner": "plugin", "cuda_workload_pod_qos_class": "batch", "gpulab_mps_qos_classes": {
+            "batch": {"active_thread_percentage": 20, "client_priority": 1, "pinned_memory_limit": "8G"}}},
     }
     rendered = {}
     for name, extra in cases.items():
@@ -177,7 +180,7 @@ def pods(tmp_path_factory):
     return rendered
 
 
-@pytest.mark.parametrize("case", ["host", "plugin"])
+@pytest.mark.parametrize("case", ["host", "plugin", "qos"])
 def test_pod_objects_are_valid_kubernetes(pods, case):
     objects = pods[case]
     assert [o["kind"] for o in objects] == ["ConfigMap", "Pod"]
@@ -226,3 +229,12 @@ def test_pod_plugin_source_asks_for_a_replica(pods):
     assert not [v for v in spec["volumes"] if v["name"] == "mps-pipe"]
     assert "CUDA_MPS_PIPE_DIRECTORY" not in [e["name"] for e in container["env"]]
     assert spec["hostIPC"] is True and spec["nodeName"] == "lab-worker"
+
+
+def test_pod_in_a_qos_class_gets_the_class_env(pods):
+    container = pods["qos"][1]["spec"]["containers"][0]
+    env = dict((e["name"], e["value"]) for e in container["env"])
+    assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "20" and env["CUDA_MPS_CLIENT_PRIORITY"] == "1"
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=8G"
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in env  # the device plugin sets it
+    assert not any(e["name"].startswith("CUDA_MPS_ACTIVE") for e in pods["host"][1]["spec"]["containers"][0]["env"])

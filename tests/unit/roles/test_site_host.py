@@ -58,7 +58,7 @@ def lab(tmp_path):
         "mps_host_state_directory": state, "mps_host_service_manager": "direct",
         "mps_host_default_active_thread_percentage": 50, "mps_host_default_pinned_memory_limit": "1536M",
         # No GPU here: the dial-tone checks that the daemon answers, no CUDA client.
-        "mps_dialtone_client_check": False}}
+        "mps_dialtone_client_check": False, "gpulab_mps_qos_directory": str(tmp_path / "qos")}}
     yield lab
     answers(lab, "quit")  # whatever a failed test left running
 
@@ -111,3 +111,58 @@ def test_teardown_stops_the_daemon_then_changes_nothing(lab):
     assert "Cannot find MPS control daemon process" in answers(lab, "get_server_list").stdout
     second = site(lab, playbook=teardown, gpulab_kubernetes=False)
     assert second.returncode == 0 and recap(second)["changed"] == 0, second.stdout[-4000:]
+
+
+def test_the_qos_class_files_are_written_once_and_follow_the_plan(lab, tmp_path):
+    """What a systemd service or a job script reads: one root-owned 0644 file per class, the class's variables and
+    the host daemon's pipe directory; a class taken out of the plan loses its file, teardown removes them all, and a
+    file the role did not write stays."""
+    qos = tmp_path / "qos"
+    first = site(lab)
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert sorted(os.listdir(str(qos))) == ["batch.env", "latency.env"]
+    info = os.stat(str(qos / "batch.env"))
+    assert (info.st_mode & 0o777, info.st_uid) == (0o644, 0)
+    lines = (qos / "batch.env").read_text().splitlines()
+    assert [line for line in lines if not line.startswith("#")] == [
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12", "CUDA_MPS_CLIENT_PRIORITY=1", "CUDA_MPS_PIPE_DIRECTORY=%s" % lab["pipe"]]
+    # A job script gets exactly that environment from the file.
+    env = subprocess.run(["sh", "-c", "set -a; . %s; set +a; env" % (qos / "batch.env")], capture_output=True,
+                         text=True, env={"PATH": os.environ["PATH"]}, check=True).stdout.splitlines()
+    assert sorted(v for v in env if v.startswith("CUDA_MPS_")) == [
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12", "CUDA_MPS_CLIENT_PRIORITY=1", "CUDA_MPS_PIPE_DIRECTORY=%s" % lab["pipe"]]
+    assert recap(site(lab))["changed"] == 0
+    (qos / "mine.env").write_text("FOO=1\n")
+    classes = {"latency": {"client_priority": 0}, "bulk": {"active_thread_percentage": 25, "pinned_memory_limit": "1G"}}
+    check = site(lab, check=True, gpulab_mps_qos_classes=classes)
+    assert check.returncode == 0 and recap(check)["changed"] >= 1
+    assert sorted(os.listdir(str(qos))) == ["batch.env", "latency.env", "mine.env"]
+    changed = site(lab, gpulab_mps_qos_classes=classes)
+    assert changed.returncode == 0, changed.stdout[-4000:]
+    assert sorted(os.listdir(str(qos))) == ["bulk.env", "latency.env", "mine.env"]
+    assert "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=1G" in (qos / "bulk.env").read_text().splitlines()
+    teardown = site(lab, playbook=[os.path.join(ROOT, "playbooks", "teardown.yml")], gpulab_mps_qos_classes=classes,
+                    gpulab_kubernetes=False)
+    assert teardown.returncode == 0, teardown.stdout[-4000:]
+    assert os.listdir(str(qos)) == ["mine.env"]
+    assert "Cannot find MPS control daemon process" in answers(lab, "get_server_list").stdout
+
+
+def test_a_bad_qos_class_stops_the_host_before_anything_changes(lab, tmp_path):
+    done = site(lab, gpulab_mps_qos_classes={"batch": {"active_thread_percentage": 60}})
+    assert done.returncode != 0
+    assert "qos_classes.batch.active_thread_percentage 60 is above the daemon's default_active_thread_percentage 50" \
+        in " ".join(done.stdout.split())
+    assert not os.path.exists(lab["pipe"]) and not (tmp_path / "qos").exists()
+
+
+def test_a_class_above_the_running_daemons_default_is_refused(lab, tmp_path):
+    """Read back where MPS allows it: the plan knew no daemon default, but the running daemon has 10 % (set by
+    hand): the batch class's 12 % could not be had, and the role says so instead of writing the files."""
+    assert site(lab).returncode == 0
+    assert answers(lab, "set_default_active_thread_percentage 10").stdout.strip() == "10.0"
+    # No device plugin planned: no replicas' share either, so the plan knows no daemon default.
+    done = site(lab, mps_host_default_active_thread_percentage=None, gpulab_device_plugin=False)
+    assert done.returncode != 0
+    assert "QoS class(es) batch ask a larger share of the SMs than the running MPS daemon's default active thread " \
+        "percentage, 10.0 (read back)" in " ".join(done.stdout.split())

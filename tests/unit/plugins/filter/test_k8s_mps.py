@@ -17,7 +17,8 @@ H100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"
 
 def test_registered_names():
     assert sorted(FILTERS) == ["device_plugin_manifests", "device_plugin_node_plans", "device_plugin_plan", "dialtone_diagnosis", "dialtone_pod",
-                               "kind_config", "kind_gpu_nodes", "node_resource_gaps", "runtime_class", "workload_pod"]
+                               "kind_config", "kind_gpu_nodes", "mps_qos_env", "node_resource_gaps", "runtime_class",
+                               "workload_pod"]
 
 
 def test_errors_become_filter_errors():
@@ -54,3 +55,15 @@ def test_node_plans():
     assert plans[1]["plan"]["gpus"][0]["host_index"] == 1
     with pytest.raises(AnsibleFilterError, match="no nodes given"):
         FILTERS["device_plugin_node_plans"](gpus, [])
+
+
+def test_a_qos_class_env_through_the_filter():
+    from ansible_collections.gpulab.mps.plugins.module_utils import _qos
+    plan = {"qos": _qos.qos_plan(_qos.DEFAULT_CLASSES, None, [dict(H100, memory_total_bytes=85520809984)])[0]}
+    env = FILTERS["mps_qos_env"](plan, "batch")
+    assert env == [{"name": "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "value": "12"},
+                   {"name": "CUDA_MPS_CLIENT_PRIORITY", "value": "1"}]
+    pod = FILTERS["dialtone_pod"]("qos-dialtone", env=env)
+    assert pod["spec"]["containers"][0]["env"][-2:] == env
+    with pytest.raises(AnsibleFilterError, match="pod_env: no QoS class 'gold' in this host's plan: it has batch, latency"):
+        FILTERS["mps_qos_env"](plan, "gold")

@@ -216,3 +216,29 @@ def test_every_recorded_control_transcript_parses():
                 parser(entry["output"])
                 seen += 1
     assert seen >= 30
+
+
+def test_default_client_priority():
+    """`get_default_client_priority` printed 0 on the H100 (driver 580): the driver's default, normal priority."""
+    assert out.parse_client_priority(transcript_output("60_cli_exploration.txt", "get_default_client_priority")[0]) == 0
+    with pytest.raises(out.OutputError):
+        out.parse_client_priority(transcript_output("16_unknown_cmd.txt")[0])
+    with pytest.raises(out.OutputError):
+        out.parse_client_priority("")
+
+
+def test_server_log_gives_the_server_priority():
+    assert out.parse_server_log(transcript_text("33_server_log.txt"))[486]["priority"] == 0
+
+
+def test_client_log_entries_of_the_capture_run():
+    """What the server said about each client, by PID; the negative PID of a request is no client."""
+    entries = out.client_log_entries(transcript_text("33_server_log.txt"), [465, 497, 999])
+    assert sorted(entries) == [465, 497, 999]
+    assert entries[999] == []
+    messages = [e["message"] for e in entries[497]]
+    assert messages[0] == "Client {PID: 497, Context ID: 0} connected"
+    assert "Status of client {PID: 497, Context ID: 1} is ACTIVE" in messages
+    assert all(e["server"] == 486 for e in entries[465] + entries[497])
+    assert [e["context"] for e in entries[465]][:2] == [0, 0]
+    assert not any("-1333654781" in e["message"] for e in entries[465])

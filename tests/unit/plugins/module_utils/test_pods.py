@@ -141,3 +141,26 @@ def test_the_workload_pod_is_built_like_the_dial_tone_pod():
     assert {"name": "files", "mountPath": "/opt/gpulab-workloads", "readOnly": True} in container["volumeMounts"]
     assert {"name": "PYTHONUNBUFFERED", "value": "1"} in container["env"]
     assert spec["activeDeadlineSeconds"] == 420 and spec["terminationGracePeriodSeconds"] == 5
+
+
+def test_both_pods_take_a_qos_class_env_after_their_own():
+    env = [{"name": "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "value": "12"}, {"name": "CUDA_MPS_CLIENT_PRIORITY", "value": "1"}]
+    pod = dt.dialtone_pod(env=env)
+    names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
+    assert names == ["CUDA_MPS_PIPE_DIRECTORY", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+                     "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_CLIENT_PRIORITY"]
+    _config_map, workload = dt.workload_pod({"run.py": "print(1)"}, ["python3", "run.py"], env=env)
+    assert workload["spec"]["containers"][0]["env"][-3:] == [{"name": "PYTHONUNBUFFERED", "value": "1"}] + env
+    assert dt.dialtone_pod()["spec"]["containers"][0]["env"][-1]["name"] == "NVIDIA_DRIVER_CAPABILITIES"
+
+
+@pytest.mark.parametrize("env, message", [
+    ([{"name": "CUDA_MPS_PIPE_DIRECTORY", "value": "/elsewhere"}], "must not set CUDA_MPS_PIPE_DIRECTORY"),
+    ([{"name": "A", "value": "1"}, {"name": "A", "value": "2"}], "env sets A twice"),
+    ([{"name": "A", "value": 1}], "env entries must be"),
+    ([{"name": "1A", "value": "1"}], "env entries must be"),
+    (["A=1"], "env entries must be"),
+])
+def test_a_bad_env_is_refused(env, message):
+    with pytest.raises(dt.DialtoneError, match=message):
+        dt.dialtone_pod(env=env)

@@ -183,6 +183,30 @@ def test_running_with_the_same_defaults_changes_nothing(run_module, fake_cli, st
     assert not any(c["data"] and c["data"].startswith("set_") for c in fake_cli.calls)
 
 
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_the_multiuser_server_is_started_with_dash_m(run_module, fake_cli, host, check_mode):
+    ctl = host["ctl"]
+    fake_cli.expect(ctl, "get_server_list", *NO_DAEMON)
+    if not check_mode:
+        fake_cli.expect(ctl + ["-d", "-M"], None, "", effect=host["running"])
+        fake_cli.expect(ctl, "get_server_list", "")
+        expect_idle_snapshot(fake_cli, ctl, atp="100.0", pinned=None)
+    result, failed = run_module(mps_daemon, dict(host["args"], multiuser_server=True), check_mode=check_mode)
+    fake_cli.done()
+    assert not failed and result["changed"], result.get("msg")
+    assert [c["argv"] for c in fake_cli.calls if "-d" in c["argv"]] == ([] if check_mode else [ctl + ["-d", "-M"]])
+
+
+def test_a_running_daemon_without_dash_m_is_reported_not_restarted(run_module, fake_cli, host):
+    host["running"]()  # a daemon process started without -M
+    host["log"].mkdir()
+    expect_idle_snapshot(fake_cli, host["ctl"], atp="100.0", pinned=None)  # nothing done: one snapshot
+    result, failed = run_module(mps_daemon, dict(host["args"], multiuser_server=True))
+    fake_cli.done()
+    assert not failed and not result["changed"]
+    assert any("was started without -M (multi-user server), not with" in w for w in result.get("warnings", []))
+
+
 def test_a_rounded_read_back_is_set_once_then_trusted(run_module, fake_cli, standin_nvml, host):
     daemon = host["running"]()
     host["log"].mkdir()

@@ -58,3 +58,50 @@ def test_no_driver_is_said_plainly(run_module, standin_nvml, binary, monkeypatch
     monkeypatch.setenv("GPULAB_STANDIN_NVML", "driver-not-loaded")
     result, failed = run_module(mps_plan, {"control_binary": binary})
     assert failed and "the NVIDIA kernel driver is not loaded" in result["msg"]
+
+
+def test_the_plan_carries_the_default_qos_classes(run_module, standin_nvml, binary):
+    result, failed = run_module(mps_plan, {"control_binary": binary})
+    assert not failed, result.get("msg")
+    qos = result["plan"]["qos"]
+    assert sorted(qos["classes"]) == ["batch", "latency"]
+    assert qos["classes"]["batch"]["env_file_environment"] == {
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "12", "CUDA_MPS_CLIENT_PRIORITY": "1",
+        "CUDA_MPS_PIPE_DIRECTORY": "/tmp/nvidia-mps"}
+    # The device plugin owns MPS: a host client has no host daemon to reach, the file names no pipe directory.
+    result, failed = run_module(mps_plan, {"control_binary": binary, "owner": "plugin"})
+    assert not failed and "CUDA_MPS_PIPE_DIRECTORY" not in result["plan"]["qos"]["classes"]["batch"][
+        "env_file_environment"]
+
+
+def test_qos_and_daemon_settings_are_named_together(run_module, standin_nvml, binary):
+    """A bad class and a bad daemon setting in one message, before anything changes."""
+    result, failed = run_module(mps_plan, {"control_binary": binary, "default_pinned_memory_limit": "lots",
+                                           "qos_classes": {"batch": {"client_priority": 7}}})
+    assert failed and result["msg"].startswith("Invalid MPS settings, nothing was changed: ")
+    assert [e.split(":")[0] for e in result["errors"]] == [
+        "default_pinned_memory_limit", "qos_classes.batch.client_priority must be 0 (normal) or 1 (below normal), got 7"]
+
+
+def test_a_class_above_the_daemon_default_fails_the_plan(run_module, standin_nvml, binary):
+    result, failed = run_module(mps_plan, {"control_binary": binary, "default_active_thread_percentage": 10,
+                                           "qos_classes": {"batch": {"active_thread_percentage": 12}}})
+    assert failed and "qos_classes.batch.active_thread_percentage 12 is above the daemon's" in result["msg"]
+
+
+def test_the_default_batch_class_takes_a_smaller_replicas_share(run_module, standin_nvml, binary):
+    """The replicas' share (5 % for 20 replicas) is below the default batch class (12 %), which nobody declared: the
+    plan does not fail, the class takes 5 % and says so."""
+    result, failed = run_module(mps_plan, {"control_binary": binary, "sharing": {"replicas": 20}})
+    assert not failed, result.get("msg")
+    assert result["plan"]["qos"]["classes"]["batch"]["active_thread_percentage"] == 5.0
+    assert any("a default class" in w for w in result["warnings"])
+    result, failed = run_module(mps_plan, {"control_binary": binary, "default_active_thread_percentage": 10,
+                                           "qos_classes": {"batch": {"active_thread_percentage": 10}}})
+    assert not failed and sorted(result["plan"]["qos"]["classes"]) == ["batch"]
+
+
+def test_the_multiuser_server_is_planned(run_module, standin_nvml, binary):
+    result, failed = run_module(mps_plan, {"control_binary": binary, "multiuser_server": True})
+    assert not failed and result["plan"]["daemon"]["multiuser_server"] is True
+    assert run_module(mps_plan, {"control_binary": binary})[0]["plan"]["daemon"]["multiuser_server"] is False
