@@ -189,6 +189,14 @@ def _check_mode_owner(mode, owner):
         raise DevicePluginError("mode must be one of %s, got %r" % (", ".join(MODES), mode))
     if owner not in OWNERS:
         raise DevicePluginError("MPS owner must be one of %s, got %r" % (", ".join(OWNERS), owner))
+    if mode == INDIVIDUAL and owner == OWNER_HOST:
+        # Seen on the H200 (docs/evidence/2026-12-03-h200-device-plugin.md): the fork's individualGPU waits for its
+        # own MPS daemon's health and registers nothing without it; upstream v0.20.0 drops rename and devices.
+        raise DevicePluginError(
+            "mode individual cannot work with owner host: per-GPU resources need the seed-004 fork, whose "
+            "individualGPU checks the health of its own MPS daemon and registers no resource without it (seen on "
+            "an H200), and the upstream plugin drops rename/devices. Use gpulab_mps_owner: plugin with the fork "
+            "image, or mode aggregate with owner host.")
 
 
 FORK_ALLOCATE_FAULT = (

@@ -195,3 +195,17 @@ def pod_env(plan, name):
         raise QosError("no QoS class %r in this host's plan: it has %s (gpulab_mps_qos_classes)" % (
             name, ", ".join(sorted(classes)) or "none"))
     return [{"name": k, "value": v} for k, v in sorted(classes[name]["environment"].items())]
+
+
+# The first line of every class file the collection writes: what tells its files from files someone else put there.
+FILE_MARKER = "# gpulab.mps QoS class "
+
+
+def env_file_text(name, values):
+    """The environment file of one class, as the collection writes it (one format, written in one place)."""
+    lines = [FILE_MARKER + name + ((": " + values["description"]) if values.get("description") else ""),
+             "# From the host's plan (gpulab.mps.mps_plan, gpulab_mps_qos_classes). A systemd service runs in this "
+             "class with",
+             "# EnvironmentFile=%s; a job script with: set -a; . %s; set +a" % (values["env_file"], values["env_file"])]
+    lines += ["%s=%s" % kv for kv in sorted(values["env_file_environment"].items())]
+    return "\n".join(lines) + "\n"

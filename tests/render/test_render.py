@@ -270,7 +270,7 @@ def test_upstream_drops_rename_and_devices(name, section):
         "Setting the 'rename' field in sharing.%s.resources is not yet supported in the config. Ignoring..." % section,
         "Customizing the 'devices' field in sharing.%s.resources is not yet supported in the config. Ignoring..."
         % section]
-    with pytest.raises(dp.DevicePluginError, match="DisableResourceNamingInConfig"):
+    with pytest.raises(dp.DevicePluginError, match="cannot work with owner host"):
         dp.manifests(h100s(1), mode="individual", owner="host", replicas=4)
 
 

@@ -237,8 +237,7 @@ def test_upstream_aggregate_plugin():
     assert s["host_daemon"] is None
 
 
-@pytest.mark.parametrize("name, resource", [("upstream-aggregate-host", "nvidia.com/gpu"),
-                                            ("fork-individual-host", "nvidia.com/gpu0")])
+@pytest.mark.parametrize("name, resource", [("upstream-aggregate-host", "nvidia.com/gpu")])
 def test_owner_host_scenarios_run_the_host_daemon_with_the_plans_share(name, resource):
     s = scenario(name)
     assert s["host_daemon"]["pinned_memory_limit_mps"] == {"0": "7188M"}

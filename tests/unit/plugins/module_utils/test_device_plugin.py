@@ -134,14 +134,15 @@ def test_visible_unknown_gpu():
         dp.plan(gpus(2), visible=[9])
 
 
-def test_individual_with_host_owner_is_planned():
-    """Regression: individual + host was refused; the host daemon enforces the per-GPU limits, the fork counts."""
-    plan = dp.plan(gpus(2), mode="individual", owner="host", replicas=4, per_gpu_replicas={1: 8})
-    assert plan["resources"] == {"nvidia.com/gpu0": 4, "nvidia.com/gpu1": 8}
-    assert plan["labels"][dp.LABEL_OWNER] == "host"
+def test_individual_with_host_owner_is_refused_naming_the_fix():
+    """Seen on the H200 (the device-plugin lane's fork-individual-host scenario): the fork's individualGPU waits for
+    its own MPS daemon and registers nothing under owner host, and upstream drops rename/devices: refused."""
+    with pytest.raises(dp.DevicePluginError) as raised:
+        dp.plan(gpus(1), mode="individual", owner="host", replicas=4)
+    assert "cannot work with owner host" in str(raised.value) and "gpulab_mps_owner: plugin" in str(raised.value)
 
 
-@pytest.mark.parametrize("owner", ["plugin", "host"])
+@pytest.mark.parametrize("owner", ["plugin"])
 def test_fork_on_a_multi_gpu_node_is_refused_naming_the_allocate_fault(owner):
     with pytest.raises(dp.DevicePluginError) as raised:
         dp.node_plans(gpus(2), [{"name": "gpu-node", "gpus": "all"}], mode="individual", owner=owner, replicas=4)
@@ -215,14 +216,6 @@ def test_individual_config_without_the_memory_limit():
     config = dp.plugin_config(gpus(1), mode="individual", replicas=4, enable_memory_limit=False)
     assert config["individualGPU"]["gpuConfigs"][0]["mps"] == {"enabled": True, "replicas": 4,
                                                                "enableMemoryLimit": False}
-
-
-def test_individual_config_with_host_owner_counts_per_gpu_without_mps():
-    config = dp.plugin_config(gpus(2), mode="individual", replicas=4, per_gpu_replicas={1: 6}, owner="host")
-    assert config["sharing"] == {"timeSlicing": {"renameByDefault": False, "failRequestsGreaterThanOne": True,
-                                                 "resources": [{"name": "nvidia.com/gpu", "replicas": 4}]}}
-    assert [g["mps"] for g in config["individualGPU"]["gpuConfigs"]] == [
-        {"enabled": True, "replicas": 4}, {"enabled": True, "replicas": 6}]
 
 
 def test_host_owner_config_counts_without_mps():
