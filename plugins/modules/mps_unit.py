@@ -179,8 +179,10 @@ class Unit(object):
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(content)
-            os.chmod(temp, MODE)
             self.module.atomic_move(temp, path)
+            # atomic_move keeps an existing file's owner and mode: set ours.
+            os.chown(path, os.geteuid(), os.getegid())
+            os.chmod(path, MODE)
         finally:
             if os.path.exists(temp):
                 os.unlink(temp)
