@@ -550,7 +550,8 @@ class MpsDaemon(object):
             else:
                 self.check_visible_devices(before)
             self.apply_defaults(None if started_fresh else before)
-        after = self.snapshot() if not self.module.check_mode else before
+        # Nothing done: the daemon is as read before (a fleet rerun reads each daemon once, not twice).
+        after = self.snapshot() if not self.module.check_mode and self.changed else before
         if wanted != "stopped" and not started_fresh:
             self.handle_running_servers(after)
             if self.restarted_servers and not self.module.check_mode:
