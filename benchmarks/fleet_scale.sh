@@ -14,7 +14,8 @@
 # Environment: FLEET_SERIAL (batch size, default 10), FORKS (default 20), ROUNDS (default 2), KEEP=1 keeps
 # the containers of the last round, IMAGE (default gpulab-mps/debian-systemd:bookworm, from
 # tests/images/build.sh), FLEET_ARGS (extra ansible-playbook arguments of both rollouts, e.g. -e ...),
-# TOP (profile lines shown, default 8).
+# TOP (profile lines shown, default 8), CONNECTION (the hosts' ansible_connection, default community.docker.docker;
+# `docker` lets Mitogen's strategy take it over).
 # Containers run with --network none (docker exec only), as the molecule scenarios do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,7 +93,7 @@ inventory() {  # inventory FILE NAME...
   {
     echo "gpu_nodes:"
     echo "  vars:"
-    echo "    ansible_connection: community.docker.docker"
+    echo "    ansible_connection: ${CONNECTION:-community.docker.docker}"
     echo "    ansible_python_interpreter: /usr/bin/python3"
     echo "    mps_host_pipe_directory: /run/nvidia-mps"
     echo "    mps_host_log_directory: /var/log/nvidia-mps"
@@ -175,7 +176,7 @@ PY
 
 declare -A best_first best_second
 fail=0
-echo "fleet rollout scale run: hosts ${COUNTS[*]}, serial $SERIAL, forks $FORKS, pipelining $ANSIBLE_PIPELINING, $ROUNDS round(s), $(nproc) CPUs, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- playbooks roles plugins || echo '+changes'), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "fleet rollout scale run: hosts ${COUNTS[*]}, serial $SERIAL, forks $FORKS, pipelining $ANSIBLE_PIPELINING, strategy ${ANSIBLE_STRATEGY:-linear}, $ROUNDS round(s), $(nproc) CPUs, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- playbooks roles plugins || echo '+changes'), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 for n in "${COUNTS[@]}"; do
   for round in $(seq "$ROUNDS"); do
     t=$(now)

@@ -16,7 +16,7 @@ description:
     a caller can tell later whether the same daemon still runs.
   - A running service is not restarted when its files change (that would cut off the CUDA clients attached
     to the MPS daemon); the module warns that the new unit takes effect at the next restart.
-  - One module call for what the C(template) and C(systemd_service) modules do in five: the role
+  - One module call for what the C(template) and C(systemd_service) modules do in five; the role
     C(gpulab.mps.mps_host) renders the files on the controller and passes them here.
   - A file path that is a symbolic link is refused (a masked unit links to C(/dev/null)).
 extends_documentation_fragment:
