@@ -139,7 +139,7 @@ benchmark: collection
 	ansible-playbook playbooks/benchmark.yml -i $(INVENTORY) $(ANSIBLE_ARGS)
 
 fleet-scale: images
-	benchmarks/fleet_scale.sh $(or $(HOSTS),50)
+	benchmarks/fleet_scale.sh $(or $(HOSTS),20 50)
 
 clean:
 	rm -rf build .collections tests/output .pytest_cache

@@ -154,8 +154,8 @@ def replica_limits(daemon, sharing, which):
     daemon: a daemon_plan() result, whose pinned limits and thread percentage are the explicit settings (they win);
     sharing: the device plugin's plan of the host (_device_plugin.plan, every GPU by its NVML index). Per GPU the
     daemon sees, the pinned limit is that GPU's memory_per_replica_mib in bytes. The active thread percentage is one
-    default for every GPU of the daemon, so it is the smallest share, 100 // the largest replica count: no replica
-    gets more than its share on any GPU (a GPU with fewer replicas then leaves some SMs to no one). Fills
+    default for every GPU of the daemon, so it is 100 // the largest replica count (with owner host every GPU has
+    the same count: per-GPU counts need mode individual, which owner host refuses). Fills
     daemon["replica_limits"] with what the replicas ask, and daemon's limits where no explicit value was given.
     """
     warnings = []
@@ -186,10 +186,6 @@ def replica_limits(daemon, sharing, which):
     threads = None
     if which == "memory_and_threads" and counts:
         threads = float(100 // counts[-1])
-        if len(counts) > 1:
-            warnings.append("the GPUs of the host daemon have different replica counts (%s): its one default active "
-                            "thread percentage is the smallest share, %g %%, on every GPU"
-                            % (", ".join(str(c) for c in counts), threads))
         if daemon["active_thread_percentage"] is None:
             daemon["active_thread_percentage"] = threads
         elif abs(daemon["active_thread_percentage"] - threads) > 0.05:

@@ -59,6 +59,14 @@ pid:
   returned: always
   type: int
   sample: 413
+identity:
+  description:
+    - The control daemon's PID and start time (clock ticks since boot), which tell it from a later daemon; null when
+      it is not running. M(gpulab.mps.mps_unit) returns the same pair for the daemon its service runs.
+  returned: always
+  type: list
+  elements: int
+  sample: [413, 290221]
 pipe_directory:
   description: The pipe directory asked.
   returned: always
@@ -133,9 +141,11 @@ def main():
     except MpsControlError as error:
         fail_control(module, error, "Cannot read the MPS state in %s" % module.params["pipe_directory"])
     state_directory, error = normalize_path("state_directory", module.params["state_directory"] or default_state_directory())
+    # (pid, start time): tells this daemon from a later one, e.g. one systemd restarted since an earlier read.
+    state["identity"] = control.daemon_identity(state["pid"]) if state["running"] else None
     if state["running"] and not error:
         record = LimitRecord(state_directory, module.params["pipe_directory"])
-        state["defaults"] = with_exact_limits(state["defaults"], record.exact(control.daemon_identity(state["pid"])))
+        state["defaults"] = with_exact_limits(state["defaults"], record.exact(state["identity"]))
     module.exit_json(changed=False, **state)
 
 

@@ -82,8 +82,7 @@ options:
         plugin then only counts replicas, and the host daemon is what enforces them).
       - V(memory_and_threads) - per GPU, a default pinned memory limit of that GPU's memory divided by its replicas
         (whole MiB, rounded down), and a default active thread percentage of 100 divided by the replicas (one value
-        for every GPU of the daemon - with different replica counts per GPU, the smallest share), as the device
-        plugin's own MPS daemon does. V(memory) - only the memory limit. V(none) - neither.
+        for every GPU of the daemon), as the device plugin's own MPS daemon does. V(memory) - only the memory limit. V(none) - neither.
       - An explicit O(default_pinned_memory_limit) or O(default_active_thread_percentage) wins; where it differs from
         the replicas' share the plan warns.
     type: str

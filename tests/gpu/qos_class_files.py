@@ -6,8 +6,8 @@
     python3 tests/gpu/qos_class_files.py DIR CLASSES_JSON [PIPE_DIRECTORY]
 
 The classes are checked and turned into environments by the collection's own _qos (imported from this checkout
-through a temporary ansible_collections/gpulab/mps link; it needs no Ansible), and written as NAME=value lines under
-the same marker line as the role's template (roles/mps_host/templates/qos_class.env.j2). Exit 1 on a bad class.
+through a temporary ansible_collections/gpulab/mps link; it needs no Ansible), and written with the text the module
+mps_qos_files writes (_qos.env_file_text). Exit 1 on a bad class.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main(argv):
     try:
         from ansible_collections.gpulab.mps.plugins.module_utils import _qos
         qos, errors, warnings = _qos.qos_plan(classes, directory, None, None, pipe)
+        env_file_text = _qos.env_file_text
     finally:
         shutil.rmtree(layout)  # the link only, not the checkout it points to
     for line in warnings:
@@ -41,10 +42,7 @@ def main(argv):
     os.makedirs(directory, mode=0o755, exist_ok=True)
     for name, values in sorted(qos["classes"].items()):
         with open(values["env_file"], "w") as handle:
-            handle.write("# gpulab.mps QoS class %s%s\n# written by tests/gpu/qos_class_files.py (no Ansible here)\n" % (
-                name, (": " + values["description"]) if values["description"] else ""))
-            for key, value in sorted(values["env_file_environment"].items()):
-                handle.write("%s=%s\n" % (key, value))
+            handle.write(env_file_text(name, values))
         os.chmod(values["env_file"], 0o644)
         print("%s: %s" % (values["env_file"], " ".join("%s=%s" % kv for kv in sorted(
             values["env_file_environment"].items()))))

@@ -9,6 +9,7 @@ serves, on 127.0.0.1 only, the few endpoints that kubernetes.core.k8s_drain and 
 real Kubernetes JSON shapes (v1 Node, Pod, PodList, Eviction, Status, discovery documents):
 
   GET  /version, /api, /apis, /api/v1              discovery
+  GET  /api/v1/nodes                                the NodeList (journaled as "list-nodes")
   GET  /api/v1/nodes/<name>                         a Node (spec.unschedulable)
   PATCH /api/v1/nodes/<name>                        merge patch of spec.unschedulable (cordon/uncordon)
   GET  /api/v1/pods?fieldSelector=spec.nodeName=X   the pods of a node
@@ -115,6 +116,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {"stopping": True})
         if url.path in DISCOVERY:
             return self.reply(200, DISCOVERY[url.path])
+        if url.path == "/api/v1/nodes":
+            journal("list-nodes")
+            return self.reply(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {},
+                                    "items": [node_doc(name) for name in sorted(STATE["nodes"])]})
         match = re.match(r"^/api/v1/nodes/([^/]+)$", url.path)
         if match:
             if match.group(1) not in STATE["nodes"]:

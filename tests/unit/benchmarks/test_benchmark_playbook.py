@@ -52,7 +52,7 @@ def test_benchmark_playbook_with_fakes(tmp_path):
 
 def test_the_qos_kind_measures_the_classes_the_host_has(tmp_path):
     """benchmark_kind qos: the noisy-neighbour benchmark against the playbook's daemon, with the class files of
-    benchmark_qos_directory (written here by the role mps_host's template, as site.yml does)."""
+    benchmark_qos_directory (written here as mps_qos_files writes them, as site.yml does)."""
     from test_qos_benchmark import write_classes
     from ansible_collections.gpulab.mps.plugins.module_utils import _qos
     write_classes(tmp_path / "qos", _qos.DEFAULT_CLASSES)

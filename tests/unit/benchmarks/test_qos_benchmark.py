@@ -2,8 +2,9 @@
 # Copyright: gpulab.mps contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The noisy-neighbour benchmark (benchmarks/mps_qos_benchmark.py) end to end without a GPU: simulated clients
-(mps_bench_client.py --backend sim), the fake nvidia-cuda-mps-control, and class files rendered by the role mps_host's
-own template from the plan's classes (_qos), so that what the collection writes is what the benchmark reads.
+(mps_bench_client.py --backend sim), the fake nvidia-cuda-mps-control, and class files written by the text the module
+mps_qos_files writes (_qos.env_file_text) from the plan's classes, so that what the collection writes is what the benchmark
+reads.
 
 What is checked is the harness, never speed: every mode runs, every client is proven an MPS client or not, each
 client's own report shows the class it was given, a failed criterion fails the run, and nothing is left behind."""
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import time
 
-import jinja2
 import pytest
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _qos
@@ -24,7 +24,6 @@ from ansible_collections.gpulab.mps.plugins.module_utils import _qos
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "mps_qos_benchmark.py")
-TEMPLATE = os.path.join(ROOT, "roles", "mps_host", "templates", "qos_class.env.j2")
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from fake_exec import FAKE_MPS_CONTROL as FAKE  # noqa: E402
@@ -38,15 +37,13 @@ SMALL = ["--backend", "sim", "--control-binary", FAKE, "--ns", "0,2", "--repeats
 
 
 def write_classes(folder, classes, pipe="/tmp/nvidia-mps"):
-    """The class files exactly as the role mps_host writes them: its template, the plan's classes."""
+    """The class files exactly as mps_qos_files writes them: its text, the plan's classes."""
     qos, errors, _warnings = _qos.qos_plan(classes, str(folder), GPUS, None, pipe)
     assert errors == []
-    with open(TEMPLATE) as handle:
-        template = jinja2.Template(handle.read(), keep_trailing_newline=True, trim_blocks=True)
     os.makedirs(str(folder), exist_ok=True)
     for name, values in qos["classes"].items():
         with open(values["env_file"], "w") as handle:
-            handle.write(template.render(item={"key": name, "value": values}, ansible_managed="Ansible managed"))
+            handle.write(_qos.env_file_text(name, values))
     return qos
 
 

@@ -47,12 +47,24 @@ def test_converge_rolled_out_every_healthy_node():
     assert nodes["fleet-gpu-02"]["gpus"] == 2 and nodes["fleet-gpu-01"]["gpus"] == 1
 
 
+def test_rerun_that_changes_nothing_skips_the_settle_wait_and_says_so():
+    # summary-converge.json is the idempotence run's: the second rollout over the same nodes.
+    data, nodes = summary("converge")
+    for name in HEALTHY:
+        assert nodes[name]["changed"] is False, nodes[name]
+        assert nodes[name]["health_gate"].startswith("unchanged daemon pid "), nodes[name]
+        assert nodes[name]["health_gate"].endswith("settle skipped")
+
+
 def test_killed_daemon_was_restarted_and_reported():
     data, nodes = summary("kill")
     assert data["counts"]["ok"] == 4, data["table"]
     assert nodes["fleet-gpu-03"]["mps_restarts"] >= 1
     assert "restarted" in nodes["fleet-gpu-03"]["mps"]
     assert [n for n in HEALTHY if nodes[n]["mps_restarts"]] == ["fleet-gpu-03"]
+    # Nothing changed on fleet-gpu-03, but its daemon is not the one the apply read: the settle wait runs.
+    assert nodes["fleet-gpu-03"]["health_gate"] == "settled 3 s", nodes["fleet-gpu-03"]
+    assert [n for n in HEALTHY if nodes[n]["health_gate"].startswith("settled")] == ["fleet-gpu-03"]
 
 
 @pytest.mark.parametrize("name, words", [
@@ -139,6 +151,11 @@ def test_k8s_node_cordoned_before_the_rollout_stays_cordoned():
     assert events(journal, "fleet-gpu-02") == [("evict", "default/work-fleet-gpu-02")]
     nodes = summary("k8s")[1]
     assert nodes["fleet-gpu-02"]["kubernetes"] == "drained; left cordoned as it was before the rollout"
+
+
+def test_k8s_nodes_are_read_once_a_batch():
+    # Two batches of two (fleet_serial 2), each with a Kubernetes node: two NodeList reads, not one a node.
+    assert [e["event"] for e in k8s_journal()].count("list-nodes") == 2
 
 
 def test_k8s_node_that_needs_no_change_keeps_its_pods():

@@ -267,10 +267,9 @@ def test_config_change_changes_the_pod_template():
     assert annotation(4) != annotation(5)
 
 
-@pytest.mark.parametrize("owner", ["plugin", "host"])
-def test_individual_needs_an_image(owner):
+def test_individual_needs_an_image():
     with pytest.raises(dp.DevicePluginError, match="understands individualGPU") as raised:
-        dp.manifests(gpus(1), mode="individual", replicas=2, owner=owner)
+        dp.manifests(gpus(1), mode="individual", replicas=2, owner="plugin")
     assert "DisableResourceNamingInConfig" in str(raised.value) and "device_plugin_image" in str(raised.value)
 
 

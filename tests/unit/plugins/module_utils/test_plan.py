@@ -174,13 +174,13 @@ def test_an_explicit_limit_equal_to_the_share_is_no_mismatch():
     assert plan["warnings"] == [] and plan["daemon"]["pinned_memory_limit"] == {"0": 7188 * M}
 
 
-def test_per_gpu_replicas_give_per_gpu_limits_and_the_smallest_thread_share():
-    plan = _plan.build_plan(DRIVER, GPUS, dict(SETTINGS, sharing={"mode": "individual", "replicas": 4,
-                                                                  "replicas_per_gpu": {"1": 8}}))
-    assert plan["daemon"]["pinned_memory_limit"] == {"0": (81559 // 4) * M, "1": (81559 // 8) * M}
-    assert plan["daemon"]["active_thread_percentage"] == 12.0
-    assert plan["warnings"] == ["the GPUs of the host daemon have different replica counts (4, 8): its one default "
-                                "active thread percentage is the smallest share, 12 %, on every GPU"]
+def test_per_gpu_replicas_with_the_host_daemon_are_refused_by_the_plan():
+    """Per-GPU replica counts need mode individual, which registers nothing with owner host (seen on an H200):
+    the plan says so before anything is installed."""
+    with pytest.raises(_plan.PlanError) as raised:
+        _plan.build_plan(DRIVER, GPUS, dict(SETTINGS, sharing={"mode": "individual", "replicas": 4,
+                                                               "replicas_per_gpu": {"1": 8}}))
+    assert len(raised.value.errors) == 1 and "cannot work with owner host" in raised.value.errors[0]
 
 
 def test_replica_limits_follow_the_daemon_ordinals():
