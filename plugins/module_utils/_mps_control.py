@@ -21,7 +21,9 @@ import time
 from ansible_collections.gpulab.mps.plugins.module_utils._command import CommandTimeout, run_bounded
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import (
     BINARY_DIRECTORIES, CONTROL_BINARY, PID_FILE, OutputError, no_daemon, parse_percentage, parse_pid_list,
-    parse_pinned_limit, parse_pipe_directory, parse_ps, parse_server_log, parse_server_status, unknown_command)
+    parse_control_log, parse_pinned_limit, parse_pipe_directory, parse_ps, parse_server_log, parse_server_status,
+    unknown_command)
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import assess
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import mps_size, readback_matches
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import (
     inspect_directory, process_environment, process_start, read_json, read_small_file, socket_problem, write_json)
@@ -328,7 +330,10 @@ class MpsControl(object):
             server_pids = self.server_list()
         except DaemonNotRunning:
             if self.daemon_pid() is None:
-                state["stale_sockets"] = self.pipe_entries()["sockets"]
+                entries = self.pipe_entries()
+                state["stale_sockets"] = entries["sockets"]
+                # What a daemon that did not stop on purpose leaves behind (quit removes both).
+                state["leftovers"] = {"pid_file": entries["pid_file"], "log_fifo": entries["log_fifo"]}
             return state
         state["running"] = True
         state["pid"] = self.daemon_pid()
@@ -342,6 +347,26 @@ class MpsControl(object):
         for pid in server_pids:
             state["servers"].append(self.server_snapshot(pid, devices, logged.get(pid)))
         return state
+
+    def health(self, devices=(0,), recorded=None, expect_running=True):
+        """(snapshot, health): the snapshot, and _mps_health.assess of it with what control.log and server.log say.
+
+        A daemon that does not answer within the timeout is a finding here, not an error: the snapshot is then
+        only what could be read (running unknown, no servers) and health says "unresponsive"."""
+        try:
+            state = self.snapshot(devices, recorded)
+            unresponsive = None
+        except MpsControlError as error:
+            if "hangs" not in str(error):
+                raise
+            state = {"running": None, "pid": self.daemon_pid(), "pipe_directory": self.pipe_directory,
+                     "log_directory": self.log_directory, "servers": [], "clients": [],
+                     "defaults": {"active_thread_percentage": None, "pinned_memory_limit": {}}, "stale_sockets": []}
+            unresponsive = "no answer within %s s" % self.timeout
+        # The tails are enough: a fault and an unasked exit are the last things a log says about a server.
+        control_log = parse_control_log(self.read_log("control.log", 1 << 20))
+        server_log = parse_server_log(self.read_log("server.log", 1 << 20))
+        return state, assess(state, control_log, server_log, expect_running=expect_running, unresponsive=unresponsive)
 
     def server_snapshot(self, pid, devices, logged=None):
         """One server: status, clients, what it holds now, and what it logged at start (exact bytes)."""

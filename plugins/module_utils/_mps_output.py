@@ -164,6 +164,19 @@ _PRIORITY_RE = re.compile(r"^Server Priority set to (?P<value>\d+)$")
 # How server.log names a client: "Client {PID: 465, Context ID: 1} connected" (a negative PID in "Received new client
 # request for {PID: -1333654781, ...}" is not a process).
 _CLIENT_RE = re.compile(r"\{PID: (?P<pid>-?\d+), Context ID: (?P<context>\d+)\}")
+# A fatal GPU error in server.log (H200, driver 580: docs/evidence/2026-12-04-h200/fault/). The client named first is
+# the first one that NOTICED the error, not always the one that caused it; the sticky list names every client hit.
+_FATAL_CLIENT_RE = re.compile(r"^Client \{PID: (?P<pid>\d+), Context: \d+\} encountered a fatal GPU error\.$")
+_REFUSED_RE = re.compile(r"^Server teardown in progress\. Refusing to accept new client \{PID: (?P<pid>\d+),")
+FATAL_ERROR = "Server is handling a fatal GPU error."
+STICKY_LIST = "The following client process have a sticky error set:"
+SERVER_CONTEXT_CREATED = re.compile(r"^Creating server context on device \d+")
+# control.log: which servers started and exited, and which exits were asked for.
+_SERVER_START_RE = re.compile(r"^Starting new server (?P<pid>\d+) for user (?P<uid>\d+)$")
+_SERVER_EXIT_RE = re.compile(r"^Server (?P<pid>\d+) exited with status (?P<status>-?\d+)$")
+_SHUTDOWN_RE = re.compile(r"^Try shutting down server (?P<pid>\d+)")
+_CMD_RE = re.compile(r"^Cmd:(?P<command>.*)$")
+DAEMON_START = "Starting control daemon using socket "
 
 
 def parse_log_lines(text):
@@ -186,11 +199,16 @@ def parse_server_log(text):
     this is the exact read-back (the CLI's get_default_* rounds sizes to whole G).
     """
     servers = {}
+    sticky_of = None
     for entry in parse_log_lines(text):
         server = servers.setdefault(entry["pid"], {
             "active_thread_percentage": None, "pinned_memory_limit": {}, "started": False,
-            "unable_to_shutdown_clients": None, "priority": None})
+            "unable_to_shutdown_clients": None, "priority": None, "faults": []})
         message = entry["message"]
+        if _fault_line(server, entry, sticky_of is server):
+            sticky_of = server if message == STICKY_LIST else sticky_of
+            continue
+        sticky_of = None
         atp = _ATP_RE.match(message)
         pinned = _PINNED_RE.match(message)
         unable = _UNABLE_RE.match(message)
@@ -208,6 +226,84 @@ def parse_server_log(text):
     # Keep only processes that were MPS servers (server.log also holds "Other" start-up lines).
     return dict((pid, s) for pid, s in servers.items()
                 if s["started"] or s["active_thread_percentage"] is not None or s["pinned_memory_limit"])
+
+
+def _fault_line(server, entry, in_sticky_list):
+    """Read one server.log line into server["faults"] if it is about a fatal GPU error; True when it was.
+
+    A fault: {"time": when the server began handling it, "noticed_by": the first client PID named, "sticky_clients":
+    the PIDs listed under STICKY_LIST, "refused_clients": new clients refused meanwhile, "recovered": the time the
+    server made a new context (all its clients had gone), or None while it has not}.
+    """
+    message = entry["message"]
+    fault = server["faults"][-1] if server["faults"] else None
+    noticed = _FATAL_CLIENT_RE.match(message)
+    if noticed:
+        if fault is None or fault["recovered"] is not None:
+            fault = {"time": entry["time"], "noticed_by": int(noticed.group("pid")), "sticky_clients": [],
+                     "refused_clients": [], "recovered": None}
+            server["faults"].append(fault)
+        return True
+    if message == FATAL_ERROR:
+        if fault is None or fault["recovered"] is not None:
+            server["faults"].append({"time": entry["time"], "noticed_by": None, "sticky_clients": [],
+                                     "refused_clients": [], "recovered": None})
+        else:
+            fault["time"] = entry["time"]
+        return True
+    if fault is None or fault["recovered"] is not None:
+        return False
+    if message == STICKY_LIST:
+        return True
+    if in_sticky_list and message.isdigit():
+        fault["sticky_clients"].append(int(message))
+        return True
+    refused = _REFUSED_RE.match(message)
+    if refused:
+        fault["refused_clients"].append(int(refused.group("pid")))
+        return True
+    if SERVER_CONTEXT_CREATED.match(message):
+        fault["recovered"] = entry["time"]
+        return True
+    return False
+
+
+def parse_control_log(text):
+    """What control.log says of the servers of the LAST control daemon that started in it.
+
+    Returns {"daemon_pid": pid or None, "started": time or None, "servers": {pid: {"uid", "started", "exited",
+    "status", "requested"}}}. `requested` is False for a server that exited without a `quit`, `shutdown_server` or a
+    "Try shutting down" of the daemon before it: it crashed or was killed (on the H200 a server killed with SIGKILL
+    was logged "Server N exited with status 0", exactly as one shut down).
+    """
+    result = {"daemon_pid": None, "started": None, "servers": {}}
+    asked = set()
+    for entry in parse_log_lines(text):
+        message = entry["message"]
+        if message.startswith(DAEMON_START):
+            result = {"daemon_pid": entry["pid"], "started": entry["time"], "servers": {}}
+            asked = set()
+            continue
+        start = _SERVER_START_RE.match(message)
+        if start:
+            result["servers"][int(start.group("pid"))] = {"uid": int(start.group("uid")), "started": entry["time"],
+                                                           "exited": None, "status": None, "requested": None}
+            continue
+        shutdown = _SHUTDOWN_RE.match(message)
+        command = _CMD_RE.match(message)
+        if shutdown:
+            asked.add(int(shutdown.group("pid")))
+        elif command and command.group("command").split()[:1] == ["shutdown_server"]:
+            words = command.group("command").split()
+            if len(words) > 1 and words[1].isdigit():
+                asked.add(int(words[1]))
+        exited = _SERVER_EXIT_RE.match(message)
+        if exited:
+            pid = int(exited.group("pid"))
+            server = result["servers"].setdefault(pid, {"uid": None, "started": None, "exited": None,
+                                                        "status": None, "requested": None})
+            server.update(exited=entry["time"], status=int(exited.group("status")), requested=pid in asked)
+    return result
 
 
 def client_log_entries(text, pids):

@@ -28,9 +28,23 @@ options:
     type: list
     elements: int
   timeout:
-    description: Seconds each call of the control binary may take (1 to 3600); a hung binary fails the task.
+    description:
+      - Seconds each call of the control binary may take (1 to 3600). A daemon that does not answer in time is
+        reported in RV(health) as C(unresponsive) (the rest of the result is then what could be read).
     type: int
     default: 30
+  expect_running:
+    description:
+      - Whether a control daemon ought to run on O(pipe_directory). With V(false) (after a teardown) a daemon that
+        stopped cleanly is healthy; one that died, leaving its pid file or log fifo, is not, either way.
+    type: bool
+    default: true
+  fail_unhealthy:
+    description:
+      - Fail the task when RV(health) is not healthy, with the problems and what to do in the message (the result
+        is returned all the same). For a health gate or a dial-tone.
+    type: bool
+    default: false
 requirements:
   - nvidia-cuda-mps-control on the target
   - nvidia-ml-py (optional, to list the devices)
@@ -104,6 +118,27 @@ defaults:
   returned: always
   type: dict
   sample: {active_thread_percentage: 100.0, pinned_memory_limit: {"0": "4G"}}
+health:
+  description:
+    - Whether MPS is healthy here, judged the same way by every reader (the fleet's health gate, the dial-tone, the
+      metrics). C(daemon) is V(running), V(stopped) (not running, left nothing), V(died) (not running, left its pid
+      file or log fifo: crashed or killed) or V(unresponsive) (no answer within O(timeout)).
+    - C(problems) say what happened and what to do, one per finding; C(kind) is C(daemon_not_running), C(daemon_died),
+      C(daemon_unresponsive), C(server_fault) (a server in FAULT: a client hit a fatal GPU error, every client of
+      that server got it, new clients are refused until they all exit) or C(server_exited) (a server exited
+      without a shutdown being asked, since the daemon started; reported, but not unhealthy by itself).
+  returned: always
+  type: dict
+  sample:
+    healthy: false
+    daemon: running
+    faulted_servers: [492]
+    problems:
+      - kind: server_fault
+        server: 492
+        clients: [449, 637]
+        message: "MPS server 492 is in FAULT (first noticed by client 449 at 2026-12-04 01:27:48.239): ..."
+        action: "end those client processes (their CUDA contexts are already lost): ..."
 stale_sockets:
   description: Sockets a stopped daemon left in O(pipe_directory) (only when no daemon runs).
   returned: always
@@ -116,6 +151,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import (
     MpsControlError, fail_control, mps_argument_spec, query_gpus, reader_control, timeout_error)
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import summary as health_summary
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
     LimitRecord, default_state_directory, with_exact_limits)
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import normalize_path
@@ -125,7 +161,9 @@ def main():
     module = AnsibleModule(
         argument_spec=mps_argument_spec(devices=dict(type="list", elements="int"),
                                         state_directory=dict(type="str"),
-                                        timeout=dict(type="int", default=30)),
+                                        timeout=dict(type="int", default=30),
+                                        expect_running=dict(type="bool", default=True),
+                                        fail_unhealthy=dict(type="bool", default=False)),
         supports_check_mode=True,
     )
     error = timeout_error(module.params["timeout"])
@@ -137,7 +175,7 @@ def main():
         devices = [g["index"] for g in gpus] if gpus else [0]
     control = reader_control(module, timeout=module.params["timeout"])
     try:
-        state = control.snapshot(devices)
+        state, health = control.health(devices, expect_running=module.params["expect_running"])
     except MpsControlError as error:
         fail_control(module, error, "Cannot read the MPS state in %s" % module.params["pipe_directory"])
     state_directory, error = normalize_path("state_directory", module.params["state_directory"] or default_state_directory())
@@ -146,6 +184,10 @@ def main():
     if state["running"] and not error:
         record = LimitRecord(state_directory, module.params["pipe_directory"])
         state["defaults"] = with_exact_limits(state["defaults"], record.exact(state["identity"]))
+    state["health"] = health
+    if module.params["fail_unhealthy"] and not health["healthy"]:
+        module.fail_json(msg="MPS on %s is not healthy: %s" % (module.params["pipe_directory"], health_summary(health)),
+                         **state)
     module.exit_json(changed=False, **state)
 
 

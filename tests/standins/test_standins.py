@@ -235,3 +235,39 @@ def test_foreground_mode_serves_and_logs_to_stdout(mps_env):
     assert daemon.returncode == 0
     assert "] Starting control daemon using socket %s/control\n" % mps_env["CUDA_MPS_PIPE_DIRECTORY"] in out
     assert "] Cmd:get_default_active_thread_percentage\n" in out
+
+
+def test_fault_hook_replays_the_h200_fault(mps_env):
+    """standin_fault: what the H200 did (docs/evidence/2026-12-04-h200-fault.md), read by the collection's parser."""
+    subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=True)
+    first, second = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["sleep", "60"])
+    late = subprocess.Popen(["sleep", "60"])
+    try:
+        for proc in (first, second):
+            assert ctl(mps_env, "standin_attach_client %d" % proc.pid) == ("", 0)
+        server = int(ctl(mps_env, "get_server_list")[0])
+        assert ctl(mps_env, "standin_fault %d" % second.pid) == ("", 0)
+        assert ctl(mps_env, "get_server_status %d" % server) == ("FAULT\n", 0)
+        assert "refused" in ctl(mps_env, "standin_attach_client %d" % late.pid)[0]
+        with open(os.path.join(mps_env["CUDA_MPS_LOG_DIRECTORY"], "server.log")) as handle:
+            log = handle.read()
+        spec = importlib.util.spec_from_file_location(
+            "_mps_output", os.path.join(ROOT, "plugins", "module_utils", "_mps_output.py"))
+        parser = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(parser)
+        (fault,) = parser.parse_server_log(log)[server]["faults"]
+        assert fault["noticed_by"] == second.pid and fault["sticky_clients"] == sorted([first.pid, second.pid])
+        assert fault["refused_clients"] == [late.pid] and fault["recovered"] is None
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+        # Every client of the fault gone: ACTIVE again, the same server.
+        assert ctl(mps_env, "get_server_status %d" % server) == ("ACTIVE\n", 0)
+        assert ctl(mps_env, "standin_attach_client %d" % late.pid) == ("", 0)
+        assert ctl(mps_env, "get_server_list") == ("%d\n" % server, 0)
+        with open(os.path.join(mps_env["CUDA_MPS_LOG_DIRECTORY"], "server.log")) as handle:
+            assert parser.parse_server_log(handle.read())[server]["faults"][0]["recovered"] is not None
+    finally:
+        for proc in (first, second, late):
+            proc.kill()
+        ctl(mps_env, "quit")
