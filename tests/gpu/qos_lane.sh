@@ -92,7 +92,7 @@ if [ -n "$wheels" ] || [ -n "$rehearsal" ]; then
     > "$work/ansible/site-2.log" 2>&1
   rc2=$?
   note "site.yml --tags host: exit $rc1, again exit $rc2: $(grep -E '^localhost +:' "$work/ansible/site-2.log")"
-  note "lab daemon: $(pgrep -a nvidia-cuda-mps-c | tr '\n' ' ')"
+  note "lab daemon: $(pgrep -a -f "nvidia-cuda-mps-control -d" | tr '\n' ' ')"
   ls -l "$qos_dir" 2>&1 | tee "$work/ansible/qos-files.txt"
   for f in "$qos_dir"/*.env; do echo "--- $f"; cat "$f"; done 2>&1 | tee -a "$work/ansible/qos-files.txt"
   # An idle server of the lab daemon would hold a context on the GPU that the benchmark must have to itself.
