@@ -155,7 +155,8 @@ class MpsControl(object):
         except CommandTimeout as error:
             raise MpsControlError(
                 "%s (command %r): the MPS control binary hangs; check that %s is NVIDIA's nvidia-cuda-mps-control "
-                "and that the daemon of %s is not stuck (control.log in %s)" % (
+                "and that the daemon of %s is not stuck (control.log in %s; on driver 580 a daemon answered nothing "
+                "after terminate_client on a server in FAULT, until that server's clients exited)" % (
                     error, data, self.binary, self.pipe_directory, self.log_directory),
                 cmd=error.cmd, rc=None, stdout=error.stdout, stderr=error.stderr)
 
@@ -348,21 +349,22 @@ class MpsControl(object):
             state["servers"].append(self.server_snapshot(pid, devices, logged.get(pid)))
         return state
 
-    def health(self, devices=(0,), recorded=None, expect_running=True):
+    def health(self, devices=(0,), recorded=None, expect_running=True, tolerate_timeout=True):
         """(snapshot, health): the snapshot, and _mps_health.assess of it with what control.log and server.log say.
 
-        A daemon that does not answer within the timeout is a finding here, not an error: the snapshot is then
-        only what could be read (running unknown, no servers) and health says "unresponsive"."""
+        With tolerate_timeout, a daemon that does not answer within the timeout is a finding, not an error (for the
+        metrics): the snapshot is then only what could be read (running unknown, no servers) and health says
+        "unresponsive"; without it (a module), the MpsControlError is raised as every bounded call's is."""
         try:
             state = self.snapshot(devices, recorded)
             unresponsive = None
         except MpsControlError as error:
-            if "hangs" not in str(error):
+            if not tolerate_timeout or "hangs" not in str(error):
                 raise
             state = {"running": None, "pid": self.daemon_pid(), "pipe_directory": self.pipe_directory,
                      "log_directory": self.log_directory, "servers": [], "clients": [],
                      "defaults": {"active_thread_percentage": None, "pinned_memory_limit": {}}, "stale_sockets": []}
-            unresponsive = "no answer within %s s" % self.timeout
+            unresponsive = str(error)
         # The tails are enough: a fault and an unasked exit are the last things a log says about a server.
         control_log = parse_control_log(self.read_log("control.log", 1 << 20))
         server_log = parse_server_log(self.read_log("server.log", 1 << 20))

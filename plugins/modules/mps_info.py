@@ -29,8 +29,8 @@ options:
     elements: int
   timeout:
     description:
-      - Seconds each call of the control binary may take (1 to 3600). A daemon that does not answer in time is
-        reported in RV(health) as C(unresponsive) (the rest of the result is then what could be read).
+      - Seconds each call of the control binary may take (1 to 3600); a call past it is killed and the task fails
+        with the command, what it printed and what to check (a daemon that answers nothing is reported this way).
     type: int
     default: 30
   expect_running:
@@ -122,9 +122,10 @@ health:
   description:
     - Whether MPS is healthy here, judged the same way by every reader (the fleet's health gate, the dial-tone, the
       metrics). C(daemon) is V(running), V(stopped) (not running, left nothing), V(died) (not running, left its pid
-      file or log fifo: crashed or killed) or V(unresponsive) (no answer within O(timeout)).
+      file or log fifo: crashed or killed); a daemon that answers nothing within O(timeout) fails the task instead
+      (the metrics collector reports it as V(unresponsive)).
     - C(problems) say what happened and what to do, one per finding; C(kind) is C(daemon_not_running), C(daemon_died),
-      C(daemon_unresponsive), C(server_fault) (a server in FAULT: a client hit a fatal GPU error, every client of
+      C(server_fault) (a server in FAULT: a client hit a fatal GPU error, every client of
       that server got it, new clients are refused until they all exit) or C(server_exited) (a server exited
       without a shutdown being asked, since the daemon started; reported, but not unhealthy by itself).
   returned: always
@@ -175,7 +176,8 @@ def main():
         devices = [g["index"] for g in gpus] if gpus else [0]
     control = reader_control(module, timeout=module.params["timeout"])
     try:
-        state, health = control.health(devices, expect_running=module.params["expect_running"])
+        # A call past the timeout fails the task (fail_control: the command, what it printed, what to check).
+        state, health = control.health(devices, expect_running=module.params["expect_running"], tolerate_timeout=False)
     except MpsControlError as error:
         fail_control(module, error, "Cannot read the MPS state in %s" % module.params["pipe_directory"])
     state_directory, error = normalize_path("state_directory", module.params["state_directory"] or default_state_directory())

@@ -145,6 +145,7 @@ def test_health_of_a_daemon_that_answers_nothing(tmp_path, daemon_process):
     assert result["daemon"] == "unresponsive" and result["healthy"] is False
     assert state["running"] is None
     assert "terminate_client" in result["problems"][0]["message"]
+    assert "did not finish within" in result["problems"][0]["message"]
 
 
 @pytest.mark.parametrize("status", ["ACTIVE", "FAULT"])
