@@ -14,13 +14,15 @@ plan from _plan.defaults_gaps, and each client's GPU memory from _nvml.Nvml.comp
 turns those into series.
 
 The collector of roles/mps_metrics (files/gpulab_mps_metrics.py) calls run(): it reads the host, builds the
-registry and writes <textfile directory>/gpulab_mps.prom atomically for node_exporter's textfile collector.
+registry and writes <textfile directory>/gpulab_mps.prom atomically (Textfile) for node_exporter's textfile
+collector.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import LimitRecord, MpsControl, with_exact_limits
@@ -220,15 +222,12 @@ def failure_registry(error_source, now, duration, last_success=None):
     return registry
 
 
-def previous_success(path):
-    """collector_last_success_timestamp_seconds of the file the last run wrote, or None."""
+def previous_success(text):
+    """collector_last_success_timestamp_seconds in the text the last run wrote, or None."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = read_small_file(path, limit=4 << 20)
-    if not text:
-        return None
     try:
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(text or ""):
             if family.name == PREFIX + "collector_last_success_timestamp_seconds":
                 for sample in family.samples:
                     return sample.value
@@ -291,21 +290,73 @@ def read_host(config, module, nvml=None):
     return state, health, control_log, processes, devices, errors
 
 
-def textfile_path(directory):
-    """The .prom file in `directory`, which must be a real directory of root (or this user) that nobody else can
-    write: node_exporter exports whatever .prom file lies there."""
-    missing, reason = inspect_directory(directory, (0, os.geteuid()))
-    if missing or reason:
-        raise MetricsError("textfile directory %s cannot be used: %s" % (
-            directory, reason or "%s does not exist (the mps_metrics role makes it)" % missing))
-    return os.path.join(directory, TEXTFILE_NAME)
+class Textfile(object):
+    """<directory>/gpulab_mps.prom, written atomically in a directory that only root (or this user) can write.
 
+    The directory is opened once, without following a symlink, and checked through its descriptor (a directory of
+    root or this user, writable by nobody else); the file is then written through that descriptor: a temporary file
+    made with O_EXCL | O_NOFOLLOW (its name does not end in .prom, so node_exporter never reads it half written),
+    then renamed over the .prom file. Whoever can rename entries of the directory's parent (on Debian,
+    /var/lib/prometheus is the prometheus user's) cannot redirect the write: it goes to the directory checked.
+    """
 
-def write(path, registry):
-    """Write the registry to path atomically (a temporary file in the same trusted directory, then rename)."""
-    from prometheus_client import write_to_textfile
+    def __init__(self, directory):
+        self.directory = directory
+        try:
+            self.fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as error:
+            raise MetricsError("textfile directory %s cannot be used: %s (it must be a real directory, not a link; the "
+                               "mps_metrics role makes it)" % (directory, error.strerror))
+        st = os.fstat(self.fd)
+        if st.st_uid not in (0, os.geteuid()) or stat.S_IMODE(st.st_mode) & 0o022:
+            os.close(self.fd)
+            raise MetricsError("textfile directory %s is owned by uid %d, mode %04o: node_exporter exports every .prom "
+                               "file in it, so it must be root's and writable by nobody else (chown root; chmod "
+                               "go-w)" % (directory, st.st_uid, stat.S_IMODE(st.st_mode)))
+        self.path = os.path.join(directory, TEXTFILE_NAME)
 
-    write_to_textfile(path, registry)
+    def close(self):
+        os.close(self.fd)
+
+    def read(self):
+        """What the last run wrote, or None."""
+        try:
+            fd = os.open(TEXTFILE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self.fd)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return os.read(fd, 4 << 20).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+
+    def write(self, registry):
+        from prometheus_client import generate_latest
+
+        data = generate_latest(registry)
+        temp = ".%s.%d" % (TEXTFILE_NAME, os.getpid())
+        try:
+            os.unlink(temp, dir_fd=self.fd)  # left by a run of this PID that was killed: the directory is root's
+        except FileNotFoundError:
+            pass
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=self.fd)
+        try:
+            try:
+                os.fchmod(fd, 0o644)  # node_exporter reads it as its own user
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, TEXTFILE_NAME, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            try:
+                os.unlink(temp, dir_fd=self.fd)
+            except OSError:
+                pass
+            raise
 
 
 def run(config_path, module, nvml=None, clock=time.time):
@@ -313,19 +364,22 @@ def run(config_path, module, nvml=None, clock=time.time):
     started = clock()
     try:
         config = load_config(config_path)
-        path = textfile_path(config["textfile_directory"])
+        textfile = Textfile(config["textfile_directory"])
     except MetricsError as error:
         return False, str(error)
     try:
-        state, health, control_log, processes, devices, errors = read_host(config, module, nvml)
-    except Exception as error:  # whatever it is (an untrusted pipe, a binary that fails), the file must say so
-        write(path, failure_registry("control", clock(), clock() - started, previous_success(path)))
-        return False, "cannot read the MPS control daemon of %s: %s" % (config["plan"]["pipe_directory"], error)
-    registry = build_registry(state, health, control_log, config["plan"], processes, devices, now=clock(),
-                              duration=clock() - started, errors=errors,
-                              last_success=previous_success(path) if errors else None)
-    write(path, registry)
+        try:
+            state, health, control_log, processes, devices, errors = read_host(config, module, nvml)
+        except Exception as error:  # whatever it is (an untrusted pipe, a binary that fails), the file must say so
+            textfile.write(failure_registry("control", clock(), clock() - started, previous_success(textfile.read())))
+            return False, "cannot read the MPS control daemon of %s: %s" % (config["plan"]["pipe_directory"], error)
+        registry = build_registry(state, health, control_log, config["plan"], processes, devices, now=clock(),
+                                  duration=clock() - started, errors=errors,
+                                  last_success=previous_success(textfile.read()) if errors else None)
+        textfile.write(registry)
+    finally:
+        textfile.close()
     if errors:
-        return False, "wrote %s, but could not read %s" % (path, ", ".join(errors))
+        return False, "wrote %s, but could not read %s" % (textfile.path, ", ".join(errors))
     return True, "wrote %s: daemon %s, %d server(s), %d client(s)" % (
-        path, health["daemon"], len(state.get("servers") or []), len(state.get("clients") or []))
+        textfile.path, health["daemon"], len(state.get("servers") or []), len(state.get("clients") or []))
