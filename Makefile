@@ -1,6 +1,6 @@
 # gpulab.mps: every entry point a user or CI needs. Each target sets up what it uses.
 #   make lab     the lab, end to end (ansible-playbook site.yml -i inventories/lab)
-#   make test    everything CI runs (lint, unit, hostile, render, sanity, molecule)
+#   make test    everything CI runs (lint, unit, hostile, render, metrics, sanity, molecule)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -27,12 +27,13 @@ SANITY_ROOT := build/ansible_collections/gpulab/mps
 WHEELHOUSE ?= wheelhouse
 WHEEL_PYTHON ?= 3.12
 
-.PHONY: help venv collection lab test lint unit hostile render sanity molecule molecule-default molecule-fleet molecule-kind-host \
+.PHONY: help venv collection lab test lint unit hostile render metrics sanity molecule molecule-default molecule-fleet molecule-kind-host \
 	images standins wheelhouse gpu-lane benchmark fleet-scale teardown clean
 
 help:
 	@echo "make lab        run site.yml against $(INVENTORY) (TAGS=..., SKIP_TAGS=..., ANSIBLE_ARGS=...; WHEELS=dir offline)"
-	@echo "make test       lint + unit + hostile + render + sanity + molecule (what CI runs)"
+	@echo "make test       lint + unit + hostile + render + metrics + sanity + molecule (what CI runs)"
+	@echo "make metrics    a real Prometheus scrapes the MPS metrics of the stand-in daemon (REQUIRE_PROMETHEUS=1: fatal if absent)"
 	@echo "make teardown   undo what the lab created"
 	@echo "make wheelhouse build $(WHEELHOUSE)/ for an air-gapped GPU host (Python $(WHEEL_PYTHON))"
 	@echo "make gpu-lane   the GPU integration lane (on a GPU host; WHEELS=dir to install offline)"
@@ -71,7 +72,7 @@ teardown: collection
 	ansible-playbook playbooks/teardown.yml -i $(INVENTORY) $(ANSIBLE_ARGS)
 
 # --- tests ----------------------------------------------------------------------------------------
-test: lint unit hostile render sanity molecule
+test: lint unit hostile render metrics sanity molecule
 
 lint: collection
 	ansible-lint
@@ -85,6 +86,12 @@ hostile: collection
 
 render: collection
 	python -m pytest -q tests/render
+
+# A real node_exporter and Prometheus (Debian's prometheus, prometheus-node-exporter) on loopback scrape the collector
+# of roles/mps_metrics over the stand-in daemon. Without them it is skipped, loudly; REQUIRE_PROMETHEUS=1 (.ci/run)
+# makes that a failure.
+metrics: collection
+	python -m pytest -q -rs tests/metrics
 
 sanity: collection
 	rm -rf build

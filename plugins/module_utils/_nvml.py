@@ -130,6 +130,24 @@ class Nvml(object):
             "mps_client_cap": mps_client_cap(major, minor),
         }
 
+    def compute_processes(self):
+        """Every compute process NVML lists, per GPU: [{"index", "uuid", "pid", "used_memory_bytes"}].
+
+        On driver 580 NVML lists each MPS client with its own usedGpuMemory, and the MPS server too (H200:
+        docs/evidence/2026-12-04-h200/fault/sticky.jsonl, "nvml compute processes"). used_memory_bytes is None where
+        NVML has no value (usedGpuMemory None or NVML_VALUE_NOT_AVAILABLE).
+        """
+        found = []
+        for index in range(self.device_count()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                used = getattr(process, "usedGpuMemory", None)
+                # NVML_VALUE_NOT_AVAILABLE is (unsigned long long)-1.
+                used = int(used) if used is not None and 0 <= int(used) < (1 << 64) - 1 else None
+                found.append({"index": index, "uuid": uuid, "pid": int(process.pid), "used_memory_bytes": used})
+        return found
+
     @staticmethod
     def _mig_mode(handle):
         try:
