@@ -167,7 +167,6 @@ class Check(object):
                             compute_modes_before=self.modes(self.gpus))
         # The clients' and the daemon's environment: no CUDA_* or NVIDIA_* of the caller's.
         self.env = dict((k, v) for k, v in os.environ.items() if not k.startswith(("CUDA_", "NVIDIA_")))
-        self.mps_before = self.mps_pids()
         self.log("%d GPU(s): %s%s" % (len(self.gpus), "; ".join("%d %s %s %d MiB" % (
             g["index"], g["name"], g["uuid"], g["memory_total_mib"]) for g in self.gpus),
             " [SIMULATED: stand-ins, no GPU]" if self.simulated else ""))
@@ -189,15 +188,27 @@ class Check(object):
         return path
 
     def mps_pids(self):
+        """MPS processes (control daemons, servers) of this run's pipe directories or daemons: others' are left alone
+        (another lane or user may run its own at the same time)."""
+        ours = set(p for _c, p in self.daemons if p)
+        pipes = set(c.pipe_directory.encode() for c, _p in self.daemons)
         pids = set()
         for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open("/proc/%s/comm" % entry) as handle:
-                        if handle.read().strip().startswith("nvidia-cuda-mps"):
-                            pids.add(int(entry))
-                except OSError:
-                    continue
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/comm" % entry) as handle:
+                    if not handle.read().strip().startswith("nvidia-cuda-mps"):
+                        continue
+                with open("/proc/%s/stat" % entry) as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                with open("/proc/%s/environ" % entry, "rb") as handle:
+                    env = dict(i.split(b"=", 1) for i in handle.read().split(b"\0") if b"=" in i)
+            except OSError:
+                continue
+            if fields[0] != "Z" and (int(entry) in ours or int(fields[1]) in ours
+                                     or env.get(b"CUDA_MPS_PIPE_DIRECTORY") in pipes):
+                pids.add(int(entry))
         return pids
 
     # one round ----------------------------------------------------------------------------------------------
@@ -415,11 +426,10 @@ class Check(object):
             if pid and self.mc.pid_alive(pid) and control.is_daemon_process(pid):
                 self.log("daemon %d of %s still there: SIGTERM" % (pid, control.pipe_directory))
                 os.kill(pid, signal.SIGTERM)
-        before = getattr(self, "mps_before", set())
         deadline = time.time() + 15    # a server exits a moment after its daemon's quit
-        while self.mps_pids() - before and time.time() < deadline:
+        while self.mps_pids() and time.time() < deadline:
             time.sleep(0.5)
-        left = sorted(self.mps_pids() - before)
+        left = sorted(self.mps_pids())
         self.results["mps_processes_left"] = left
         if hasattr(self, "gpus") and not self.simulated:
             self.results["compute_modes_after"] = self.modes(self.read_nvml()[1])
