@@ -13,7 +13,8 @@ runs on any host with a driver. CLIENT_SOURCE is run as `python -c CLIENT_SOURCE
 process; the same file also runs on its own: `python _cuda_client.py --hold 30`.
 
 Protocol: once its context exists (and the optional allocation was tried), the client prints one
-JSON line (pid, device, free and total memory as the client sees it, the outcome of the allocation),
+JSON line (pid, device, the number of devices it sees and the UUID of the one it uses, as the driver
+inside the client reports them, free and total memory as the client sees it, the outcome of the allocation),
 then holds the context until its stdin closes (--release-on-stdin 1) or --hold seconds pass, releases
 it and exits 0. The caller reads the daemon's `ps` while the context is held (ClientProcess does the
 waiting, with a bound). On a CUDA error it prints one JSON line with "error" and exits 2.
@@ -57,7 +58,16 @@ def main(argv):
     ptr = ctypes.c_uint64()
     try:
         check(cuda.cuInit(0), "cuInit")
+        count = ctypes.c_int()
+        check(cuda.cuDeviceGetCount(ctypes.byref(count)), "cuDeviceGetCount")
+        out["device_count"] = count.value
         check(cuda.cuDeviceGet(ctypes.byref(dev), args["device"]), "cuDeviceGet")
+        # Which physical GPU this really is (under MPS and CUDA_VISIBLE_DEVICES the ordinal says nothing).
+        raw = ctypes.create_string_buffer(16)
+        get_uuid = getattr(cuda, "cuDeviceGetUuid_v2", None) or cuda.cuDeviceGetUuid
+        check(get_uuid(raw, dev), "cuDeviceGetUuid")
+        h = raw.raw.hex()
+        out["uuid"] = "GPU-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
         # The primary context: its API is the same on every driver since CUDA 7.
         check(cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
         check(cuda.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")

@@ -141,7 +141,7 @@ def scenario(name, driver, gpus, replicas, dp, plan_module, pipe_directory):
         expect["warning"] = "Setting the 'rename' field in sharing.timeSlicing.resources is not yet supported"
         expect["alloc_ok"] = {}
     return {"name": name, "source": source, "owner": owner, "mode": mode, "config": config, "expect": expect,
-            "host_daemon": host_daemon}
+            "host_daemon": host_daemon, "node": node}
 
 
 def check(results, name, ok, seen, expected=None, note=None):
@@ -152,6 +152,41 @@ def check(results, name, ok, seen, expected=None, note=None):
         entry["note"] = note
     results.append(entry)
     return bool(ok)
+
+
+def devices_per_gpu(ids, gpus):
+    """{GPU UUID: count} of ListAndWatch device IDs ("GPU-<uuid>::<replica>"); IDs of no GPU count under "other"."""
+    counts = {}
+    for device_id in ids:
+        uuid = device_id.split("::", 1)[0]
+        key = uuid if any(g["uuid"] == uuid for g in gpus) else "other"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def container_gpus(gpus, envs):
+    """The GPUs (UUIDs, in CUDA's order) that a pod with Allocate's `envs` would use: the lane runs no container
+    runtime, so it does what nvidia-container-runtime does with NVIDIA_VISIBLE_DEVICES (host indexes or UUIDs; all)
+    and then what CUDA does with the CUDA_VISIBLE_DEVICES of the answer (positions among those)."""
+    def pick(pool, value):
+        chosen = []
+        for item in [v.strip() for v in value.split(",") if v.strip()]:
+            match = [u for pos, u in enumerate(pool) if (item.isdigit() and pos == int(item)) or u.startswith(item)]
+            chosen.extend(match[:1])
+        return chosen
+    host = [g["uuid"] for g in sorted(gpus, key=lambda g: g["index"])]
+    runtime = envs.get("NVIDIA_VISIBLE_DEVICES", "all")
+    pool = host if runtime == "all" else [] if runtime in ("", "none", "void") else pick(host, runtime)
+    return pick(pool, envs["CUDA_VISIBLE_DEVICES"]) if envs.get("CUDA_VISIBLE_DEVICES") else pool
+
+
+def fork_refusal(dp, gpus, replicas, message=False):
+    """Whether the collection refuses the fork (mode individual) on one node with all these GPUs (or why)."""
+    try:
+        dp.node_plans(gpus, [{"name": "lane", "gpus": "all"}], mode="individual", owner="plugin", replicas=replicas)
+    except dp.DevicePluginError as error:
+        return str(error) if message else True
+    return None if message else False
 
 
 # --- the host ----------------------------------------------------------------------------------------------------
@@ -369,6 +404,12 @@ class Lane(object):
         record = {"name": name, "config": s["config"], "expect": s["expect"], "checks": checks}
         self.results["scenarios"].append(record)
         self.log("=== %s" % name)
+        if s["source"] == "fork":
+            check(checks, "the collection %s the fork on a node with %d GPU(s)" % (
+                "refuses" if len(self.gpus) > 1 else "accepts", len(self.gpus)),
+                  fork_refusal(self.dp, self.gpus, self.args.replicas) == (len(self.gpus) > 1),
+                  fork_refusal(self.dp, self.gpus, self.args.replicas, message=True) or "accepted",
+                  note="device_plugin_fork_allow_multi_gpu_nodes: true runs it anyway, as the lane does")
         config_path = os.path.join(self.logs, "config-%s.yaml" % name)
         with open(config_path, "w") as handle:
             handle.write(self.dp._yaml_dump(s["config"]))
@@ -492,62 +533,83 @@ class Lane(object):
             healthy = all(d.get("health") == "Healthy" for d in devices or [])
             check(checks, "%s: ListAndWatch devices" % resource, len(ids) == count and healthy,
                   {"count": len(ids), "healthy": healthy, "first": ids[:2]}, count)
+            rows = [r for r in s["node"]["gpus"] if r["resource"] == resource]
+            per_gpu = dict((r["uuid"], r["replicas"]) for r in rows)
+            check(checks, "%s: ListAndWatch devices per GPU" % resource, devices_per_gpu(ids, self.gpus) == per_gpu,
+                  devices_per_gpu(ids, self.gpus), per_gpu)
             if not s["expect"]["alloc_ok"] or not ids:
                 return
-            responses, error = client.allocate([[ids[0]]])
-            if not check(checks, "%s: Allocate 1 replica" % resource, error is None and len(responses) == 1,
-                         error or responses):
-                return
-            response = responses[0]
-            envs, mounts = response.get("envs", {}), response.get("mounts", [])
-            uuid = self.gpus[0]["uuid"]
-            if s["expect"]["pipe_env"]:
-                want_pipe = os.path.join(MPS_CONTAINER_ROOT, resource, "pipe")
-                check(checks, "%s: Allocate env CUDA_MPS_PIPE_DIRECTORY" % resource,
-                      envs.get("CUDA_MPS_PIPE_DIRECTORY") == want_pipe, envs.get("CUDA_MPS_PIPE_DIRECTORY"), want_pipe)
-                pipe_mount = [m for m in mounts if m.get("container_path") == want_pipe]
-                check(checks, "%s: Allocate mounts the pipe from %s" % (resource, self.mps_host_root),
-                      bool(pipe_mount) and pipe_mount[0]["host_path"] == os.path.join(self.mps_host_root, resource, "pipe")
-                      and os.path.exists(os.path.join(pipe_mount[0]["host_path"], "control")), mounts)
-            else:
-                check(checks, "%s: Allocate gives no MPS pipe (the host daemon's comes from the pod spec)" % resource,
-                      "CUDA_MPS_PIPE_DIRECTORY" not in envs, envs)
-            visible = envs.get("NVIDIA_VISIBLE_DEVICES")
-            if s["source"] == "upstream":
-                check(checks, "%s: Allocate env NVIDIA_VISIBLE_DEVICES is the GPU's UUID" % resource, visible == uuid,
-                      visible, uuid)
-            else:
-                check(checks, "%s: Allocate env NVIDIA_VISIBLE_DEVICES (fork: a relative index, the multi-GPU fault)"
-                      % resource, visible == "0", visible, "0", note="on a node with several GPUs gpuN gets GPU 0")
-            if s["source"] == "fork" and s["owner"] == "plugin":
-                check(checks, "%s: Allocate env CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" % resource,
-                      envs.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") == str(100 // self.args.replicas),
-                      envs.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"), str(100 // self.args.replicas))
-            record = {"envs": envs, "mounts": mounts, "devices": response.get("devices", []),
-                      "annotations": response.get("annotations", {})}
-            self.results["scenarios"][-1].setdefault("allocate", {})[resource] = record
-            two, refusal = client.allocate([[ids[0], ids[1]]]) if len(ids) > 1 else (None, "only one device")
-            seen = "refused: %s" % refusal if two is None else "accepted"
-            check(checks, "%s: a request for 2 replicas is %s" % (resource, s["expect"]["two_replicas"]),
-                  seen.startswith(s["expect"]["two_replicas"]), seen,
-                  note="fork fault: its ValidateRequest check for MPS is commented out"
-                  if s["expect"]["two_replicas"] == "accepted" else None)
-            # A pod's env: Allocate's, and for owner host the pipe directory of the pod spec (_pods.mps_pod).
-            pod_env = {}
-            if s["owner"] == "host":
-                pod = self.pods.mps_pod("lane", "default", "none", ["true"], "c", "lane", source="host",
-                                        pipe_directory=pipe, resource=resource)
-                pod_env = dict((e["name"], e["value"]) for e in pod["spec"]["containers"][0]["env"] if "value" in e)
-            client_env = {"PATH": self.path}
-            client_env.update(self.libs)
-            client_env.update(pod_env)
-            client_env.update(envs)
-            for mib, ok in sorted(s["expect"]["alloc_ok"].items()):
-                self.cuda_client(resource, client_env, client_env.get("CUDA_MPS_PIPE_DIRECTORY", pipe), mib, ok, checks)
+            for row in rows:
+                mine = [i for i in ids if i.startswith(row["uuid"] + "::")] or ids
+                label = resource if len(self.gpus) == 1 else "%s (a device of GPU %d)" % (resource, row["index"])
+                self.allocate_and_run(s, resource, label, row, client, [mine[0]] + [i for i in ids if i != mine[0]],
+                                      pipe, checks)
         finally:
             client.close()
 
-    def cuda_client(self, resource, env, pipe, mib, want_ok, checks):
+    def allocate_and_run(self, s, resource, label, row, client, ids, pipe, checks):
+        """Allocate one device of the GPU of `row` (ids[0]), check the answer, run the clients with the pod's env.
+        Check names say `label` (the resource, and the GPU on a host with several)."""
+        resource_name, resource = resource, label
+        responses, error = client.allocate([[ids[0]]])
+        if not check(checks, "%s: Allocate 1 replica" % resource, error is None and len(responses) == 1,
+                     error or responses):
+            return
+        response = responses[0]
+        envs, mounts = response.get("envs", {}), response.get("mounts", [])
+        uuid = row["uuid"]
+        if s["expect"]["pipe_env"]:
+            want_pipe = os.path.join(MPS_CONTAINER_ROOT, resource_name, "pipe")
+            check(checks, "%s: Allocate env CUDA_MPS_PIPE_DIRECTORY" % resource,
+                  envs.get("CUDA_MPS_PIPE_DIRECTORY") == want_pipe, envs.get("CUDA_MPS_PIPE_DIRECTORY"), want_pipe)
+            pipe_mount = [m for m in mounts if m.get("container_path") == want_pipe]
+            check(checks, "%s: Allocate mounts the pipe from %s" % (resource, self.mps_host_root),
+                  bool(pipe_mount) and pipe_mount[0]["host_path"] == os.path.join(self.mps_host_root, resource_name,
+                                                                                 "pipe")
+                  and os.path.exists(os.path.join(pipe_mount[0]["host_path"], "control")), mounts)
+        else:
+            check(checks, "%s: Allocate gives no MPS pipe (the host daemon's comes from the pod spec)" % resource,
+                  "CUDA_MPS_PIPE_DIRECTORY" not in envs, envs)
+        visible = envs.get("NVIDIA_VISIBLE_DEVICES")
+        if s["source"] == "upstream":
+            check(checks, "%s: Allocate env NVIDIA_VISIBLE_DEVICES is the GPU's UUID" % resource, visible == uuid,
+                  visible, uuid)
+        else:
+            check(checks, "%s: Allocate env NVIDIA_VISIBLE_DEVICES (fork: a relative index, the multi-GPU fault)"
+                  % resource, visible == "0", visible, "0", note="on a node with several GPUs gpuN gets GPU 0")
+        if s["source"] == "fork" and s["owner"] == "plugin":
+            check(checks, "%s: Allocate env CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" % resource,
+                  envs.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") == str(100 // self.args.replicas),
+                  envs.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"), str(100 // self.args.replicas))
+        record = {"envs": envs, "mounts": mounts, "devices": response.get("devices", []),
+                  "annotations": response.get("annotations", {})}
+        record["container_gpus"] = container_gpus(self.gpus, envs)
+        self.results["scenarios"][-1].setdefault("allocate", {})[resource] = record
+        two, refusal = client.allocate([[ids[0], ids[1]]]) if len(ids) > 1 else (None, "only one device")
+        seen = "refused: %s" % refusal if two is None else "accepted"
+        check(checks, "%s: a request for 2 replicas is %s" % (resource, s["expect"]["two_replicas"]),
+              seen.startswith(s["expect"]["two_replicas"]), seen,
+              note="fork fault: its ValidateRequest check for MPS is commented out"
+              if s["expect"]["two_replicas"] == "accepted" else None)
+        # A pod's env: Allocate's, and for owner host the pipe directory of the pod spec (_pods.mps_pod).
+        pod_env = {}
+        if s["owner"] == "host":
+            pod = self.pods.mps_pod("lane", "default", "none", ["true"], "c", "lane", source="host",
+                                    pipe_directory=pipe, resource=resource_name)
+            pod_env = dict((e["name"], e["value"]) for e in pod["spec"]["containers"][0]["env"] if "value" in e)
+        client_env = {"PATH": self.path}
+        client_env.update(self.libs)
+        client_env.update(pod_env)
+        client_env.update(envs)
+        # What the container runtime would hand the pod (no runtime here): those GPUs, by UUID.
+        client_env["CUDA_VISIBLE_DEVICES"] = ",".join(record["container_gpus"])
+        # Upstream hands out the GPU asked for; the fork's NVIDIA_VISIBLE_DEVICES=0 is GPU 0 whatever was asked.
+        want_uuid = self.gpus[0]["uuid"] if s["source"] == "fork" else uuid
+        for mib, ok in sorted(s["expect"]["alloc_ok"].items()):
+            self.cuda_client(resource, client_env, client_env.get("CUDA_MPS_PIPE_DIRECTORY", pipe), mib, ok, checks,
+                             want_uuid, row["index"])
+
+    def cuda_client(self, resource, env, pipe, mib, want_ok, checks, want_uuid=None, asked=0):
         argv = self.cuda.client_argv(sys.executable, alloc_mib=mib, hold=30, release_on_stdin=True)
         proc = self.cuda.ClientProcess(argv, env)
         deadline = time.time() + 60
@@ -565,6 +627,11 @@ class Lane(object):
             check(checks, "%s: client of %d MiB" % (resource, mib), False, "%s: %s %s" % (type(error).__name__, out, err))
             return
         alloc = report.get("alloc") or {}
+        seen_index = next((g["index"] for g in self.gpus if g["uuid"] == report.get("uuid")), None)
+        check(checks, "%s: the GPU the client really uses (UUID from inside)" % resource,
+              report.get("uuid") == want_uuid, {"uuid": report.get("uuid"), "gpu": seen_index,
+                                                "device_count": report.get("device_count")}, want_uuid,
+              note="fork fault: a device of GPU %d runs on GPU 0" % asked if seen_index == 0 and asked else None)
         check(checks, "%s: client with the pod's env is an MPS client (its pid in ps)" % resource, listed,
               {"pid": report["pid"], "ps": ps.splitlines()[:4]})
         check(checks, "%s: client allocating %d MiB %s" % (resource, mib, "succeeds" if want_ok else "fails"),

@@ -271,3 +271,43 @@ def test_the_lane_refuses_to_run_as_another_user(tmp_path, monkeypatch):
     args = type("Args", (), {"out": str(tmp_path), "bin": str(tmp_path), "replicas": 20, "only": None})()
     with pytest.raises(SystemExit, match="as root"):
         lane.Lane(args).setup()
+
+
+# --- several GPUs (issue 15) -----------------------------------------------------------------------------------
+
+FOUR = [{"index": i, "uuid": "GPU-%d-uuid" % i} for i in range(4)]
+
+
+def test_devices_per_gpu_counts_each_gpus_replicas():
+    ids = ["GPU-%d-uuid::%d" % (g, r) for g in range(4) for r in range(20 if g == 0 else 4)] + ["strange"]
+    assert lane.devices_per_gpu(ids, FOUR) == {"GPU-0-uuid": 20, "GPU-1-uuid": 4, "GPU-2-uuid": 4, "GPU-3-uuid": 4,
+                                               "other": 1}
+
+
+@pytest.mark.parametrize("envs, gpus", [
+    ({"NVIDIA_VISIBLE_DEVICES": "GPU-2-uuid"}, ["GPU-2-uuid"]),            # upstream: the UUID asked for
+    ({"NVIDIA_VISIBLE_DEVICES": "0", "CUDA_VISIBLE_DEVICES": "0"}, ["GPU-0-uuid"]),   # the fork, for gpu2 too
+    ({"NVIDIA_VISIBLE_DEVICES": "2,3", "CUDA_VISIBLE_DEVICES": "1"}, ["GPU-3-uuid"]),
+    ({}, ["GPU-0-uuid", "GPU-1-uuid", "GPU-2-uuid", "GPU-3-uuid"]),
+    ({"NVIDIA_VISIBLE_DEVICES": "none"}, []),
+])
+def test_container_gpus_does_what_the_runtime_and_cuda_do(envs, gpus):
+    assert lane.container_gpus(FOUR, envs) == gpus
+
+
+def test_the_fork_on_four_gpus_is_refused_and_on_one_accepted():
+    four = [dict(g, memory_total_mib=143771, compute_capability="9.0", mps_client_cap=48) for g in FOUR]
+    assert lane.fork_refusal(dp, four, 20) is True
+    assert "sees 4 GPUs" in lane.fork_refusal(dp, four, 20, message=True)
+    assert lane.fork_refusal(dp, four[:1], 20) is False
+
+
+def test_scenarios_on_four_gpus_expect_each_gpus_replicas():
+    four = [dict(g, memory_total_mib=143771, memory_total_bytes=143771 << 20, compute_capability="9.0",
+                 mps_client_cap=48, compute_mode="default", name="NVIDIA H200") for g in FOUR]
+    s = lane.scenario("fork-individual-plugin", DRIVER, four, 20, dp, _plan, "/tmp/x")
+    assert s["expect"]["resources"] == dict(("nvidia.com/gpu%d" % i, 20) for i in range(4))
+    assert [r["resource"] for r in s["node"]["gpus"]] == ["nvidia.com/gpu%d" % i for i in range(4)]
+    s = lane.scenario("upstream-aggregate-host", DRIVER, four, 20, dp, _plan, "/tmp/x")
+    assert s["expect"]["resources"] == {"nvidia.com/gpu": 80}
+    assert s["host_daemon"]["pinned_memory_limit_mps"] == dict((str(i), "7188M") for i in range(4))

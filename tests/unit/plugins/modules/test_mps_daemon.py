@@ -402,3 +402,48 @@ def test_force_decides_the_quit_not_an_earlier_snapshot(run_module, fake_cli, ho
     fake_cli.done()
     assert not failed, result.get("msg")
     assert result["changed"] and not result["daemon"]["running"]
+
+
+# --- several GPUs (issue 15): 4 stand-in GPUs -------------------------------------------------------------------
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_four_gpus_a_reversed_subset_sends_each_limit_to_its_mps_ordinal(run_module, fake_cli, standin_nvml, host,
+                                                                           monkeypatch, check_mode):
+    """visible_devices [GPU 2 by UUID, GPU 0 by index]: the daemon numbers them 0 and 1 (their position in
+    CUDA_VISIBLE_DEVICES), so the limit given by NVML index 0 goes to ordinal 1 and GPU 2's (by UUID) to ordinal 0."""
+    monkeypatch.setenv("GPULAB_STANDIN_GPUS", "4")
+    uuids = [standin_nvml._uuid(i) for i in range(4)]
+    ctl = host["ctl"]
+    fake_cli.expect(ctl, "get_server_list", *NO_DAEMON)
+    if not check_mode:
+        fake_cli.expect(ctl + ["-d"], None, "", effect=host["running"])
+        fake_cli.expect(ctl, "get_server_list", "")
+        fake_cli.expect(ctl, "set_default_device_pinned_mem_limit 0 3G", "")
+        fake_cli.expect(ctl, "get_default_device_pinned_mem_limit 0", "3G\n")
+        fake_cli.expect(ctl, "set_default_device_pinned_mem_limit 1 2G", "")
+        fake_cli.expect(ctl, "get_default_device_pinned_mem_limit 1", "2G\n")
+        expect_idle_snapshot(fake_cli, ctl, atp="100.0", pinned=None, devices=())
+        fake_cli.expect(ctl, "get_default_device_pinned_mem_limit 0", "3G\n")
+        fake_cli.expect(ctl, "get_default_device_pinned_mem_limit 1", "2G\n")
+    result, failed = run_module(mps_daemon, dict(host["args"], visible_devices=[uuids[2], "0"],
+                                                 default_pinned_memory_limit={"0": "2G", uuids[2]: "3G"}),
+                                check_mode=check_mode)
+    fake_cli.done()
+    assert not failed, result["msg"]
+    assert result["devices"] == {"0": uuids[2], "1": uuids[0]}
+    assert result["requested"] == {"active_thread_percentage": None, "pinned_memory_limit": {"0": "3G", "1": "2G"},
+                                   "visible_devices": [uuids[2], uuids[0]]}
+    if not check_mode:
+        # The daemon (and so its server) sees GPU 2 then GPU 0, by UUID, at start and on every call.
+        assert all(c["env"].get("CUDA_VISIBLE_DEVICES") == "%s,%s" % (uuids[2], uuids[0]) for c in fake_cli.calls)
+
+
+def test_four_gpus_a_gpu_outside_visible_devices_is_refused_by_index_and_by_uuid(run_module, fake_cli, standin_nvml,
+                                                                                 host, monkeypatch):
+    monkeypatch.setenv("GPULAB_STANDIN_GPUS", "4")
+    uuids = [standin_nvml._uuid(i) for i in range(4)]
+    result, failed = run_module(mps_daemon, dict(host["args"], visible_devices=["2", "0"],
+                                                 default_pinned_memory_limit={"1": "2G", uuids[3]: "2G"}))
+    assert failed and fake_cli.calls == []
+    assert result["errors"] == ["default_pinned_memory_limit: device 1 (GPU 1) is not in visible_devices",
+                                "default_pinned_memory_limit: device %s (GPU 3) is not in visible_devices" % uuids[3]]
