@@ -215,17 +215,20 @@ def recover(control, state, check_mode=False, timeout=30, term_wait=TERM_WAIT, k
     return result
 
 
-def describe(result):
+def describe(result, check_mode=False):
     """One sentence per server: what was done and what is left to do (for a warning or a failure message)."""
     lines = []
+    signals = result.get("signals") or {}
     for server in result["servers"]:
-        ended = [t["pid"] for t in result["end"] if t["server"] == server]
+        ended = [t["pid"] for t in result["end"] if t["server"] == server
+                 and (check_mode or t["pid"] in signals.get("ended", []) + signals.get("killed", []))]
         refused = [r for r in result["refused"] if r["server"] == server]
         after = result["status_after"].get(server)
         text = "MPS server %d (FAULT): " % server
-        text += ("ended client%s %s" % ("" if len(ended) == 1 else "s", ", ".join(map(str, ended)))
+        text += ("%s client%s %s" % ("would end" if check_mode else "ended", "" if len(ended) == 1 else "s",
+                                     ", ".join(map(str, ended)))
                  if ended else "no client of this host to end")
-        text += "; now %s" % after
+        text += "; %s %s" % ("would then be" if check_mode else "now", after)
         if refused:
             text += "; not ended: " + "; ".join(r["reason"] for r in refused)
         lines.append(text)
