@@ -113,15 +113,15 @@ options:
     description:
       - What to do, when the daemon runs, with an MPS server in FAULT (a client hit a fatal GPU error; every client of
         that server got the error, and new clients are refused until they all exit; docs/fault.md).
-      - V(none) changes nothing: the result reports the servers in FAULT (RV(fault_recovery), RV(health)) and a
+      - V(none) changes nothing; the result reports the servers in FAULT (RV(fault_recovery), RV(health)) and a
         warning says what to do.
       - V(end_clients) ends the client processes of the servers in FAULT, and of no other server (their CUDA contexts
-        are already lost): SIGTERM, up to 10 s, then SIGKILL; then it waits up to O(timeout) seconds for each server
-        to be ACTIVE again and reads it back. A client is ended only when it provably is that process on this host:
+        are already lost) with SIGTERM, up to 10 s, then SIGKILL; then it waits up to O(timeout) seconds for each server
+        to be ACTIVE again and reads it back. A client is ended only when it provably is that process on this host,
         in this host's PID namespace (a client in a pod or a container is reported, with the advice to end that pod,
         never signalled), alive, and with the same start time when it is signalled as when it was read. The task
         fails, after ending what it could, when a server is still in FAULT.
-      - C(terminate_client) of the control daemon is never used: on driver 580 it did not end a client that was
+      - C(terminate_client) of the control daemon is never used; on driver 580 it did not end a client that was
         not calling CUDA, and the daemon then answered no command until the clients exited by themselves.
       - With O(state=stopped) only V(none) is accepted (a stopped daemon has no server to recover).
     type: str
@@ -236,7 +236,7 @@ fault_recovery:
   description:
     - The servers that were in FAULT when the task read the daemon, and what O(fault_recovery) did about them.
     - C(ended) are the clients ended (C(killed) those of them that needed SIGKILL), C(would_end) those that are or
-      would be (check mode), C(refused) the clients that were not ended and why (another PID namespace: end that
+      would be (check mode), C(refused) the clients that were not ended and why (another PID namespace, so end that
       pod), C(gone) clients that had exited already, C(status_before) and C(status_after) each server's status
       (C(status_after) predicted in check mode).
   returned: always

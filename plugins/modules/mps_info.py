@@ -122,9 +122,9 @@ health:
   description:
     - Whether MPS is healthy here, judged the same way by every reader (the fleet's health gate, the dial-tone, the
       metrics). C(daemon) is V(running), V(stopped) (not running, left nothing), V(died) (not running, left its pid
-      file or log fifo: crashed or killed) or V(unresponsive) (no answer within O(timeout)).
+      file or log fifo, so it crashed or was killed) or V(unresponsive) (no answer within O(timeout)).
     - C(problems) say what happened and what to do, one per finding; C(kind) is C(daemon_not_running), C(daemon_died),
-      C(daemon_unresponsive), C(server_fault) (a server in FAULT: a client hit a fatal GPU error, every client of
+      C(daemon_unresponsive), C(server_fault) (a server in FAULT, after a client hit a fatal GPU error; every client of
       that server got it, new clients are refused until they all exit) or C(server_exited) (a server exited
       without a shutdown being asked, since the daemon started; reported, but not unhealthy by itself).
   returned: always
