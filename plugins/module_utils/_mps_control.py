@@ -365,10 +365,14 @@ class MpsControl(object):
                      "log_directory": self.log_directory, "servers": [], "clients": [],
                      "defaults": {"active_thread_percentage": None, "pinned_memory_limit": {}}, "stale_sockets": []}
             unresponsive = str(error)
+        return state, self.assess(state, expect_running=expect_running, unresponsive=unresponsive)
+
+    def assess(self, state, expect_running=True, unresponsive=None):
+        """_mps_health.assess of a snapshot just read, with what control.log and server.log say (no CLI call)."""
         # The tails are enough: a fault and an unasked exit are the last things a log says about a server.
         control_log = parse_control_log(self.read_log("control.log", 1 << 20))
         server_log = parse_server_log(self.read_log("server.log", 1 << 20))
-        return state, assess(state, control_log, server_log, expect_running=expect_running, unresponsive=unresponsive)
+        return assess(state, control_log, server_log, expect_running=expect_running, unresponsive=unresponsive)
 
     def server_snapshot(self, pid, devices, logged=None):
         """One server: status, clients, what it holds now, and what it logged at start (exact bytes)."""

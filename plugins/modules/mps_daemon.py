@@ -105,10 +105,29 @@ options:
     default: false
   timeout:
     description:
-      - Seconds to wait for the daemon to start or to stop, and the bound of every call of the control binary
-        (1 to 3600).
+      - Seconds to wait for the daemon to start or to stop, for a server in FAULT to be ACTIVE again
+        (O(fault_recovery=end_clients)), and the bound of every call of the control binary (1 to 3600).
     type: int
     default: 30
+  fault_recovery:
+    description:
+      - What to do, when the daemon runs, with an MPS server in FAULT (a client hit a fatal GPU error; every client of
+        that server got the error, and new clients are refused until they all exit; docs/fault.md).
+      - V(none) changes nothing; the result reports the servers in FAULT (RV(fault_recovery), RV(health)) and a
+        warning says what to do.
+      - V(end_clients) ends the client processes of the servers in FAULT, and of no other server (their CUDA contexts
+        are already lost) with SIGTERM, up to 10 s, then SIGKILL; then it waits up to O(timeout) seconds for each server
+        to be ACTIVE again and reads it back. A client is ended only when it provably is that process on this host,
+        in this host's PID namespace (a client in a pod or a container is reported, with the advice to end that pod,
+        never signalled), alive, and with the same start time when it is signalled as when it was read. The task
+        fails, after ending what it could, when a server is still in FAULT.
+      - C(terminate_client) of the control daemon is never used; on driver 580 it did not end a client that was
+        not calling CUDA, and the daemon then answered no command until the clients exited by themselves.
+      - With O(state=stopped) only V(none) is accepted (a stopped daemon has no server to recover).
+    type: str
+    choices: [none, end_clients]
+    default: none
+    version_added: 0.2.0
 requirements:
   - nvidia-cuda-mps-control on the target
   - nvidia-ml-py, when O(visible_devices) or O(default_pinned_memory_limit) is given without O(plan) (to check
@@ -120,7 +139,7 @@ attributes:
     support: full
   idempotent:
     support: full
-    details: V(restarted) always changes.
+    details: V(restarted) always changes; O(fault_recovery=end_clients) changes only while a server is in FAULT.
 notes:
   - Defaults set through the CLI live in the daemon's memory; a restarted daemon starts with none.
     The C(gpulab.mps.mps_host) role's systemd unit re-applies them on every start.
@@ -151,6 +170,12 @@ EXAMPLES = r"""
 - name: Apply the host's plan (what the mps_host role does)
   gpulab.mps.mps_daemon:
     plan: "{{ preflight_mps_plan }}"
+
+- name: Bring servers in FAULT back by ending their clients (their CUDA work is already lost)
+  gpulab.mps.mps_daemon:
+    state: started
+    fault_recovery: end_clients
+  register: mps_recovery
 
 - name: Stop MPS, even under running jobs
   gpulab.mps.mps_daemon:
@@ -207,6 +232,32 @@ stale_sockets_removed:
   type: list
   elements: str
   sample: [control, control_lock, control_privileged]
+fault_recovery:
+  description:
+    - The servers that were in FAULT when the task read the daemon, and what O(fault_recovery) did about them.
+    - C(ended) are the clients ended (C(killed) those of them that needed SIGKILL), C(would_end) those that are or
+      would be (check mode), C(refused) the clients that were not ended and why (another PID namespace, so end that
+      pod), C(gone) clients that had exited already, C(status_before) and C(status_after) each server's status
+      (C(status_after) predicted in check mode).
+  returned: always
+  type: dict
+  sample:
+    mode: end_clients
+    faulted_servers: [492]
+    would_end: [449, 637]
+    ended: [449, 637]
+    killed: [637]
+    refused: []
+    gone: []
+    status_before: {"492": FAULT}
+    status_after: {"492": ACTIVE}
+health:
+  description:
+    - The health of MPS after the task, as M(gpulab.mps.mps_info) reports it (the same judgement); in check mode, as
+      it is now.
+  returned: always
+  type: dict
+  sample: {healthy: true, daemon: running, faulted_servers: [], problems: []}
 """
 
 import os
@@ -220,6 +271,8 @@ from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
     with_exact_limits)
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import (
     ALREADY_RUNNING, DAEMON_FILES, LOG_FIFO, PID_FILE)
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_recovery import describe as describe_recovery
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_recovery import recover
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import daemon_environment, daemon_plan, plan_problems
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import mps_size, readback_matches
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import (
@@ -266,6 +319,7 @@ class MpsDaemon(object):
         self.removed_sockets = []
         self.devices = None
         self.uid = os.geteuid()
+        self.recovery = None
 
     # Validation -----------------------------------------------------------------------------------
     def validate(self):
@@ -282,6 +336,9 @@ class MpsDaemon(object):
         error = timeout_error(p["timeout"])
         if error:
             errors.append(error)
+        if p["fault_recovery"] != "none" and p["state"] == "stopped":
+            errors.append("fault_recovery=%s needs state started or restarted: a stopped daemon has no server to "
+                          "recover" % p["fault_recovery"])
         try:
             self.dir_mode = parse_mode(p["directory_mode"])
             if self.dir_mode & 0o022:
@@ -545,6 +602,65 @@ class MpsDaemon(object):
             fail_control(self.module, error, "Cannot restart MPS server %d" % pid)
         self.restarted_servers.append({"old": pid, "new": new[0] if new else None})
 
+    # Servers in FAULT -----------------------------------------------------------------------------
+    def recover_faults(self, state):
+        """Report the servers in FAULT, and with fault_recovery=end_clients end their clients (_mps_recovery).
+
+        Returns the snapshot to go on with: `state` when nothing was ended, else a fresh one."""
+        faulted = [s["pid"] for s in state["servers"] if s["status"] == "FAULT"]
+        if not faulted:
+            return state
+        if self.params["fault_recovery"] == "none":
+            health = self.control.assess(state)
+            self.warnings.append(
+                "MPS in %s has server%s in FAULT (%s): %s. fault_recovery=end_clients ends the clients of those "
+                "servers on this host, which brings them back." % (
+                    self.params["pipe_directory"], "" if len(faulted) == 1 else "s", ", ".join(map(str, faulted)),
+                    " ".join("%s What to do: %s." % (p["message"], p["action"]) for p in health["problems"]
+                             if p["kind"] == "server_fault")))
+            return state
+        # NEVER terminate_client here: on the H200 (driver 580) `terminate_client <server> <client>` on a server in
+        # FAULT did not end a sleeping client, and the control daemon then answered no command for ~55 s, until the
+        # clients exited by themselves (docs/evidence/2026-12-04-h200/fault/sticky.jsonl, docs/fault.md). Ending
+        # the client processes is what the record shows brings the server back.
+        try:
+            self.recovery = recover(self.control, state, check_mode=self.module.check_mode,
+                                    timeout=self.params["timeout"])
+        except MpsControlError as error:
+            fail_control(self.module, error, "Cannot read back the MPS servers in FAULT in %s after ending their "
+                                             "clients" % self.params["pipe_directory"])
+        signals = self.recovery["signals"] or {}
+        if self.recovery["would_end"] and (self.module.check_mode or signals.get("ended") or signals.get("killed")):
+            self.changed = True
+        still = sorted(pid for pid, status in self.recovery["status_after"].items()
+                       if pid in self.recovery["servers"] and status == "FAULT")
+        message = describe_recovery(self.recovery, self.module.check_mode)
+        if still and not self.module.check_mode:
+            problems = []
+            if signals.get("survived"):
+                problems.append("client%s %s survived SIGKILL" % (
+                    "" if len(signals["survived"]) == 1 else "s", ", ".join(map(str, signals["survived"]))))
+            for error in signals.get("errors") or []:
+                problems.append("client %d could not be signalled (%s)" % (error["pid"], error["error"]))
+            self.module.fail_json(
+                msg="MPS server%s %s in %s still in FAULT after fault_recovery=end_clients: %s%s." % (
+                    "" if len(still) == 1 else "s", ", ".join(map(str, still)), self.params["pipe_directory"],
+                    message, ("; " + "; ".join(problems)) if problems else ""),
+                changed=self.changed, fault_recovery=self.recovery_result())
+        if still or self.recovery["refused"]:
+            self.warnings.append(message + ".")
+        return self.snapshot() if self.changed and not self.module.check_mode else state
+
+    def recovery_result(self):
+        recovery = self.recovery or {}
+        signals = recovery.get("signals") or {}
+        keys = lambda d: dict((str(k), v) for k, v in sorted((d or {}).items()))  # noqa: E731
+        return {"mode": self.params["fault_recovery"], "faulted_servers": recovery.get("servers", []),
+                "would_end": recovery.get("would_end", []), "ended": signals.get("ended", []),
+                "killed": signals.get("killed", []), "refused": recovery.get("refused", []),
+                "gone": [g["pid"] for g in recovery.get("gone", [])],
+                "status_before": keys(recovery.get("status_before")), "status_after": keys(recovery.get("status_after"))}
+
     # Run ------------------------------------------------------------------------------------------
     def run(self):
         self.validate()
@@ -562,8 +678,11 @@ class MpsDaemon(object):
         before = self.snapshot()
         wanted = self.params["state"]
         started_fresh = False
+        current = before
+        if wanted != "stopped" and before["running"]:
+            current = self.recover_faults(before)
         if wanted in ("stopped", "restarted"):
-            self.stop(before)
+            self.stop(current)
             if not self.module.check_mode or not before["running"]:
                 self.clean_leftovers()
         if wanted in ("started", "restarted"):
@@ -571,11 +690,11 @@ class MpsDaemon(object):
                 self.start()
                 started_fresh = True
             else:
-                self.check_visible_devices(before)
-                self.check_multiuser(before)
-            self.apply_defaults(None if started_fresh else before)
+                self.check_visible_devices(current)
+                self.check_multiuser(current)
+            self.apply_defaults(None if started_fresh else current)
         # Nothing was done: the state is the one just read (a second snapshot would only cost CLI calls).
-        after = self.snapshot() if self.changed and not self.module.check_mode else before
+        after = self.snapshot() if self.changed and not self.module.check_mode else current
         if wanted != "stopped" and not started_fresh:
             self.handle_running_servers(after)
             if self.restarted_servers and not self.module.check_mode:
@@ -606,21 +725,34 @@ class MpsDaemon(object):
             restarted_servers=self.restarted_servers,
             stale_sockets_removed=self.removed_sockets,
         )
+        faulted = [s["pid"] for s in before["servers"] if s["status"] == "FAULT"]
+        result["fault_recovery"] = self.recovery_result() if self.recovery else {
+            "mode": self.params["fault_recovery"], "faulted_servers": faulted, "would_end": [], "ended": [],
+            "killed": [], "refused": [], "gone": [],
+            "status_before": dict((str(s["pid"]), s["status"]) for s in before["servers"]),
+            "status_after": dict((str(s["pid"]), s["status"]) for s in after["servers"])}
+        result["health"] = self.control.assess(after, expect_running=self.params["state"] != "stopped") \
+            if not predicted else self.control.assess(before)
         if self.devices is not None:
             result["devices"] = self.devices
         if self.module._diff:
-            result["diff"] = {"before": describe(before["running"], before["defaults"]),
-                              "after": describe(running, result["defaults"])}
+            servers_after = dict((str(s["pid"]), s["status"]) for s in result["servers"])
+            if predicted and self.recovery:
+                servers_after.update(result["fault_recovery"]["status_after"])
+            result["diff"] = {"before": describe(before["running"], before["defaults"], before["servers"]),
+                              "after": describe(running, result["defaults"], servers_after)}
         for warning in self.warnings:
             self.module.warn(warning)
         return result
 
 
-def describe(running, defaults):
-    """The state shown in --diff."""
+def describe(running, defaults, servers=()):
+    """The state shown in --diff; servers: the snapshot's list, or {pid: status} already."""
+    statuses = servers if isinstance(servers, dict) else dict((str(s["pid"]), s["status"]) for s in servers)
     return {"state": "running" if running else "stopped",
             "default_active_thread_percentage": defaults.get("active_thread_percentage"),
-            "default_pinned_memory_limit": dict(defaults.get("pinned_memory_limit") or {})}
+            "default_pinned_memory_limit": dict(defaults.get("pinned_memory_limit") or {}),
+            "servers": dict(statuses)}
 
 
 def main():
@@ -638,6 +770,7 @@ def main():
             state_directory=dict(type="str"),
             defaults_applied_at_start=dict(type="bool", default=False),
             multiuser_server=dict(type="bool", default=False),
+            fault_recovery=dict(type="str", default="none", choices=["none", "end_clients"]),
         ),
         mutually_exclusive=[("plan", "visible_devices"), ("plan", "default_active_thread_percentage"),
                             ("plan", "default_pinned_memory_limit")],

@@ -122,10 +122,10 @@ health:
   description:
     - Whether MPS is healthy here, judged the same way by every reader (the fleet's health gate, the dial-tone, the
       metrics). C(daemon) is V(running), V(stopped) (not running, left nothing), V(died) (not running, left its pid
-      file or log fifo: crashed or killed); a daemon that answers nothing within O(timeout) fails the task instead
-      (the metrics collector reports it as V(unresponsive)).
+      file or log fifo, so it crashed or was killed); a daemon that answers nothing within O(timeout) fails the
+      task instead (the metrics collector reports it as V(unresponsive)).
     - C(problems) say what happened and what to do, one per finding; C(kind) is C(daemon_not_running), C(daemon_died),
-      C(server_fault) (a server in FAULT: a client hit a fatal GPU error, every client of
+      C(server_fault) (a server in FAULT, after a client hit a fatal GPU error; every client of
       that server got it, new clients are refused until they all exit) or C(server_exited) (a server exited
       without a shutdown being asked, since the daemon started; reported, but not unhealthy by itself).
   returned: always
