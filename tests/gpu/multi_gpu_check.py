@@ -251,8 +251,15 @@ class Check(object):
                 check(checks, "ordinal %d: get_default_device_pinned_mem_limit after set %s" % (
                     ordinal, self.sizes.mps_size(size)), self.sizes.readback_matches(size, shown), shown,
                     "%s, read back rounded down" % self.sizes.mps_size(size))
-            clients = self.start_clients(limits, control, checks, len(want))
-            self.judge_clients(clients, want, limits, control, checks)
+            # One kind at a time (every GPU's "under" clients, released, then the "over" ones): on the H200 two
+            # clients of one server at once each saw ~514 MiB less than the limit, where one alone saw ~58 MiB less,
+            # and limit - 256 MiB failed (docs/evidence/2026-12-04-h200-multi-gpu.md).
+            for kind in ("under", "over"):
+                batch = self.start_clients(limits, control, checks, len(want), kind)
+                clients.extend(batch)
+                self.judge_clients(batch, want, limits, control, checks)
+                for client in batch:
+                    self.release(client)
             self.read_server(limits, control, log, checks)
         except (self.mc.MpsControlError, RuntimeError) as error:
             check(checks, "round ran", False, "%s: %s" % (type(error).__name__, error))
@@ -261,10 +268,10 @@ class Check(object):
                 self.release(client)
             self.stop_daemon(control, checks)
 
-    def start_clients(self, limits, control, checks, device_count):
+    def start_clients(self, limits, control, checks, device_count, kind):
         clients = []
         for ordinal, size in sorted(limits.items()):
-            for kind, mib in (("under", size // MIB - MARGIN_MIB), ("over", size // MIB + MARGIN_MIB)):
+            for mib in ([size // MIB - MARGIN_MIB] if kind == "under" else [size // MIB + MARGIN_MIB]):
                 entry = {"ordinal": ordinal, "kind": kind, "alloc_mib": mib, "limit_mib": size // MIB}
                 if self.simulated:
                     # A stand-in "client": a live process the stand-in daemon counts (its hidden test hook).
