@@ -48,8 +48,9 @@ from lane import collection_path  # noqa: E402  (stdlib only: the temporary ansi
 
 MIB = 1 << 20
 REPLICA_CYCLE = (20, 10, 7, 4)
-# Just under and just over a limit: the driver-API client's context took ~58 MiB under MPS on the H200 (7188M
-# limit: 7130 MiB free), so limit - 256 fits and limit + 256 does not.
+# Just under and just over a limit: the driver-API client's context took ~58 MiB under MPS on the H200 at 5 % of the
+# SMs (7188M limit: 7130 MiB free), so limit - 256 fits and limit + 256 does not.
+THREAD_PERCENTAGE = 5
 MARGIN_MIB = 256
 # How far below its limit a client may see its free memory; each round's limits differ by >= 512 MiB per GPU.
 FREE_BAND_MIB = 448
@@ -245,15 +246,17 @@ class Check(object):
                                                                          "pid": pid, "pipe_directory": pipe}):
                 return
             limits = dict((int(o), b) for o, b in daemon["pinned_memory_limit"].items())
+            # The thread share of 20 replicas, as the lab's daemon has it (replica limits "memory_and_threads"). A
+            # client's context counts against its pinned limit and grows with its share of the SMs: on the H200 it
+            # took ~58 MiB at 5 % and ~514 MiB at 100 % (docs/evidence/2026-12-04-h200-multi-gpu.md).
+            control.set_default_active_thread_percentage(THREAD_PERCENTAGE)
             for ordinal, size in sorted(limits.items()):
                 control.set_default_pinned_limit(ordinal, self.sizes.mps_size(size))
                 shown = control.default_pinned_limit(ordinal)
                 check(checks, "ordinal %d: get_default_device_pinned_mem_limit after set %s" % (
                     ordinal, self.sizes.mps_size(size)), self.sizes.readback_matches(size, shown), shown,
                     "%s, read back rounded down" % self.sizes.mps_size(size))
-            # One kind at a time (every GPU's "under" clients, released, then the "over" ones): on the H200 two
-            # clients of one server at once each saw ~514 MiB less than the limit, where one alone saw ~58 MiB less,
-            # and limit - 256 MiB failed (docs/evidence/2026-12-04-h200-multi-gpu.md).
+            # One kind at a time: every GPU's "under" clients, released, then the "over" ones.
             for kind in ("under", "over"):
                 batch = self.start_clients(limits, control, checks, len(want), kind)
                 clients.extend(batch)
