@@ -9,7 +9,7 @@
 #   tests/images/build.sh --force    rebuild
 #
 # Images:
-#   gpulab-mps/debian-systemd:bookworm   systemd as PID 1, python3, dbus, procps: a GPU host
+#   gpulab-mps/debian-systemd:bookworm   systemd as PID 1, python3 (venv, packaging: what ansible.builtin.pip needs), dbus, procps: a GPU host
 #                                        without its GPU (molecule adds the stand-ins in prepare)
 #
 # Environment: DEBIAN_MIRROR (default: the first Debian URI of this machine's apt sources, else
@@ -76,4 +76,4 @@ build() {
   log "built $name in $((SECONDS - started)) s"
 }
 
-build "$PREFIX/debian-systemd:$SUITE" "systemd,systemd-sysv,dbus,python3,procps"
+build "$PREFIX/debian-systemd:$SUITE" "systemd,systemd-sysv,dbus,python3,python3-venv,python3-packaging,procps"

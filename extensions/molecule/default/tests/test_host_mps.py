@@ -121,3 +121,59 @@ def test_stopping_goes_through_systemd(host, tmp_path):
     quits = [line for line in host.file(LOGS + "/control.log").content_string.splitlines() if "Cmd:quit" in line]
     assert quits and quits[-1].endswith("Cmd:quit -t 30"), quits
     assert ctl(host, "get_server_list").rc == 1
+
+
+PROM = "/var/lib/prometheus/node-exporter/gpulab_mps.prom"
+
+
+def start_daemon(host):
+    host.check_output("systemctl start nvidia-mps.service")
+    for _ in range(50):
+        if ctl(host, "get_server_list").rc == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the nvidia-mps daemon did not answer within 10 s of its start")
+
+
+def prom_value(text, series):
+    """The value of one series line of the textfile, or None."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_metrics_timer_runs_the_collector(host):
+    """Role mps_metrics under systemd: the timer is enabled and active, and its oneshot service has run."""
+    timer = host.service("gpulab-mps-metrics.timer")
+    assert timer.is_enabled and timer.is_running
+    assert host.check_output("systemctl show gpulab-mps-metrics.service --property Result --value") == "success"
+
+
+def test_metrics_textfile_says_what_runs_here(host):
+    """What node_exporter would serve: the daemon of the unit, healthy, its defaults as planned; the file root's."""
+    # The daemon of the unit again (the test before stops it), then a fresh reading (the timer reads every 15 s).
+    start_daemon(host)
+    host.check_output("systemctl start gpulab-mps-metrics.service")
+    prom = host.file(PROM)
+    assert prom.is_file and prom.user == "root" and prom.mode == 0o644
+    text = prom.content_string
+    assert prom_value(text, "gpulab_mps_control_daemon_up") == 1
+    assert prom_value(text, "gpulab_mps_healthy") == 1
+    assert prom_value(text, 'gpulab_mps_daemon_state{state="running"}') == 1
+    assert prom_value(text, "gpulab_mps_default_active_thread_percentage") == 50
+    assert prom_value(text, "gpulab_mps_limits_as_planned") == 1
+    # No NVML in a container (the venv's nvidia-ml-py finds no driver): said, not hidden.
+    assert prom_value(text, 'gpulab_mps_collector_error{source="nvml"}') == 1
+
+
+def test_metrics_follow_a_stopped_daemon(host):
+    """After the daemon stops, the next reading says so (the service run by hand, as its timer would)."""
+    try:
+        host.check_output("systemctl stop nvidia-mps.service")
+        host.check_output("systemctl start gpulab-mps-metrics.service")
+        text = host.file(PROM).content_string
+        assert prom_value(text, "gpulab_mps_control_daemon_up") == 0
+        assert prom_value(text, 'gpulab_mps_problems{kind="daemon_not_running"}') == 1
+    finally:
+        start_daemon(host)
