@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 STANDINS = os.path.join(ROOT, "tests", "standins")
 sys.path.insert(0, os.path.join(HERE, "device_plugin"))
-from lane import collection_path  # noqa: E402  (stdlib only: the temporary ansible_collections link)
+from lane import check, collection_path  # noqa: E402  (stdlib only: the link, and the lane's check record)
 
 MIB = 1 << 20
 REPLICA_CYCLE = (20, 10, 7, 4)
@@ -94,16 +94,6 @@ def plan_settings(pipe, log, state, binary, gpus, owner="plugin"):
             "control_binary": binary, "sharing": {"mode": "individual", "replicas": REPLICA_CYCLE[0],
                                                   "replicas_per_gpu": dict((str(i), r) for i, r in
                                                                            replica_counts(gpus).items())}}
-
-
-def check(results, name, ok, seen, expected=None, note=None):
-    entry = {"check": name, "ok": bool(ok), "seen": seen}
-    if expected is not None:
-        entry["expected"] = expected
-    if note:
-        entry["note"] = note
-    results.append(entry)
-    return bool(ok)
 
 
 class Runner(object):
