@@ -286,8 +286,9 @@ def parse_control_log(text):
             continue
         start = _SERVER_START_RE.match(message)
         if start:
-            result["servers"][int(start.group("pid"))] = {"uid": int(start.group("uid")), "started": entry["time"],
-                                                           "exited": None, "status": None, "requested": None}
+            result["servers"][int(start.group("pid"))] = {
+                "uid": int(start.group("uid")), "started": entry["time"], "exited": None, "status": None,
+                "requested": None}
             continue
         shutdown = _SHUTDOWN_RE.match(message)
         command = _CMD_RE.match(message)

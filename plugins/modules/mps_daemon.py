@@ -654,7 +654,10 @@ class MpsDaemon(object):
     def recovery_result(self):
         recovery = self.recovery or {}
         signals = recovery.get("signals") or {}
-        keys = lambda d: dict((str(k), v) for k, v in sorted((d or {}).items()))  # noqa: E731
+
+        def keys(d):
+            return dict((str(k), v) for k, v in sorted((d or {}).items()))
+
         return {"mode": self.params["fault_recovery"], "faulted_servers": recovery.get("servers", []),
                 "would_end": recovery.get("would_end", []), "ended": signals.get("ended", []),
                 "killed": signals.get("killed", []), "refused": recovery.get("refused", []),

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The metrics collector of role mps_metrics against a REAL MPS daemon with real CUDA clients (issue 14).
 
 Run as root on a GPU host, from a checkout, with prometheus-client importable (PYTHONPATH or the wheelhouse):
@@ -90,8 +89,8 @@ def main():
         driver, gpus = session.driver(), session.gpus()
     plan = _plan.build_plan(driver, gpus, {
         "owner": "host", "pipe_directory": pipe, "log_directory": log, "state_directory": os.path.join(base, "state"),
-        "control_binary": BINARY, "service_manager": "direct", "sharing": {"mode": "aggregate",
-                                                                          "replicas": args.replicas}})
+        "control_binary": BINARY, "service_manager": "direct",
+        "sharing": {"mode": "aggregate", "replicas": args.replicas}})
     config = os.path.join(base, "etc", "metrics.json")
     with open(config, "w") as handle:
         json.dump({"textfile_directory": os.path.join(base, "textfile"), "timeout": 10, "plan": plan}, handle)
@@ -101,12 +100,12 @@ def main():
 
     def cli(command):
         return subprocess.run([BINARY], input=command + "\n", env=env, capture_output=True, text=True,
-                              timeout=15).stdout.strip()
+                              timeout=15, check=False).stdout.strip()
 
     def collect(name):
         started = time.time()
         run = subprocess.run([sys.executable, os.path.join(lib, "gpulab_mps_metrics.py"), "--config", config],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
         with open(os.path.join(base, "textfile", "gpulab_mps.prom")) as handle:
             text = handle.read()
         shutil.copy(os.path.join(base, "textfile", "gpulab_mps.prom"), os.path.join(args.out, name + ".prom"))
@@ -145,7 +144,7 @@ def main():
         check("idle: the collector succeeded", s.get("gpulab_mps_collector_success") == 1,
               results["states"]["idle"]["stderr"][-300:])
 
-        for _ in range(2):
+        for _client in range(2):
             procs.append(subprocess.Popen([sys.executable, "-c", experiment.HEALTHY, "60", "120"], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         # They loop kernels for 60 s and linger 120 s after an error (the FAULT below gives them one).
@@ -183,7 +182,7 @@ def main():
             if proc.poll() is None:
                 proc.kill()
         if subprocess.run([BINARY], input="get_server_list\n", env=env, capture_output=True, text=True,
-                          timeout=15).returncode == 0:
+                          timeout=15, check=False).returncode == 0:
             cli("quit")
         with open(os.path.join(args.out, "results.json"), "w") as handle:
             json.dump(results, handle, indent=1)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """What MPS does when a client faults, when its server dies and when the control daemon dies (issue 14).
 
 Run as root on a GPU host, from a checkout:
@@ -119,13 +118,13 @@ class Lab:
     def cli(self, command):
         try:
             proc = subprocess.run([self.binary], input=command + "\n", env=self.env, capture_output=True,
-                                  text=True, timeout=CLI_TIMEOUT)
+                                  text=True, timeout=CLI_TIMEOUT, check=False)
             return proc.returncode, (proc.stdout + proc.stderr).strip()
         except subprocess.TimeoutExpired:
             return None, "TIMEOUT after %d s" % CLI_TIMEOUT
 
     def start_daemon(self):
-        rc = subprocess.run([self.binary, "-d"], env=self.env, timeout=CLI_TIMEOUT).returncode
+        rc = subprocess.run([self.binary, "-d"], env=self.env, timeout=CLI_TIMEOUT, check=False).returncode
         time.sleep(0.5)
         with open(os.path.join(self.pipe, "nvidia-cuda-mps-control.pid")) as handle:
             self.control_pid = int(handle.read().strip())
@@ -352,7 +351,8 @@ def main():
             handle.write("##### %s\n" % name)
             for event in events:
                 handle.write(json.dumps(event) + "\n")
-    left = subprocess.run(["pgrep", "-a", "-f", "nvidia-cuda-mps"], capture_output=True, text=True).stdout
+    left = subprocess.run(["pgrep", "-a", "-f", "nvidia-cuda-mps"], capture_output=True, text=True, timeout=10,
+                          check=False).stdout
     print("MPS processes left:", left.strip() or "none")
 
 

@@ -137,8 +137,8 @@ class Check(object):
             tools = self.private_dir("gpulab-multigpu-tools-")
             self.binary = os.path.join(tools, "nvidia-cuda-mps-control")
             with open(self.binary, "w") as handle:
-                handle.write('#!/bin/sh\nexec %s %s "$@"\n' % (sys.executable,
-                                                                os.path.join(STANDINS, "nvidia-cuda-mps-control")))
+                handle.write('#!/bin/sh\nexec %s %s "$@"\n'
+                             % (sys.executable, os.path.join(STANDINS, "nvidia-cuda-mps-control")))
             os.chmod(self.binary, 0o700)
         else:
             if os.geteuid() != 0:
@@ -147,7 +147,8 @@ class Check(object):
                 (os.path.join(d, "nvidia-cuda-mps-control") for d in BINARY_DIRS
                  if os.access(os.path.join(d, "nvidia-cuda-mps-control"), os.X_OK)), None)
             if not self.binary:
-                raise SystemExit("nvidia-cuda-mps-control not found in %s (give --control-binary)" % ", ".join(BINARY_DIRS))
+                raise SystemExit("nvidia-cuda-mps-control not found in %s (give --control-binary)"
+                                 % ", ".join(BINARY_DIRS))
         sys.path.insert(0, collection_path())
         from ansible_collections.gpulab.mps.plugins.module_utils import (
             _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes)
@@ -442,9 +443,9 @@ class Check(object):
         r = self.results
         r["finished"] = time.time()
         modes_ok = r.get("compute_modes_before") == r.get("compute_modes_after")
-        lines = ["gpulab.mps multi-GPU check, %s%s" % (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["started"])),
-                                                     " -- SIMULATED (stand-ins, no GPU): NOT A GPU RESULT"
-                                                     if self.simulated else ""),
+        simulated = " -- SIMULATED (stand-ins, no GPU): NOT A GPU RESULT" if self.simulated else ""
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["started"]))
+        lines = ["gpulab.mps multi-GPU check, %s%s" % (started, simulated),
                  "driver %s; GPUs: %s" % ((r.get("driver") or {}).get("driver_version"), "; ".join(
                      "%d %s %s %d MiB" % (g["index"], g["name"], g["uuid"], g["memory_total_mib"])
                      for g in r.get("gpus", []))), ""]
@@ -452,9 +453,10 @@ class Check(object):
             rnd["ok"] = bool(rnd["checks"]) and all(c["ok"] for c in rnd["checks"])
             lines.append("%s %s" % ("PASS" if rnd["ok"] else "FAIL", rnd["name"]))
             for c in rnd["checks"]:
+                expected = (" (expected %s)" % json.dumps(c["expected"])
+                            if not c["ok"] and "expected" in c else "")
                 lines.append("  %s %s: %s%s" % ("ok  " if c["ok"] else "FAIL", c["check"], json.dumps(c["seen"])[:240],
-                                                " (expected %s)" % json.dumps(c["expected"]) if not c["ok"]
-                                                and "expected" in c else ""))
+                                                expected))
         lines += ["", "skipped: %s" % ("; ".join(r["skipped"]) or "nothing"),
                   "compute and MIG modes before/after: %s" % ("unchanged" if modes_ok else "CHANGED %s -> %s" % (
                       r.get("compute_modes_before"), r.get("compute_modes_after"))),

@@ -273,7 +273,7 @@ def test_states_as_prometheus_sees_them(host):
     assert value(host, "gpulab_mps_limits_as_planned") == 1
 
     # 3. Two clients (sleeping processes the stand-in counts as clients), and a default changed off the plan.
-    for _ in range(2):
+    for _client in range(2):
         sleeper = subprocess.Popen(["sleep", "120"])
         host["sleepers"].append(sleeper.pid)
         assert ctl(host, "standin_attach_client %d" % sleeper.pid)[1] == ""

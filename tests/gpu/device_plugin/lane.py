@@ -406,7 +406,7 @@ class Lane(object):
         self.log("=== %s" % name)
         if s["source"] == "fork":
             check(checks, "the collection %s the fork on a node with %d GPU(s)" % (
-                "refuses" if len(self.gpus) > 1 else "accepts", len(self.gpus)),
+                  "refuses" if len(self.gpus) > 1 else "accepts", len(self.gpus)),
                   fork_refusal(self.dp, self.gpus, self.args.replicas) == (len(self.gpus) > 1),
                   fork_refusal(self.dp, self.gpus, self.args.replicas, message=True) or "accepted",
                   note="device_plugin_fork_allow_multi_gpu_nodes: true runs it anyway, as the lane does")
@@ -564,8 +564,8 @@ class Lane(object):
                   envs.get("CUDA_MPS_PIPE_DIRECTORY") == want_pipe, envs.get("CUDA_MPS_PIPE_DIRECTORY"), want_pipe)
             pipe_mount = [m for m in mounts if m.get("container_path") == want_pipe]
             check(checks, "%s: Allocate mounts the pipe from %s" % (resource, self.mps_host_root),
-                  bool(pipe_mount) and pipe_mount[0]["host_path"] == os.path.join(self.mps_host_root, resource_name,
-                                                                                 "pipe")
+                  bool(pipe_mount)
+                  and pipe_mount[0]["host_path"] == os.path.join(self.mps_host_root, resource_name, "pipe")
                   and os.path.exists(os.path.join(pipe_mount[0]["host_path"], "control")), mounts)
         else:
             check(checks, "%s: Allocate gives no MPS pipe (the host daemon's comes from the pod spec)" % resource,

@@ -62,7 +62,9 @@ def dialtone(tmp_path, lab):
 
 
 def test_a_server_in_fault_fails_the_dialtone_with_what_to_do(tmp_path, lab):
-    ctl = lambda command: control(lab["pipe_directory"], lab["log_directory"], command)  # noqa: E731
+    def ctl(command):
+        return control(lab["pipe_directory"], lab["log_directory"], command)
+
     assert ctl("standin_attach_client %d" % lab["holder"].pid) == ""
     ctl("standin_fault %d" % lab["holder"].pid)
     rc, out = dialtone(tmp_path, lab)

@@ -128,7 +128,7 @@ PROM = "/var/lib/prometheus/node-exporter/gpulab_mps.prom"
 
 def start_daemon(host):
     host.check_output("systemctl start nvidia-mps.service")
-    for _ in range(50):
+    for _attempt in range(50):
         if ctl(host, "get_server_list").rc == 0:
             return
         time.sleep(0.2)

@@ -78,8 +78,8 @@ def test_a_server_in_fault_is_unhealthy_with_what_to_do():
 
 
 def test_an_active_server_is_healthy():
-    assert health.assess(_state("ACTIVE")) == {"healthy": True, "daemon": "running", "faulted_servers": [],
-                                              "problems": []}
+    healthy = {"healthy": True, "daemon": "running", "faulted_servers": [], "problems": []}
+    assert health.assess(_state("ACTIVE")) == healthy
 
 
 def test_a_server_killed_since_the_daemon_started_is_reported_not_blocking():

@@ -151,8 +151,8 @@ def test_a_daemon_that_died_has_no_server_series_and_no_limits_verdict():
                 sample("gpulab_mps_collector_last_success_timestamp_seconds"): 900,
                 sample("gpulab_mps_clients", device="0", uuid=UUID): 0}
     assert dict((k, found.get(k)) for k in expected) == expected
-    assert not [n for n in names(found) if n.startswith(("gpulab_mps_server_", "gpulab_mps_limits_as_planned",
-                                                          "gpulab_mps_default_"))]
+    absent = ("gpulab_mps_server_", "gpulab_mps_limits_as_planned", "gpulab_mps_default_")
+    assert not [n for n in names(found) if n.startswith(absent)]
 
 
 def test_every_series_is_documented():

@@ -23,14 +23,14 @@ POD_NS = "4026532174"
 
 def snapshot(*servers):
     """servers: (pid, status, [(client pid, namespace)])."""
-    return {"servers": [{"pid": pid, "status": status, "clients": [c for c, _ in clients]}
+    return {"servers": [{"pid": pid, "status": status, "clients": [c for c, _ns in clients]}
                         for pid, status, clients in servers],
             "clients": [{"pid": c, "id": 1, "server": pid, "device": "GPU-0", "namespace": ns, "command": "python3"}
-                        for pid, _, clients in servers for c, ns in clients if ns is not None]}
+                        for pid, _status, clients in servers for c, ns in clients if ns is not None]}
 
 
 def starts(table):
-    return lambda pid: table.get(pid)
+    return table.get
 
 
 # The H200's sticky experiment: server 492 in FAULT with clients 449 and 637, both alive.
@@ -87,7 +87,7 @@ def sleeper():
 
 def test_a_pid_whose_start_time_changed_is_not_signalled(sleeper):
     """The PID was read, then the process went and the PID came to another one: that one must survive."""
-    state, start, _ = process_start(sleeper.pid)
+    state, start, _ticks = process_start(sleeper.pid)
     out = recovery.end_processes([{"pid": sleeper.pid, "server": 1, "start": start + 1}], term_wait=1, kill_wait=1)
     assert out["vanished"] == [sleeper.pid] and out["ended"] == [] and out["killed"] == []
     time.sleep(0.2)

@@ -407,8 +407,8 @@ def test_force_decides_the_quit_not_an_earlier_snapshot(run_module, fake_cli, ho
 # --- several GPUs (issue 15): 4 stand-in GPUs -------------------------------------------------------------------
 
 @pytest.mark.parametrize("check_mode", [True, False])
-def test_four_gpus_a_reversed_subset_sends_each_limit_to_its_mps_ordinal(run_module, fake_cli, standin_nvml, host,
-                                                                           monkeypatch, check_mode):
+def test_four_gpus_a_reversed_subset_sends_each_limit_to_its_mps_ordinal(
+        run_module, fake_cli, standin_nvml, host, monkeypatch, check_mode):
     """visible_devices [GPU 2 by UUID, GPU 0 by index]: the daemon numbers them 0 and 1 (their position in
     CUDA_VISIBLE_DEVICES), so the limit given by NVML index 0 goes to ordinal 1 and GPU 2's (by UUID) to ordinal 0."""
     monkeypatch.setenv("GPULAB_STANDIN_GPUS", "4")
