@@ -23,7 +23,7 @@ from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import (
     BINARY_DIRECTORIES, CONTROL_BINARY, PID_FILE, OutputError, no_daemon, parse_percentage, parse_pid_list,
     parse_control_log, parse_pinned_limit, parse_pipe_directory, parse_ps, parse_server_log, parse_server_status,
     unknown_command)
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import assess
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import FAULT, assess
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import mps_size, readback_matches
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import (
     inspect_directory, process_environment, process_start, read_json, read_small_file, socket_problem, write_json)
@@ -55,6 +55,11 @@ class DaemonNotRunning(MpsControlError):
 
 class UntrustedPipe(MpsControlError):
     """The pipe directory's control socket is not the daemon's: nothing is sent to it."""
+
+
+class ControlHangs(MpsControlError):
+    """A call of the control binary ran past its bound and was killed (a hung binary, or a daemon that answers
+    nothing)."""
 
 
 def default_state_directory():
@@ -153,7 +158,7 @@ class MpsControl(object):
         try:
             return run_bounded(self.module, argv, timeout or self.timeout, data=data, environ_update=self.environment())
         except CommandTimeout as error:
-            raise MpsControlError(
+            raise ControlHangs(
                 "%s (command %r): the MPS control binary hangs; check that %s is NVIDIA's nvidia-cuda-mps-control "
                 "and that the daemon of %s is not stuck (control.log in %s; on driver 580 a daemon answered nothing "
                 "after terminate_client on a server in FAULT, until that server's clients exited)" % (
@@ -317,16 +322,24 @@ class MpsControl(object):
     def log_tail(self, name="control.log", lines=20):
         return "".join(self.read_log(name, 64 << 10).splitlines(True)[-lines:])
 
+    def empty_state(self, running=False, pid=None):
+        """The snapshot of a daemon that has nothing to show: not running, or (running None) not answering."""
+        return {"running": running, "pid": pid, "pipe_directory": self.pipe_directory,
+                "log_directory": self.log_directory, "servers": [], "clients": [],
+                "defaults": {"active_thread_percentage": None, "pinned_memory_limit": {}},
+                "stale_sockets": []}
+
     def snapshot(self, devices=(0,), recorded=None):
         """Everything a user asks of a daemon: running, pid, servers, clients, defaults, stale sockets.
 
         `devices` are the MPS device ordinals whose default pinned limits are read; `recorded`
         ({ordinal: bytes}) the exact limits known to be in force, which replace rounded read-backs.
         """
-        state = {"running": False, "pid": None, "pipe_directory": self.pipe_directory,
-                 "log_directory": self.log_directory, "servers": [], "clients": [],
-                 "defaults": {"active_thread_percentage": None, "pinned_memory_limit": {}},
-                 "stale_sockets": []}
+        return self._read(devices, recorded)[0]
+
+    def _read(self, devices, recorded):
+        """(snapshot, server.log parsed): the log read for the snapshot's exact limits also serves the health."""
+        state = self.empty_state()
         try:
             server_pids = self.server_list()
         except DaemonNotRunning:
@@ -335,7 +348,7 @@ class MpsControl(object):
                 state["stale_sockets"] = entries["sockets"]
                 # What a daemon that did not stop on purpose leaves behind (quit removes both).
                 state["leftovers"] = {"pid_file": entries["pid_file"], "log_fifo": entries["log_fifo"]}
-            return state
+            return state, {}
         state["running"] = True
         state["pid"] = self.daemon_pid()
         state["clients"] = self.ps()
@@ -347,31 +360,35 @@ class MpsControl(object):
         logged = parse_server_log(self.read_log("server.log"))
         for pid in server_pids:
             state["servers"].append(self.server_snapshot(pid, devices, logged.get(pid)))
-        return state
+        return state, logged
 
-    def health(self, devices=(0,), recorded=None, expect_running=True, tolerate_timeout=True):
+    def health(self, devices=(0,), recorded=None, expect_running=True, tolerate_timeout=True, control_log=None):
         """(snapshot, health): the snapshot, and _mps_health.assess of it with what control.log and server.log say.
 
         With tolerate_timeout, a daemon that does not answer within the timeout is a finding, not an error (for the
         metrics): the snapshot is then only what could be read (running unknown, no servers) and health says
-        "unresponsive"; without it (a module), the MpsControlError is raised as every bounded call's is."""
+        "unresponsive"; without it (a module), ControlHangs is raised as every bounded call's is.
+        control_log: parse_control_log of control.log, for a caller that has read it already."""
         try:
-            state = self.snapshot(devices, recorded)
+            state, server_log = self._read(devices, recorded)
             unresponsive = None
-        except MpsControlError as error:
-            if not tolerate_timeout or "hangs" not in str(error):
+        except ControlHangs as error:
+            if not tolerate_timeout:
                 raise
-            state = {"running": None, "pid": self.daemon_pid(), "pipe_directory": self.pipe_directory,
-                     "log_directory": self.log_directory, "servers": [], "clients": [],
-                     "defaults": {"active_thread_percentage": None, "pinned_memory_limit": {}}, "stale_sockets": []}
+            state, server_log = self.empty_state(running=None, pid=self.daemon_pid()), None
             unresponsive = str(error)
-        return state, self.assess(state, expect_running=expect_running, unresponsive=unresponsive)
+        return state, self.assess(state, expect_running=expect_running, unresponsive=unresponsive,
+                                  control_log=control_log, server_log=server_log)
 
-    def assess(self, state, expect_running=True, unresponsive=None):
-        """_mps_health.assess of a snapshot just read, with what control.log and server.log say (no CLI call)."""
+    def assess(self, state, expect_running=True, unresponsive=None, control_log=None, server_log=None):
+        """_mps_health.assess of a snapshot just read, with what control.log and server.log say (no CLI call).
+
+        A log not given is read here; server.log only where a server is in FAULT (what its faults are read for)."""
         # The tails are enough: a fault and an unasked exit are the last things a log says about a server.
-        control_log = parse_control_log(self.read_log("control.log", 1 << 20))
-        server_log = parse_server_log(self.read_log("server.log", 1 << 20))
+        if control_log is None:
+            control_log = parse_control_log(self.read_log("control.log", 1 << 20))
+        if server_log is None and any(s.get("status") == FAULT for s in state.get("servers") or []):
+            server_log = parse_server_log(self.read_log("server.log", 1 << 20))
         return assess(state, control_log, server_log, expect_running=expect_running, unresponsive=unresponsive)
 
     def server_snapshot(self, pid, devices, logged=None):

@@ -281,12 +281,13 @@ def read_host(config, module, nvml=None):
                          timeout=float(config.get("timeout") or 10), trusted_uids=(0, os.geteuid()))
     ordinals = sorted(int(o) for o in devices) or [0]
     expect = ((plan.get("daemon") or {}).get("state", "started")) == "started"
-    state, health = control.health(ordinals, expect_running=expect)
+    # control.log is read once: for the health (servers that exited unasked) and for the series (whose server).
+    control_log = parse_control_log(control.read_log("control.log", 1 << 20))
+    state, health = control.health(ordinals, expect_running=expect, control_log=control_log)
     if state.get("running") and plan.get("state_directory"):
         record = LimitRecord(plan["state_directory"], plan["pipe_directory"])
         identity = control.daemon_identity(state["pid"])
         state["defaults"] = with_exact_limits(state["defaults"], record.exact(identity))
-    control_log = parse_control_log(control.read_log("control.log", 1 << 20))
     return state, health, control_log, processes, devices, errors
 
 
