@@ -18,7 +18,7 @@ import os
 import subprocess
 
 
-class RunnerError(Exception):
+class RunnerError(RuntimeError):
     """fail_json of a Runner: the message and the fields a module would have returned."""
 
     def __init__(self, msg, **details):
@@ -27,7 +27,14 @@ class RunnerError(Exception):
 
 
 class Runner(object):
-    """The part of AnsibleModule that _command.run_bounded uses: run_command, fail_json, get_bin_path."""
+    """The part of AnsibleModule that _command.run_bounded uses: run_command, fail_json, get_bin_path.
+
+    env: the environment commands start from (default: this process's), under each call's environ_update."""
+
+    check_mode = False
+
+    def __init__(self, env=None):
+        self.env = env
 
     def run_command(self, args, data=None, environ_update=None, before_communicate_callback=None,
                     handle_exceptions=True, binary_data=False, check_rc=False):
@@ -40,7 +47,7 @@ class Runner(object):
         """
         if not isinstance(args, (list, tuple)) or not args:
             raise TypeError("run_command takes an argv list, got %r" % (args,))
-        env = dict(os.environ)
+        env = dict(os.environ if self.env is None else self.env)
         env.update(environ_update or {})
         if data is not None and not binary_data:
             data = data if data.endswith("\n") else data + "\n"

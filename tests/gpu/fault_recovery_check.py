@@ -29,35 +29,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "device_plugin"))
 from mps_fault_experiment import FAULTY, HEALTHY, SHORT  # noqa: E402  (the clients of the recorded experiment)
+from lane import collection_path  # noqa: E402  (stdlib only: the temporary ansible_collections link)
 
 CLI_TIMEOUT = 10
-
-
-def collection_path():
-    base = tempfile.mkdtemp(prefix="gpulab-collection-")
-    os.makedirs(os.path.join(base, "ansible_collections", "gpulab"))
-    os.symlink(ROOT, os.path.join(base, "ansible_collections", "gpulab", "mps"))
-    return base
-
-
-class Module(object):
-    """What MpsControl needs of an AnsibleModule: run_command (argv, data, environ_update, the callback that
-    run_bounded uses to arm its timer), without Ansible."""
-
-    check_mode = False
-
-    def run_command(self, argv, data=None, environ_update=None, before_communicate_callback=None,
-                    handle_exceptions=True):
-        env = dict(os.environ, **(environ_update or {}))
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        if before_communicate_callback:
-            before_communicate_callback(proc)
-        out, err = proc.communicate((data + "\n").encode() if data is not None else None)
-        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-    def fail_json(self, **kwargs):
-        raise RuntimeError(kwargs.get("msg"))
 
 
 def main():
@@ -72,6 +48,7 @@ def main():
     sys.path.insert(0, base)
     from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import MpsControl
     from ansible_collections.gpulab.mps.plugins.module_utils._mps_recovery import describe, recover
+    from ansible_collections.gpulab.mps.plugins.module_utils._standalone import Runner
 
     root = tempfile.mkdtemp(prefix="gpulab-recovery-", dir="/run" if os.access("/run", os.W_OK) else None)
     os.chmod(root, 0o700)
@@ -79,7 +56,7 @@ def main():
     os.mkdir(pipe, 0o700)
     os.mkdir(logs, 0o700)
     env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=pipe, CUDA_MPS_LOG_DIRECTORY=logs)
-    control = MpsControl(Module(), args.control_binary, pipe, logs, timeout=CLI_TIMEOUT)
+    control = MpsControl(Runner(), args.control_binary, pipe, logs, timeout=CLI_TIMEOUT)
     report = {"pipe_directory": pipe, "checks": {}, "steps": []}
     clients, servers_seen, daemon_pid = [], set(), None
 

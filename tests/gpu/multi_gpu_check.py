@@ -96,26 +96,6 @@ def plan_settings(pipe, log, state, binary, gpus, owner="plugin"):
                                                                            replica_counts(gpus).items())}}
 
 
-class Runner(object):
-    """What MpsControl uses of AnsibleModule: run_command (argv, stdin, env; the bound is _command.run_bounded's)."""
-
-    def __init__(self, env):
-        self.env = env
-
-    def run_command(self, argv, data=None, environ_update=None, before_communicate_callback=None, **_kwargs):
-        env = dict(self.env)
-        env.update(environ_update or {})
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                close_fds=True)
-        if before_communicate_callback:
-            before_communicate_callback(proc)
-        out, err = proc.communicate(None if data is None else (data + "\n").encode())
-        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-    def fail_json(self, msg, **_kwargs):
-        raise RuntimeError(msg)
-
-
 class Check(object):
     def __init__(self, args):
         self.args = args
@@ -151,9 +131,9 @@ class Check(object):
                                  % ", ".join(BINARY_DIRS))
         sys.path.insert(0, collection_path())
         from ansible_collections.gpulab.mps.plugins.module_utils import (
-            _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes)
-        self.cuda, self.dp, self.mc, self.output, self.nvml, self.plan, self.sizes = (
-            _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes)
+            _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes, _standalone)
+        self.cuda, self.dp, self.mc, self.output, self.nvml, self.plan, self.sizes, self.standalone = (
+            _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes, _standalone)
         self.driver, self.gpus = self.read_nvml()
         self.results.update(driver=self.driver, gpus=self.gpus, control_binary=self.binary,
                             compute_modes_before=self.modes(self.gpus))
@@ -222,7 +202,7 @@ class Check(object):
         pipe = self.private_dir("gpulab-multigpu-pipe-")
         log = self.private_dir("gpulab-multigpu-log-")
         env = self.plan.daemon_environment(pipe, log, daemon)
-        control = self.mc.MpsControl(Runner(self.env), self.binary, pipe, log,
+        control = self.mc.MpsControl(self.standalone.Runner(self.env), self.binary, pipe, log,
                                      extra_env=dict((k, v) for k, v in env.items() if k == "CUDA_VISIBLE_DEVICES"),
                                      timeout=30, trusted_uids=[os.geteuid()])
         record["daemon_environment"] = env
