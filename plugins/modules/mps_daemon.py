@@ -651,8 +651,11 @@ class MpsDaemon(object):
             self.warnings.append(message + ".")
         return self.snapshot() if self.changed and not self.module.check_mode else state
 
-    def recovery_result(self):
-        recovery = self.recovery or {}
+    def recovery_result(self, before=None, after=None):
+        """RV(fault_recovery): what recover() did, or, where it did not run, the servers' statuses before and after."""
+        recovery = self.recovery or {
+            "servers": [s["pid"] for s in before["servers"] if s["status"] == "FAULT"],
+            "status_before": server_statuses(before["servers"]), "status_after": server_statuses(after["servers"])}
         signals = recovery.get("signals") or {}
 
         def keys(d):
@@ -728,34 +731,34 @@ class MpsDaemon(object):
             restarted_servers=self.restarted_servers,
             stale_sockets_removed=self.removed_sockets,
         )
-        faulted = [s["pid"] for s in before["servers"] if s["status"] == "FAULT"]
-        result["fault_recovery"] = self.recovery_result() if self.recovery else {
-            "mode": self.params["fault_recovery"], "faulted_servers": faulted, "would_end": [], "ended": [],
-            "killed": [], "refused": [], "gone": [],
-            "status_before": dict((str(s["pid"]), s["status"]) for s in before["servers"]),
-            "status_after": dict((str(s["pid"]), s["status"]) for s in after["servers"])}
+        result["fault_recovery"] = self.recovery_result(before, after)
         result["health"] = self.control.assess(after, expect_running=self.params["state"] != "stopped") \
             if not predicted else self.control.assess(before)
         if self.devices is not None:
             result["devices"] = self.devices
         if self.module._diff:
-            servers_after = dict((str(s["pid"]), s["status"]) for s in result["servers"])
+            servers_after = server_statuses(result["servers"])
             if predicted and self.recovery:
                 servers_after.update(result["fault_recovery"]["status_after"])
-            result["diff"] = {"before": describe(before["running"], before["defaults"], before["servers"]),
-                              "after": describe(running, result["defaults"], servers_after)}
+            result["diff"] = {
+                "before": describe(before["running"], before["defaults"], server_statuses(before["servers"])),
+                "after": describe(running, result["defaults"], servers_after)}
         for warning in self.warnings:
             self.module.warn(warning)
         return result
 
 
-def describe(running, defaults, servers=()):
-    """The state shown in --diff; servers: the snapshot's list, or {pid: status} already."""
-    statuses = servers if isinstance(servers, dict) else dict((str(s["pid"]), s["status"]) for s in servers)
+def server_statuses(servers):
+    """{pid (a string): status} of a snapshot's servers."""
+    return dict((str(s["pid"]), s["status"]) for s in servers)
+
+
+def describe(running, defaults, statuses=None):
+    """The state shown in --diff; statuses: server_statuses() of the servers."""
     return {"state": "running" if running else "stopped",
             "default_active_thread_percentage": defaults.get("active_thread_percentage"),
             "default_pinned_memory_limit": dict(defaults.get("pinned_memory_limit") or {}),
-            "servers": dict(statuses)}
+            "servers": dict(statuses or {})}
 
 
 def main():
