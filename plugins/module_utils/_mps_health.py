@@ -113,7 +113,7 @@ def assess(state, control_log=None, server_log=None, expect_running=True, unresp
 
 
 def summary(health):
-    """One line for a report or a failed assert: 'healthy' or the problems' messages."""
+    """One line for a report or a failed assert: 'healthy', or each problem, what happened and what to do."""
     if not health["problems"]:
         return "healthy"
-    return "; ".join("%s: %s" % (p["kind"], p["message"]) for p in health["problems"])
+    return "; ".join("%s: %s. What to do: %s" % (p["kind"], p["message"], p["action"]) for p in health["problems"])

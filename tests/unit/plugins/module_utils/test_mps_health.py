@@ -152,3 +152,10 @@ def test_health_of_a_daemon_that_answers_nothing(tmp_path, daemon_process):
 def test_summary_line(status):
     line = health.summary(health.assess(_state(status)))
     assert (line == "healthy") is (status == "ACTIVE")
+
+
+def test_summary_says_what_to_do():
+    """mps_info's fail_unhealthy message and the fleet gate's (the mps_health_summary filter) carry the action."""
+    line = health.summary(health.assess(_state("FAULT")))
+    assert line.startswith("server_fault: MPS server 492 is in FAULT")
+    assert "What to do: end those client processes" in line
