@@ -237,21 +237,18 @@ def _fault_line(server, entry, in_sticky_list):
     """
     message = entry["message"]
     fault = server["faults"][-1] if server["faults"] else None
+    if fault is not None and fault["recovered"] is not None:
+        fault = None  # that fault is over: a new one starts with its own lines
     noticed = _FATAL_CLIENT_RE.match(message)
-    if noticed:
-        if fault is None or fault["recovered"] is not None:
-            fault = {"time": entry["time"], "noticed_by": int(noticed.group("pid")), "sticky_clients": [],
-                     "refused_clients": [], "recovered": None}
-            server["faults"].append(fault)
-        return True
-    if message == FATAL_ERROR:
-        if fault is None or fault["recovered"] is not None:
-            server["faults"].append({"time": entry["time"], "noticed_by": None, "sticky_clients": [],
+    if noticed or message == FATAL_ERROR:
+        if fault is None:
+            noticed_by = int(noticed.group("pid")) if noticed else None
+            server["faults"].append({"time": entry["time"], "noticed_by": noticed_by, "sticky_clients": [],
                                      "refused_clients": [], "recovered": None})
-        else:
+        elif not noticed:
             fault["time"] = entry["time"]
         return True
-    if fault is None or fault["recovered"] is not None:
+    if fault is None:
         return False
     if message == STICKY_LIST:
         return True
