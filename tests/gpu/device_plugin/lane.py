@@ -550,44 +550,43 @@ class Lane(object):
     def allocate_and_run(self, s, resource, label, row, client, ids, pipe, checks):
         """Allocate one device of the GPU of `row` (ids[0]), check the answer, run the clients with the pod's env.
         Check names say `label` (the resource, and the GPU on a host with several)."""
-        resource_name, resource = resource, label
         responses, error = client.allocate([[ids[0]]])
-        if not check(checks, "%s: Allocate 1 replica" % resource, error is None and len(responses) == 1,
+        if not check(checks, "%s: Allocate 1 replica" % label, error is None and len(responses) == 1,
                      error or responses):
             return
         response = responses[0]
         envs, mounts = response.get("envs", {}), response.get("mounts", [])
         uuid = row["uuid"]
         if s["expect"]["pipe_env"]:
-            want_pipe = os.path.join(MPS_CONTAINER_ROOT, resource_name, "pipe")
-            check(checks, "%s: Allocate env CUDA_MPS_PIPE_DIRECTORY" % resource,
+            want_pipe = os.path.join(MPS_CONTAINER_ROOT, resource, "pipe")
+            check(checks, "%s: Allocate env CUDA_MPS_PIPE_DIRECTORY" % label,
                   envs.get("CUDA_MPS_PIPE_DIRECTORY") == want_pipe, envs.get("CUDA_MPS_PIPE_DIRECTORY"), want_pipe)
             pipe_mount = [m for m in mounts if m.get("container_path") == want_pipe]
-            check(checks, "%s: Allocate mounts the pipe from %s" % (resource, self.mps_host_root),
+            check(checks, "%s: Allocate mounts the pipe from %s" % (label, self.mps_host_root),
                   bool(pipe_mount)
-                  and pipe_mount[0]["host_path"] == os.path.join(self.mps_host_root, resource_name, "pipe")
+                  and pipe_mount[0]["host_path"] == os.path.join(self.mps_host_root, resource, "pipe")
                   and os.path.exists(os.path.join(pipe_mount[0]["host_path"], "control")), mounts)
         else:
-            check(checks, "%s: Allocate gives no MPS pipe (the host daemon's comes from the pod spec)" % resource,
+            check(checks, "%s: Allocate gives no MPS pipe (the host daemon's comes from the pod spec)" % label,
                   "CUDA_MPS_PIPE_DIRECTORY" not in envs, envs)
         visible = envs.get("NVIDIA_VISIBLE_DEVICES")
         if s["source"] == "upstream":
-            check(checks, "%s: Allocate env NVIDIA_VISIBLE_DEVICES is the GPU's UUID" % resource, visible == uuid,
+            check(checks, "%s: Allocate env NVIDIA_VISIBLE_DEVICES is the GPU's UUID" % label, visible == uuid,
                   visible, uuid)
         else:
             check(checks, "%s: Allocate env NVIDIA_VISIBLE_DEVICES (fork: a relative index, the multi-GPU fault)"
-                  % resource, visible == "0", visible, "0", note="on a node with several GPUs gpuN gets GPU 0")
+                  % label, visible == "0", visible, "0", note="on a node with several GPUs gpuN gets GPU 0")
         if s["source"] == "fork" and s["owner"] == "plugin":
-            check(checks, "%s: Allocate env CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" % resource,
+            check(checks, "%s: Allocate env CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" % label,
                   envs.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") == str(100 // self.args.replicas),
                   envs.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"), str(100 // self.args.replicas))
         record = {"envs": envs, "mounts": mounts, "devices": response.get("devices", []),
                   "annotations": response.get("annotations", {})}
         record["container_gpus"] = container_gpus(self.gpus, envs)
-        self.results["scenarios"][-1].setdefault("allocate", {})[resource] = record
+        self.results["scenarios"][-1].setdefault("allocate", {})[label] = record
         two, refusal = client.allocate([[ids[0], ids[1]]]) if len(ids) > 1 else (None, "only one device")
         seen = "refused: %s" % refusal if two is None else "accepted"
-        check(checks, "%s: a request for 2 replicas is %s" % (resource, s["expect"]["two_replicas"]),
+        check(checks, "%s: a request for 2 replicas is %s" % (label, s["expect"]["two_replicas"]),
               seen.startswith(s["expect"]["two_replicas"]), seen,
               note="fork fault: its ValidateRequest check for MPS is commented out"
               if s["expect"]["two_replicas"] == "accepted" else None)
@@ -595,7 +594,7 @@ class Lane(object):
         pod_env = {}
         if s["owner"] == "host":
             pod = self.pods.mps_pod("lane", "default", "none", ["true"], "c", "lane", source="host",
-                                    pipe_directory=pipe, resource=resource_name)
+                                    pipe_directory=pipe, resource=resource)
             pod_env = dict((e["name"], e["value"]) for e in pod["spec"]["containers"][0]["env"] if "value" in e)
         client_env = {"PATH": self.path}
         client_env.update(self.libs)
@@ -606,7 +605,7 @@ class Lane(object):
         # Upstream hands out the GPU asked for; the fork's NVIDIA_VISIBLE_DEVICES=0 is GPU 0 whatever was asked.
         want_uuid = self.gpus[0]["uuid"] if s["source"] == "fork" else uuid
         for mib, ok in sorted(s["expect"]["alloc_ok"].items()):
-            self.cuda_client(resource, client_env, client_env.get("CUDA_MPS_PIPE_DIRECTORY", pipe), mib, ok, checks,
+            self.cuda_client(label, client_env, client_env.get("CUDA_MPS_PIPE_DIRECTORY", pipe), mib, ok, checks,
                              want_uuid, row["index"])
 
     def cuda_client(self, resource, env, pipe, mib, want_ok, checks, want_uuid=None, asked=0):
