@@ -105,6 +105,8 @@ class Lab:
         self.servers_seen = set()
         self.control_pid = None
         self.clients = []
+        self.stop_sampling = threading.Event()
+        self.sampling = None
 
     def t(self):
         return round(time.monotonic() - self.t0, 2)
@@ -202,6 +204,24 @@ class Lab:
                     os.kill(pid, signal.SIGKILL)
                     self.note("killed leftover", pid=pid, cmd=cmd)
 
+    def start_sampled(self):
+        """Start the daemon, and the sampler that writes down every change of its CLI answers."""
+        self.start_daemon()
+        self.sampling = threading.Thread(target=self.sampler, args=(self.stop_sampling,), daemon=True)
+        self.sampling.start()
+
+    def finish(self, tag, threads=(), join=5, alive_of=()):
+        """The end of an experiment: its clients' readers joined, the sampler stopped, the final state written
+        down (with which of `alive_of` still live), every process stopped, the logs kept under `tag`."""
+        for thread in threads:
+            thread.join(timeout=join)
+        self.stop_sampling.set()
+        self.sampling.join(timeout=15)
+        extra = {"alive": {p.pid: p.poll() is None for p in alive_of}} if alive_of else {}
+        self.note("final", state=self.snapshot(), **extra)
+        self.stop_everything()
+        self.logs(tag)
+
     def logs(self, tag):
         for name in ("control.log", "server.log"):
             source = os.path.join(self.logdir, name)
@@ -210,10 +230,7 @@ class Lab:
 
 
 def experiment_fault(lab):
-    lab.start_daemon()
-    stop = threading.Event()
-    sampler = threading.Thread(target=lab.sampler, args=(stop,), daemon=True)
-    sampler.start()
+    lab.start_sampled()
     a, ta = lab.client("healthy-a", HEALTHY, 25)
     b, tb = lab.client("healthy-b", HEALTHY, 25)
     time.sleep(6)
@@ -231,22 +248,13 @@ def experiment_fault(lab):
     after, tafter = lab.client("new-after-all-exited", SHORT)
     lab.wait_for(after, 60)
     time.sleep(1)
-    for thread in (ta, tb, tbad, tduring, tafter):
-        thread.join(timeout=5)
-    stop.set()
-    sampler.join(timeout=15)
-    lab.note("final", state=lab.snapshot())
-    lab.stop_everything()
-    lab.logs("fault")
+    lab.finish("fault", (ta, tb, tbad, tduring, tafter))
 
 
 def experiment_sticky(lab):
     """The faulting client and a healthy one both stay alive after the error: does FAULT last, are new clients
     refused, and does terminate_client of the FAULT server's clients bring the server back?"""
-    lab.start_daemon()
-    stop = threading.Event()
-    sampler = threading.Thread(target=lab.sampler, args=(stop,), daemon=True)
-    sampler.start()
+    lab.start_sampled()
     a, ta = lab.client("healthy-lingers", HEALTHY, 60, 60)
     time.sleep(5)
     bad, tbad = lab.client("faulty-lingers", FAULTY, 60)
@@ -267,20 +275,11 @@ def experiment_sticky(lab):
     lab.wait_for(during, 20)
     after, tafter = lab.client("new-after-terminate", SHORT)
     lab.wait_for(after, 30)
-    for thread in (ta, tbad, tduring, tafter):
-        thread.join(timeout=3)
-    stop.set()
-    sampler.join(timeout=15)
-    lab.note("final", state=lab.snapshot(), alive={p.pid: p.poll() is None for p in (a, bad, during, after)})
-    lab.stop_everything()
-    lab.logs("sticky")
+    lab.finish("sticky", (ta, tbad, tduring, tafter), join=3, alive_of=(a, bad, during, after))
 
 
 def experiment_server_killed(lab):
-    lab.start_daemon()
-    stop = threading.Event()
-    sampler = threading.Thread(target=lab.sampler, args=(stop,), daemon=True)
-    sampler.start()
+    lab.start_sampled()
     a, ta = lab.client("victim", HEALTHY, 20)
     time.sleep(6)
     servers = [int(x) for x in lab.cli("get_server_list")[1].split() if x.isdigit()]
@@ -294,11 +293,7 @@ def experiment_server_killed(lab):
     for thread in (ta, tn):
         thread.join(timeout=5)
     time.sleep(1)
-    stop.set()
-    sampler.join(timeout=15)
-    lab.note("final", state=lab.snapshot())
-    lab.stop_everything()
-    lab.logs("server")
+    lab.finish("server")
 
 
 def experiment_control_killed(lab):
