@@ -16,7 +16,7 @@ Two modes:
   the device-plugin fork of seed 004 (`individualGPU.gpuConfigs`). Upstream (v0.20.0) cannot name
   resources per GPU at all: right after loading its config, both of its binaries call
   DisableResourceNamingInConfig, which drops `rename` and `devices` from `sharing.timeSlicing` and
-  `sharing.mps` alike (recorded by tests/gpu/device_plugin/loadconfig). So this mode needs the
+  `sharing.mps` alike (recorded in tests/render/fixtures/device_plugin_loaders.json). So this mode needs the
   fork's image, whose Allocate answers NVIDIA_VISIBLE_DEVICES=0 for any GPU: on a node with more
   than one GPU a pod of gpu2 would get GPU 0, and such nodes are refused unless the user opts in.
 

@@ -5,9 +5,9 @@
 
 RENDERED: every config the collection renders in tests/render (both modes, both owners, 1/4/8 GPUs, the replica
 counts the tests use), made by the same code. BROKEN: configs with one fault each (a misspelt key, too few
-replicas, ...), to show what each loader does with it. record_loaders.py feeds them all to the loaders built by
-tests/gpu/device_plugin/build.sh and writes the fixture; test_render.py checks that the fixture is current and reads
-the verdicts.
+replicas, ...), to show what each loader does with it. The fixture holds the real loaders' verdicts on all of them
+(fixtures/README.md: when, from which commits); test_render.py checks that the fixture is current and reads the
+verdicts.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 """The JSON schema of kind's config, a format that kubernetes-validate does not know.
 
 (The device plugin's config files are checked against what its real loaders say, recorded in
-fixtures/device_plugin_loaders.json, not against a schema: see record_loaders.py.)
+fixtures/device_plugin_loaders.json, not against a schema: see fixtures/README.md.)
 
 KIND_V1ALPHA4: the fields of kind's `kind.x-k8s.io/v1alpha4` Cluster, transcribed from
 kubernetes-sigs/kind pkg/apis/config/v1alpha4/types.go (Cluster, Node, Networking, Mount,

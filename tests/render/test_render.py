@@ -7,7 +7,8 @@
 - Kind configs: kind's v1alpha4 fields (schemas.KIND_V1ALPHA4), strict.
 - Device plugin config files: what the REAL loaders say (upstream v0.20.0 for aggregate, the seed-004 fork for
   individual), recorded from their own code with strict decoding in fixtures/device_plugin_loaders.json
-  (record_loaders.py; the cases are loader_cases.py). A rendered config that is not in the record fails.
+  (fixtures/README.md says when and from which commits; the cases are loader_cases.py). A rendered config that is not
+  in the record fails.
 
 Two paths are covered: the roles themselves (tests/render/render.yml runs kind_cluster and
 device_plugin in render-only mode through ansible-playbook), and the generation code directly, over
@@ -79,8 +80,8 @@ def recorded(config):
     """What the real loaders said about this very config; fails when it was never recorded."""
     case = RECORDED.get(loader_cases.key(config))
     assert case is not None, (
-        "this rendered config was never fed to the real loaders: re-record with tests/gpu/device_plugin/build.sh "
-        "--loaders-only and tests/render/record_loaders.py:\n%s" % json.dumps(config, indent=1))
+        "this rendered config was never fed to the real loaders (tests/render/fixtures/README.md): check it with the "
+        "released plugin (the device-plugin or cluster lane) and record its verdict:\n%s" % json.dumps(config, indent=1))
     return case
 
 
@@ -197,7 +198,7 @@ def test_the_record_is_current(name):
     """Every config loader_cases renders is in the record as the code renders it today, with both loaders' verdicts."""
     mode, owner, config = loader_cases.rendered()[name]
     case = LOADERS["cases"][name]
-    assert case["config"] == json.loads(json.dumps(config)), "re-record: tests/render/record_loaders.py"
+    assert case["config"] == json.loads(json.dumps(config)), "the collection renders this case differently from what was recorded (tests/render/fixtures/README.md)"
     check_with_the_real_loader(mode, owner, config)
 
 

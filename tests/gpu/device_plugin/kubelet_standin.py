@@ -11,7 +11,7 @@ what a device plugin tells the kubelet is all there is to see.
 No generated stubs: the messages are built at run time from the API's .proto text (parse_proto: the subset of
 proto3 that api.proto uses - messages, repeated and map fields, services; imports, options and comments skipped)
 into a descriptor pool, so the stand-in speaks exactly the api.proto it is given (on the GPU host, the one vendored
-by the plugin's source, carried in .dp-bin/). Needs grpcio and protobuf (4.21 or later, for GetMessageClass).
+by the plugin's source, given in the lane's --bin folder). Needs grpcio and protobuf (4.21 or later, for GetMessageClass).
 """
 
 from __future__ import annotations

@@ -4,10 +4,13 @@
 """The device-plugin lane of the GPU host: the REAL NVIDIA device plugin, run against the configs this collection
 renders, with the project's kubelet stand-in, both owners of MPS, both modes, upstream and the seed-004 fork.
 
-    python3 tests/gpu/device_plugin/lane.py --bin .dp-bin --out "$OUT"      # as root, on the GPU host, < 5 minutes
+    python3 tests/gpu/device_plugin/lane.py --bin DIR --out "$OUT" [--sha256 FILE]   # as root, on the GPU host, < 5 min
 
-.dp-bin/ comes from tests/gpu/device_plugin/build.sh (gzipped nvidia-device-plugin and mps-control-daemon of each
-source, and the vendored api.proto). Per scenario the lane writes the config that _device_plugin.plugin_config
+The project builds none of the binaries: DIR holds what the user took from the released images (BINARIES below:
+upstream/ from nvcr.io/nvidia/k8s-device-plugin:v0.20.0, fork/ from the seed-004 fork's image, each file plain or
+gzipped as NAME.gz) and the device plugin API's api.proto of k8s.io/kubelet; binaries.take() checks what each prints
+for --version and, with --sha256, their checksums, and names everything missing before anything starts. Per
+scenario the lane writes the config that _device_plugin.plugin_config
 renders (the code the device_plugin role runs), starts what that owner runs (owner plugin: the plugin's
 mps-control-daemon; owner host: the host daemon with the defaults of the host's plan, _plan.build_plan, sent as
 mps_daemon sends them), starts nvidia-device-plugin, and as the kubelet (kubelet_standin.py, on
@@ -31,7 +34,6 @@ binaries' logs, the MPS logs, the configs, the guard's log). Exit 0 only when ev
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -48,6 +50,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
+import binaries  # noqa: E402
+
 # Where the real nvidia-smi and nvidia-cuda-mps-control are (GPULAB_LANE_NVIDIA_BIN: another directory, for a dry
 # run on a machine without a GPU).
 REAL_SMI_DIRS = tuple(filter(None, [os.environ.get("GPULAB_LANE_NVIDIA_BIN")])) or ("/usr/local/nvidia/bin", "/usr/bin")
@@ -55,6 +59,26 @@ SOCKET_DIR = "/var/lib/kubelet/device-plugins"
 MPS_HOST_ROOT = "/run/nvidia/mps"   # the chart's mps.root (MPS_ROOT of the plugin: the host side of its mounts)
 MPS_CONTAINER_ROOT = "/mps"         # hard-coded in both binaries: here a symlink to MPS_HOST_ROOT, as a mount would be
 WORK = "/tmp/gpulab-dp-lane"
+# What --bin must hold. A user extracts a release image's binaries without running it:
+#   docker create --name dp nvcr.io/nvidia/k8s-device-plugin:v0.20.0
+#   docker cp dp:/usr/bin/nvidia-device-plugin DIR/upstream/; docker cp dp:/usr/bin/mps-control-daemon DIR/upstream/
+#   docker rm dp
+_IMAGE = "docker cp from the release image %s (/usr/bin/%s)"
+_UPSTREAM = "nvcr.io/nvidia/k8s-device-plugin:v0.20.0"
+_FORK = "the seed-004 fork's image (linskybing/k8s-device-plugin, branch mps-individual-gpu, commit 52596d72)"
+PROTO = "deviceplugin-v1beta1.proto"
+BINARIES = (
+    binaries.Wanted("upstream/nvidia-device-plugin", ["--version"], r"\bv0\.20\.0\b",
+                    _IMAGE % (_UPSTREAM, "nvidia-device-plugin")),
+    binaries.Wanted("upstream/mps-control-daemon", ["--version"], r"\bv0\.20\.0\b",
+                    _IMAGE % (_UPSTREAM, "mps-control-daemon")),
+    # The fork publishes no release: its version string is whatever its image was built with (pin it with --sha256).
+    binaries.Wanted("fork/nvidia-device-plugin", ["--version"], None, _IMAGE % (_FORK, "nvidia-device-plugin")),
+    binaries.Wanted("fork/mps-control-daemon", ["--version"], None, _IMAGE % (_FORK, "mps-control-daemon")),
+    binaries.Wanted(PROTO, None, None, "pkg/apis/deviceplugin/v1beta1/api.proto of kubernetes/kubelet, at the release "
+                    "that the plugin's go.mod names for k8s.io/kubelet"),
+)
+
 # Options of nvidia-smi that change the GPU: the guard refuses them.
 REFUSED = ("-c", "--compute-mode", "-pm", "--persistence-mode", "-pl", "--power-limit", "-ac", "--applications-clocks",
            "-rac", "--reset-applications-clocks", "-lgc", "--lock-gpu-clocks", "-rgc", "--reset-gpu-clocks", "-lmc",
@@ -142,6 +166,12 @@ def scenario(name, driver, gpus, replicas, dp, plan_module, pipe_directory):
         expect["alloc_ok"] = {}
     return {"name": name, "source": source, "owner": owner, "mode": mode, "config": config, "expect": expect,
             "host_daemon": host_daemon, "node": node}
+
+
+def binary_line(entry):
+    """One binary of binaries.take's report, for the summary: its path, SHA-256 prefix and first version line."""
+    version = (entry.get("version") or "").splitlines()
+    return "%s sha256 %s (%s)" % (entry["path"], entry["sha256"][:12], version[0] if version else "not run")
 
 
 def check(results, name, ok, seen, expected=None, note=None):
@@ -289,18 +319,10 @@ class Lane(object):
         self.path = ":".join([guard_dir, os.path.dirname(self.mps_control), "/usr/local/sbin", "/usr/local/bin",
                               "/usr/sbin", "/usr/bin", "/sbin", "/bin", os.path.dirname(sys.executable)])
         self.libs = dict((k, os.environ[k]) for k in ("LD_LIBRARY_PATH",) if os.environ.get(k))
-        # The binaries, unpacked.
-        self.bins = {}
-        for source in ("upstream", "fork"):
-            for name in ("nvidia-device-plugin", "mps-control-daemon"):
-                target = os.path.join(WORK, "bin", source, name)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with gzip.open(os.path.join(self.args.bin, source, name + ".gz")) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                os.chmod(target, 0o755)
-                self.bins[source, name] = target
-            with open(os.path.join(self.args.bin, source, "COMMIT")) as handle:
-                self.results.setdefault("sources", {})[source] = handle.read().strip()
+        # The binaries, checked and unpacked (the report: what each printed for --version, its SHA-256).
+        found, self.results["binaries"] = binaries.take(self.args.bin, BINARIES, os.path.join(WORK, "bin"),
+                                                        checksums=self.args.sha256)
+        self.bins = dict((tuple(path.split("/", 1)), target) for path, target in found.items() if path != PROTO)
         # The kubelet's socket directory and the plugin's MPS root (the chart's hostPath) seen at /mps.
         for path in ("/var/lib/kubelet", SOCKET_DIR, "/run/nvidia", MPS_HOST_ROOT):
             if not os.path.lexists(path):
@@ -352,7 +374,7 @@ class Lane(object):
         self.results["gpus"] = self.gpus
         import kubelet_standin
         self.ks = kubelet_standin
-        self.api = kubelet_standin.Api.from_file(os.path.join(self.args.bin, "deviceplugin-v1beta1.proto"))
+        self.api = kubelet_standin.Api.from_file(found[PROTO])
         self.kubelet = kubelet_standin.KubeletStandin(self.api, SOCKET_DIR).start()
         self.log("kubelet stand-in on %s; %d GPU(s): %s" % (self.kubelet.socket, len(self.gpus), ", ".join(
             "%s %d MiB" % (g["name"], g["memory_total_mib"]) for g in self.gpus)))
@@ -662,7 +684,7 @@ class Lane(object):
     def report(self):
         r = self.results
         lines = ["gpulab.mps device-plugin lane, %s" % time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["started"])),
-                 "sources: upstream %s, fork %s" % (r.get("sources", {}).get("upstream"), r.get("sources", {}).get("fork")),
+                 "binaries: %s" % "; ".join(binary_line(b) for b in r.get("binaries") or []),
                  "driver %s; GPUs: %s" % ((r.get("driver") or {}).get("driver_version"), "; ".join(
                      "%s %s %d MiB" % (g["index"], g["name"], g["memory_total_mib"]) for g in r.get("gpus", []))),
                  "replicas %d" % self.args.replicas, ""]
@@ -707,7 +729,10 @@ class Lane(object):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("--bin", default=os.path.join(ROOT, ".dp-bin"), help="what build.sh made (.dp-bin)")
+    parser.add_argument("--bin", required=True,
+                        help="the released binaries: upstream/ and fork/ (nvidia-device-plugin, mps-control-daemon, "
+                             "plain or .gz) and %s" % PROTO)
+    parser.add_argument("--sha256", help="a sha256sum-format file of the binaries (paths as in --bin); checked first")
     parser.add_argument("--out", required=True, help="where summary.txt, results.json and logs.tar.gz go")
     parser.add_argument("--replicas", type=int, default=20)
     parser.add_argument("--registration-timeout", type=float, default=60, help="seconds to wait for each resource")

@@ -5,9 +5,9 @@
 
 The stand-in is checked here against a device plugin served in another process with the same run-time messages
 (built from TRANSCRIPTION below: the parts of k8s.io/kubelet deviceplugin v1beta1 api.proto the kubelet uses, field
-numbers as in that file at k8s-device-plugin v0.20.0). Against the real Go side of the API it was checked with
-tests/gpu/device_plugin/check_wire.py (gpulab-wireplugin, compiled from the vendored Go package), and on the GPU host
-the lane parses the real api.proto carried in .dp-bin/.
+numbers as in that file at k8s-device-plugin v0.20.0). Against the real Go side of the API it was checked on
+2026-12-03 (docs/evidence/2026-12-03-h200-device-plugin.md), and on the GPU host the lane parses the real api.proto
+given in its --bin folder.
 """
 
 from __future__ import annotations
@@ -311,3 +311,79 @@ def test_scenarios_on_four_gpus_expect_each_gpus_replicas():
     s = lane.scenario("upstream-aggregate-host", DRIVER, four, 20, dp, _plan, "/tmp/x")
     assert s["expect"]["resources"] == {"nvidia.com/gpu": 80}
     assert s["host_daemon"]["pinned_memory_limit_mps"] == dict((str(i), "7188M") for i in range(4))
+
+
+# --- the binaries folder (the project builds none of them) ----------------------------------------------------------
+
+import binaries  # noqa: E402
+
+
+def fake_release(folder, version="v0.20.0", gz=False):
+    """A --bin folder as a user lays it out, each binary a script that prints a version as the real ones do."""
+    import gzip
+    for source in ("upstream", "fork"):
+        os.makedirs(os.path.join(str(folder), source), exist_ok=True)
+        for name in ("nvidia-device-plugin", "mps-control-daemon"):
+            path = os.path.join(str(folder), source, name)
+            text = "#!/bin/sh\necho 'NVIDIA Device Plugin version %s'\necho 'commit: 1b826acc'\n" % version
+            if gz:
+                with gzip.open(path + ".gz", "wb") as handle:
+                    handle.write(text.encode())
+            else:
+                with open(path, "w") as handle:
+                    handle.write(text)
+                os.chmod(path, 0o755)
+    with open(os.path.join(str(folder), lane.PROTO), "w") as handle:
+        handle.write(TRANSCRIPTION)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_the_lane_takes_released_binaries_from_its_folder(tmp_path, gz):
+    fake_release(tmp_path / "bin", gz=gz)
+    found, report = binaries.take(str(tmp_path / "bin"), lane.BINARIES, str(tmp_path / "work"))
+    assert sorted(found) == sorted(w.path for w in lane.BINARIES)
+    assert all(entry["ok"] for entry in report)
+    upstream = next(e for e in report if e["path"] == "upstream/nvidia-device-plugin")
+    assert "v0.20.0" in upstream["version"] and len(upstream["sha256"]) == 64
+    assert lane.binary_line(upstream).startswith("upstream/nvidia-device-plugin sha256 ")
+    assert os.access(found["upstream/mps-control-daemon"], os.X_OK)
+
+
+def test_a_missing_folder_names_everything_it_must_hold(tmp_path):
+    with pytest.raises(binaries.BinariesError) as error:
+        binaries.take(str(tmp_path / "nothing"), lane.BINARIES, str(tmp_path / "work"))
+    for wanted in lane.BINARIES:
+        assert wanted.path in str(error.value)
+    assert "nvcr.io/nvidia/k8s-device-plugin:v0.20.0" in str(error.value)
+
+
+def test_every_missing_or_wrong_binary_is_named_at_once(tmp_path):
+    fake_release(tmp_path / "bin", version="v0.17.1")
+    os.remove(str(tmp_path / "bin" / "fork" / "mps-control-daemon"))
+    with pytest.raises(binaries.BinariesError) as error:
+        binaries.take(str(tmp_path / "bin"), lane.BINARIES, str(tmp_path / "work"))
+    text = str(error.value)
+    assert "fork/mps-control-daemon is missing" in text
+    # Upstream must be the pinned release; the fork has no release, so its version is only recorded.
+    assert text.count("expected") == 2 and "v0.17.1" in text
+
+
+def test_a_checksum_file_pins_the_binaries(tmp_path):
+    fake_release(tmp_path / "bin")
+    _found, report = binaries.take(str(tmp_path / "bin"), lane.BINARIES, str(tmp_path / "work"))
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text("".join("%s  %s\n" % (e["sha256"], e["path"]) for e in report))
+    binaries.take(str(tmp_path / "bin"), lane.BINARIES, str(tmp_path / "work2"), checksums=str(sums))
+    with open(str(tmp_path / "bin" / "fork" / "nvidia-device-plugin"), "a") as handle:
+        handle.write("# not the binary that was pinned\n")
+    with pytest.raises(binaries.BinariesError) as error:
+        binaries.take(str(tmp_path / "bin"), lane.BINARIES, str(tmp_path / "work3"), checksums=str(sums))
+    assert "fork/nvidia-device-plugin: SHA-256" in str(error.value)
+    sums.write_text("not a checksum line\n")
+    with pytest.raises(binaries.BinariesError, match="is not '<sha256>  <path>'"):
+        binaries.take(str(tmp_path / "bin"), lane.BINARIES, str(tmp_path / "work4"), checksums=str(sums))
+
+
+def test_the_lane_requires_its_binaries_folder():
+    with pytest.raises(SystemExit):
+        lane.main(["--out", "/nonexistent"])
