@@ -9,6 +9,14 @@ class ModuleDocFragment(object):
     # Options of every module that talks to an MPS control daemon.
     DOCUMENTATION = r"""
 options:
+  plan:
+    description:
+      - The host's MPS plan, the fact C(preflight_mps_plan) that the C(gpulab.mps.preflight) role sets
+        (M(gpulab.mps.mps_plan)): its control binary, pipe, log and state directories, the daemon's environment,
+        devices and defaults are used as they are, already checked, and NVML is not read again.
+      - It overrides O(pipe_directory), O(log_directory), O(control_binary) and O(state_directory). Without it,
+        those options are checked and resolved by the same code that makes a plan.
+    type: dict
   pipe_directory:
     description:
       - Directory of the control daemon's sockets (C(CUDA_MPS_PIPE_DIRECTORY)), an absolute path of letters,
@@ -29,8 +37,10 @@ options:
   control_binary:
     description:
       - Path of C(nvidia-cuda-mps-control).
-      - By default it is searched in E(PATH), then C(/usr/local/nvidia/bin), C(/usr/bin),
-        C(/usr/local/bin), C(/usr/local/cuda/bin) and C(/usr/sbin).
+      - By default it is searched in C(/usr/local/nvidia/bin), C(/usr/bin), C(/usr/local/bin),
+        C(/usr/local/cuda/bin), C(/usr/sbin), then root's other system directories - never in the caller's E(PATH).
+      - It is run only when nobody but root (or this user) could have placed or replaced it - owned by root, writable
+        by nobody else, in directories nobody else can write.
     type: path
 """
 

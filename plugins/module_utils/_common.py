@@ -16,12 +16,14 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.gpulab.mps.plugins.module_utils._command import MAX_TIMEOUT
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
-    DEFAULT_LOG_DIRECTORY, DEFAULT_PIPE_DIRECTORY, MpsControl, MpsControlError, find_control_binary)
+    DEFAULT_LOG_DIRECTORY, DEFAULT_PIPE_DIRECTORY, MpsControl, MpsControlError)
 from ansible_collections.gpulab.mps.plugins.module_utils._nvml import (
     HAS_PYNVML, PYNVML_IMPORT_ERROR, Nvml, NvmlUnavailable)
-from ansible_collections.gpulab.mps.plugins.module_utils._trust import directory_problem, normalize_path
+from ansible_collections.gpulab.mps.plugins.module_utils._plan import local_plan, plan_problems
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import directory_problem
 
 MPS_CONTROL_ARGUMENT_SPEC = dict(
+    plan=dict(type="dict"),
     pipe_directory=dict(type="str", default=DEFAULT_PIPE_DIRECTORY),
     log_directory=dict(type="str", default=DEFAULT_LOG_DIRECTORY),
     control_binary=dict(type="path"),
@@ -34,40 +36,38 @@ def mps_argument_spec(**extra):
     return spec
 
 
-def path_errors(module, options=("pipe_directory", "log_directory")):
-    """Normalise the path options in module.params (absolute, no unsafe characters); the errors, as sentences."""
-    errors = []
-    for option in options:
-        path, error = normalize_path(option, module.params[option])
-        if error:
-            errors.append(error)
-        else:
-            module.params[option] = path
-    return errors
-
-
 def timeout_error(value, option="timeout"):
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TIMEOUT:
         return "%s must be a whole number of seconds from 1 to %d, got %r" % (option, MAX_TIMEOUT, value)
     return None
 
 
-def reader_control(module, extra_env=None, timeout=None):
-    """The MpsControl of a module that only reads (or, like a CUDA client, only uses) a daemon.
-
-    The pipe directory must be trusted (root's or this user's, writable by nobody else) before anything is
-    sent to its socket; a missing one simply has no daemon. Fails the module before any command otherwise.
-    """
-    errors = path_errors(module)
+def module_plan(module, resolve_devices=False):
+    """The plan a module works from: its `plan` option (the host's, checked), or one made from its options by the
+    same code (_plan.local_plan; NVML is read only when devices or pinned limits must be resolved). Fails the module,
+    naming every bad setting, before anything is sent to a daemon."""
+    plan = module.params.get("plan")
+    if plan is not None:
+        problems = plan_problems(plan)
+        if problems:
+            module.fail_json(msg="Invalid MPS plan, nothing was changed: " + "; ".join(problems), errors=problems)
+        return plan
+    gpus = query_gpus(module)[1] if resolve_devices else None
+    plan, errors = local_plan(module.params, gpus)
     if errors:
-        module.fail_json(msg="Invalid MPS settings: " + "; ".join(errors), errors=errors)
-    problem = directory_problem(module.params["pipe_directory"], (0, os.geteuid()), creatable=True)
+        module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(errors), errors=errors)
+    return plan
+
+
+def reader_control(module, plan, timeout=None):
+    """The client of a module that only reads (or, like a CUDA client, only uses) the daemon of `plan`.
+
+    The pipe directory must be trusted (root's or this user's, writable by nobody else) before anything is sent to
+    its socket; a missing one simply has no daemon. Fails the module before any command otherwise."""
+    problem = directory_problem(plan["pipe_directory"], (0, os.geteuid()), creatable=True)
     if problem:
-        module.fail_json(msg="Refusing to use the MPS pipe directory %s: %s" % (module.params["pipe_directory"], problem))
-    binary = find_control_binary(module, module.params["control_binary"])
-    kwargs = {"timeout": timeout} if timeout else {}
-    return MpsControl(module, binary, module.params["pipe_directory"], module.params["log_directory"],
-                      extra_env=extra_env, **kwargs)
+        module.fail_json(msg="Refusing to use the MPS pipe directory %s: %s" % (plan["pipe_directory"], problem))
+    return MpsControl.from_plan(plan, timeout=timeout)
 
 
 def fail_control(module, error, doing, **result):
@@ -92,5 +92,5 @@ def query_gpus(module, required=True):
         return None, None
 
 
-__all__ = ["MpsControlError", "fail_control", "mps_argument_spec", "path_errors", "query_gpus", "reader_control",
+__all__ = ["MpsControlError", "fail_control", "module_plan", "mps_argument_spec", "query_gpus", "reader_control",
            "timeout_error"]

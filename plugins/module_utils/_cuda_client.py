@@ -25,8 +25,12 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import time
+
+# What the probe keeps of each stream of its client (its report is one short line).
+MAX_OUTPUT = 1 << 20
 
 CLIENT_SOURCE = r'''
 import ctypes, json, os, select, sys, time
@@ -129,8 +133,9 @@ class ClientProcess(object):
 
     def __init__(self, argv, env):
         self.argv = argv
+        # A session of its own: kill() ends whatever it started too.
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, close_fds=True)
+                                     stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
         self.stdout = b""
         self.stderr = b""
 
@@ -148,9 +153,9 @@ class ClientProcess(object):
                 if not chunk:
                     del streams[fd]
                 elif streams[fd] == "stdout":
-                    self.stdout += chunk
+                    self.stdout = (self.stdout + chunk)[:MAX_OUTPUT]
                 else:
-                    self.stderr += chunk
+                    self.stderr = (self.stderr + chunk)[:MAX_OUTPUT]
 
     def report(self, deadline):
         """The client's JSON line, once it holds its context (or failed); raises ClientTimeout."""
@@ -172,7 +177,10 @@ class ClientProcess(object):
 
     def kill(self):
         if self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                self.proc.kill()
             self.proc.wait()
 
     def output(self):

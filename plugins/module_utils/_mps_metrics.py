@@ -25,7 +25,7 @@ import os
 import stat
 import time
 
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import LimitRecord, MpsControl, with_exact_limits
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import MpsControl
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import DIED, RUNNING, STOPPED, UNRESPONSIVE
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import parse_control_log
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import defaults_gaps
@@ -264,7 +264,7 @@ def load_config(path):
     return config
 
 
-def read_host(config, module, nvml=None):
+def read_host(config, nvml=None):
     """(state, health, control_log, nvml_processes, devices, errors) of one reading of the host."""
     plan = config["plan"]
     errors = []
@@ -277,17 +277,12 @@ def read_host(config, module, nvml=None):
         except Exception:  # NVML of a broken driver raises its own errors: the reading goes on without it
             errors.append("nvml")
     devices = device_map(plan, gpus)
-    control = MpsControl(module, plan["control_binary"], plan["pipe_directory"], plan["log_directory"],
-                         timeout=float(config.get("timeout") or 10), trusted_uids=(0, os.geteuid()))
+    control = MpsControl.from_plan(plan, timeout=float(config.get("timeout") or 10), trusted_uids=(0, os.geteuid()))
     ordinals = sorted(int(o) for o in devices) or [0]
     expect = ((plan.get("daemon") or {}).get("state", "started")) == "started"
     # control.log is read once: for the health (servers that exited unasked) and for the series (whose server).
     control_log = parse_control_log(control.read_log("control.log", 1 << 20))
     state, health = control.health(ordinals, expect_running=expect, control_log=control_log)
-    if state.get("running") and plan.get("state_directory"):
-        record = LimitRecord(plan["state_directory"], plan["pipe_directory"])
-        identity = control.daemon_identity(state["pid"])
-        state["defaults"] = with_exact_limits(state["defaults"], record.exact(identity))
     return state, health, control_log, processes, devices, errors
 
 
@@ -360,7 +355,7 @@ class Textfile(object):
             raise
 
 
-def run(config_path, module, nvml=None, clock=time.time):
+def run(config_path, nvml=None, clock=time.time):
     """One run of the collector: returns (ok, message). Writes the .prom file whatever it found."""
     started = clock()
     try:
@@ -370,7 +365,7 @@ def run(config_path, module, nvml=None, clock=time.time):
         return False, str(error)
     try:
         try:
-            state, health, control_log, processes, devices, errors = read_host(config, module, nvml)
+            state, health, control_log, processes, devices, errors = read_host(config, nvml)
         except Exception as error:  # whatever it is (an untrusted pipe, a binary that fails), the file must say so
             textfile.write(failure_registry("control", clock(), clock() - started, previous_success(textfile.read())))
             return False, "cannot read the MPS control daemon of %s: %s" % (config["plan"]["pipe_directory"], error)

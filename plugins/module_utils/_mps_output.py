@@ -79,7 +79,7 @@ def parse_pid_list(text):
     return pids
 
 
-def parse_ps(text):
+def parse_ps(text, clients=None):
     """`ps`: the client table (PID ID SERVER DEVICE NAMESPACE COMMAND) as a list of dicts.
 
     "Server not found" (no server) and nothing at all (a server without clients, exit 0) are both [].
@@ -101,6 +101,8 @@ def parse_ps(text):
         for key in ("pid", "id", "server"):
             row[key] = int(row[key])
         rows.append(row)
+    if clients is not None:
+        rows = [r for r in rows if r["pid"] in (clients.get(r["server"]) or ())]
     return rows
 
 

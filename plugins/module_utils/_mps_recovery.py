@@ -15,10 +15,16 @@ already. `terminate_client <server> <client>` is NOT used: on the H200 it did no
 and the control daemon then answered no command at all for ~55 s, until the clients exited by themselves
 (sticky.jsonl). A recovery that hangs the daemon for every other user is worse than none.
 
-A PID from get_client_list is acted on only when it provably is that client here:
-- its PID namespace (the `ps` NAMESPACE column) is this process's (/proc/self/ns/pid): a client in another
-  namespace (a pod, a container) is listed under a PID that this host may give another process, so it is reported,
-  with the advice to end that pod, never signalled;
+A PID is acted on only when it provably is a client of the faulted server, here:
+- get_client_list of that server names it (the CLI's list of PIDs: nobody's text in it);
+- EVERY `ps` row that names the PID says it is a client of that server, in this host's PID namespace: `ps` prints
+  each client's argv[0] raw, so a client can print rows of its own; a PID named by a row that disagrees is refused
+  (and a PID of no row at all, whose namespace is then unknown);
+- the process lives in this PID namespace by the kernel's word too (/proc/PID/ns/pid): a client in a pod or a
+  container is listed under a PID that this host may give another process, so it is reported, with the advice to end
+  that pod, never signalled;
+- it belongs to the user that server serves (the server process's owner), unless the daemon is a multi-user server
+  (-M: one root server serves every user);
 - it is alive, and its start time is the same when it is signalled as when it was read (a pidfd pins the process
   between the check and the signal where the kernel has them; else the check is repeated just before kill()).
 Clients of servers that are not in FAULT are never looked at.
@@ -32,7 +38,7 @@ import signal
 import time
 
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import FAULT
-from ansible_collections.gpulab.mps.plugins.module_utils._trust import process_start
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import pid_namespace, process_start
 
 # Seconds a client gets to exit after SIGTERM before SIGKILL, and then to be gone after SIGKILL.
 TERM_WAIT = 10
@@ -41,59 +47,67 @@ KILL_WAIT = 5
 
 def own_pid_namespace():
     """The inode of this process's PID namespace, as the `ps` NAMESPACE column prints it ("4026531836"), or None."""
-    try:
-        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
-        return link.split("[", 1)[1].rstrip("]")
-    except (OSError, IndexError):
-        try:
-            return str(os.stat("/proc/self/ns/pid").st_ino)
-        except OSError:
-            return None
+    return pid_namespace("self")
 
 
-# --- the decision (pure but for reading /proc through `starts`) ---------------------------------------------------
+# --- the decision (pure but for reading /proc through `starts` and `namespaces`) -----------------------------------
 
-def plan(state, namespace, starts=process_start):
+def plan(state, namespace, starts=process_start, namespaces=pid_namespace, multiuser=False):
     """What recovery would do for the snapshot `state` (_mps_control.MpsControl.snapshot): decided, nothing done.
 
-    namespace: own_pid_namespace(). starts: pid -> process_start(pid) ((state, start, uid) or None).
+    namespace: own_pid_namespace(). starts: pid -> process_start(pid) ((state, start, uid) or None); namespaces:
+    pid -> its PID namespace by /proc; multiuser: the daemon is a multi-user server (-M).
     Returns {"servers": [FAULT server pids], "end": [{pid, server, start, command}],
     "refused": [{pid, server, namespace, reason}], "gone": [{pid, server}]}.
     """
-    rows = dict((row["pid"], row) for row in state.get("clients") or [])
+    rows = {}
+    for row in state.get("clients") or []:
+        rows.setdefault(row["pid"], []).append(row)
     result = {"servers": [], "end": [], "refused": [], "gone": []}
+
+    def refuse(pid, server, namespace_seen, reason):
+        result["refused"].append({"pid": pid, "server": server, "namespace": namespace_seen, "reason": reason})
+
     for server in state.get("servers") or []:
         if server.get("status") != FAULT:
             continue
-        result["servers"].append(server["pid"])
+        spid = server["pid"]
+        result["servers"].append(spid)
+        server_seen = starts(spid)
         for pid in server.get("clients") or []:
-            row = rows.get(pid)
-            if row is None:
-                # get_client_list names it, ps does not: its namespace is unknown, so it is not proven to be ours.
-                seen = starts(pid)
-                if not seen or seen[0] == "Z":
-                    result["gone"].append({"pid": pid, "server": server["pid"]})
-                else:
-                    result["refused"].append({
-                        "pid": pid, "server": server["pid"], "namespace": None,
-                        "reason": "client %d of MPS server %d is not in the daemon's ps table, so its PID namespace is "
-                                  "unknown: it is not proven to be process %d of this host; end it by hand if it is"
-                                  % (pid, server["pid"], pid)})
-                continue
-            if namespace is None or str(row.get("namespace")) != str(namespace):
-                result["refused"].append({
-                    "pid": pid, "server": server["pid"], "namespace": row.get("namespace"),
-                    "reason": "client %d (%s) of MPS server %d runs in PID namespace %s, not this host's (%s): a pod "
-                              "or a container, whose PID here may be another process; end that pod or container "
-                              "(kubectl delete pod ...), and the server is ACTIVE again once its clients are gone" % (
-                                  pid, row.get("command") or "?", server["pid"], row.get("namespace"), namespace)})
-                continue
+            named = rows.get(pid) or []
             seen = starts(pid)
             if not seen or seen[0] == "Z":
-                result["gone"].append({"pid": pid, "server": server["pid"]})
+                result["gone"].append({"pid": pid, "server": spid})
                 continue
-            result["end"].append({"pid": pid, "server": server["pid"], "start": seen[1],
-                                  "command": row.get("command") or ""})
+            if not named:
+                # get_client_list names it, ps does not: its namespace is unknown, so it is not proven to be ours.
+                refuse(pid, spid, None, "client %d of MPS server %d is not in the daemon's ps table, so its PID "
+                                        "namespace is unknown: it is not proven to be process %d of this host; end it "
+                                        "by hand if it is" % (pid, spid, pid))
+                continue
+            command = named[0].get("command") or "?"
+            others = sorted(set(r["server"] for r in named if r["server"] != spid))
+            if others:
+                refuse(pid, spid, None, "PID %d is named by ps rows of MPS server%s %s too, not only of %d: its rows "
+                                        "disagree (a client's process name can print rows), so it is not ended" % (
+                                            pid, "" if len(others) == 1 else "s", ", ".join(map(str, others)), spid))
+                continue
+            listed = sorted(set(str(r.get("namespace")) for r in named))
+            kernel = namespaces(pid)
+            if namespace is None or listed != [str(namespace)] or kernel != str(namespace):
+                refuse(pid, spid, listed[0] if len(listed) == 1 else listed,
+                       "client %d (%s) of MPS server %d runs in PID namespace %s (the kernel says %s), not this "
+                       "host's (%s): a pod or a container, whose PID here may be another process; end that pod or "
+                       "container (kubectl delete pod ...), and the server is ACTIVE again once its clients are gone"
+                       % (pid, command, spid, "/".join(listed), kernel, namespace))
+                continue
+            if not multiuser and (not server_seen or seen[2] != server_seen[2]):
+                refuse(pid, spid, listed[0], "process %d belongs to uid %d, but MPS server %d serves uid %s: a "
+                                             "server serves one user's clients, so %d is not ended" % (
+                                                 pid, seen[2], spid, server_seen[2] if server_seen else "?", pid))
+                continue
+            result["end"].append({"pid": pid, "server": spid, "start": seen[1], "command": command})
     return result
 
 
@@ -183,7 +197,8 @@ def wait_recovered(control, servers, seconds, interval=0.2):
         time.sleep(interval)
 
 
-def recover(control, state, check_mode=False, timeout=30, term_wait=TERM_WAIT, kill_wait=KILL_WAIT, namespace=None):
+def recover(control, state, check_mode=False, timeout=30, term_wait=TERM_WAIT, kill_wait=KILL_WAIT, namespace=None,
+            multiuser=None):
     """End the clients of the servers in FAULT that plan() proves are ours, then wait until the servers are not.
 
     control: an _mps_control.MpsControl; state: its snapshot, just read. In check mode nothing is signalled and the
@@ -191,7 +206,9 @@ def recover(control, state, check_mode=False, timeout=30, term_wait=TERM_WAIT, k
     None in check mode) and "status_before"/"status_after" ({server pid: status}; after is predicted in check mode).
     """
     namespace = namespace if namespace is not None else own_pid_namespace()
-    decided = plan(state, namespace)
+    if multiuser is None:
+        multiuser = bool(state.get("pid")) and control.daemon_options(state["pid"])["multiuser"]
+    decided = plan(state, namespace, multiuser=multiuser)
     status_before = dict((s["pid"], s.get("status")) for s in state.get("servers") or [])
     result = dict(decided, would_end=[t["pid"] for t in decided["end"]], signals=None,
                   status_before=status_before, status_after=dict(status_before))

@@ -15,13 +15,20 @@ own options with daemon_plan(), the same code. Pure: data in, data out; nothing 
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
+from ansible_collections.gpulab.mps.plugins.module_utils._formats import FormatError, unit_name
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
+    daemon_environment, default_state_directory, find_control_binary)
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import BINARY_DIRECTORIES
 from ansible_collections.gpulab.mps.plugins.module_utils._nvml import driver_problem, resolve_devices
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import (
     MIB, SizeError, mps_size, parse_size, readback_matches)
-from ansible_collections.gpulab.mps.plugins.module_utils._trust import normalize_path
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import (
+    executable_problem, inspect_directory, normalize_path)
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 OWNERS = ("host", "plugin")
 HOST_STATES = ("started", "stopped", "absent")
 SERVICE_MANAGERS = ("auto", "systemd", "direct")
@@ -30,6 +37,10 @@ MPS_COMPUTE_MODES = ("default", "exclusive_process")
 # limit per GPU (its memory // its replicas) and the active thread percentage (100 // replicas), like upstream's own
 # MPS daemon; only the memory limit; or nothing.
 REPLICA_LIMITS = ("memory_and_threads", "memory", "none")
+# Where the collection keeps its own files on a host: the client and its entry point (lib), the plan the unit and the
+# collector read (config), the units, the tmpfiles.d entries. All root's, made under the trust rules (_files).
+FILE_DIRECTORIES = (("lib_directory", "/usr/local/lib/gpulab-mps"), ("config_directory", "/etc/gpulab-mps"),
+                    ("unit_directory", "/etc/systemd/system"), ("tmpfiles_directory", "/etc/tmpfiles.d"))
 
 
 class PlanError(ValueError):
@@ -221,11 +232,63 @@ def mps_sizes(daemon):
     return dict((o, mps_size(b)) for o, b in sorted(daemon["pinned_memory_limit"].items()))
 
 
-def daemon_environment(pipe_directory, log_directory, daemon):
-    env = {"CUDA_MPS_PIPE_DIRECTORY": pipe_directory, "CUDA_MPS_LOG_DIRECTORY": log_directory}
-    if daemon.get("visible_devices"):
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(daemon["visible_devices"])
-    return env
+def library_path(value):
+    """The directories of LD_LIBRARY_PATH (as the target's environment has it when the plan is made) that the daemon
+    may load from: absolute, and trusted (root's, writable by nobody else). None when none is left. Read once, here:
+    the daemon gets it from the plan, never from the environment of a later task."""
+    kept = []
+    for directory in (value or "").split(":"):
+        if directory.startswith("/") and normalize_path("LD_LIBRARY_PATH", directory)[1] is None:
+            missing, reason = inspect_directory(os.path.normpath(directory), (0,), follow_last=True)
+            if not missing and not reason and directory not in kept:
+                kept.append(directory)
+    return ":".join(kept) or None
+
+
+def trusted_python(candidates):
+    """The first interpreter of `candidates` that root may run (see _trust.executable_problem), for the unit's entry
+    point; None when none may."""
+    for path in candidates:
+        if path and not executable_problem(path, (0,)):
+            return path
+    return None
+
+
+def local_plan(options, gpus=None, environ=None):
+    """(plan, errors) for a module called WITHOUT the host's plan (mps_daemon, mps_info, mps_client_probe used on
+    their own): the same checks and the same shape as build_plan's, for what a client of one daemon needs - the
+    binary (find_control_binary), the pipe, log and state directories, and the daemon's defaults and environment.
+
+    options: the module's parameters (pipe_directory, log_directory, state_directory, control_binary,
+    visible_devices, default_active_thread_percentage, default_pinned_memory_limit, multiuser_server).
+    gpus: NVML's list when devices or pinned limits must be resolved, else None."""
+    errors = []
+    paths = {}
+    for option in ("pipe_directory", "log_directory", "state_directory"):
+        value = options.get(option) or (default_state_directory() if option == "state_directory" else None)
+        paths[option], error = normalize_path(option, value)
+        if error:
+            errors.append(error)
+    binary, error = find_control_binary(options.get("control_binary"), options.get("binary_directories")
+                                        or BINARY_DIRECTORIES)
+    if error:
+        errors.append(error)
+    daemon, daemon_errors = daemon_plan(gpus, options.get("visible_devices"),
+                                        options.get("default_active_thread_percentage"),
+                                        options.get("default_pinned_memory_limit"))
+    errors.extend(daemon_errors)
+    if errors:
+        return None, errors
+    daemon.update(state="started", service_manager="direct", replica_limits=None,
+                  multiuser_server=bool(options.get("multiuser_server")))
+    daemon["pinned_memory_limit_mps"] = mps_sizes(daemon)
+    daemon["environment"] = daemon_environment(
+        paths["pipe_directory"], paths["log_directory"], daemon["visible_devices"],
+        library_path((environ if environ is not None else os.environ).get("LD_LIBRARY_PATH")))
+    return {"version": PLAN_VERSION, "owner": "host", "local": True, "control_binary": binary,
+            "pipe_directory": paths["pipe_directory"], "log_directory": paths["log_directory"],
+            "state_directory": paths["state_directory"], "daemon": daemon, "gpus": gpus, "sharing": None,
+            "warnings": []}, []
 
 
 def host_problems(driver, gpus, min_driver_version):
@@ -251,7 +314,9 @@ def build_plan(driver, gpus, settings):
     driver, gpus: what NVML said (_nvml.Nvml.driver() and .gpus()), on a host without host_problems().
     settings: the options of gpulab.mps.mps_plan (owner, host_state, pipe_directory, log_directory,
     state_directory, control_binary, visible_devices, default_active_thread_percentage, default_pinned_memory_limit,
-    service_manager, systemd_running, sharing).
+    service_manager, service_name, multiuser_server, sharing, the collection's directories lib_directory,
+    config_directory, unit_directory, tmpfiles_directory), and what the module read of the host: systemd_running,
+    python (an interpreter root may run, or None) and library_path (LD_LIBRARY_PATH's trusted directories).
     """
     errors = []
     owner = settings.get("owner") or "host"
@@ -265,6 +330,15 @@ def build_plan(driver, gpus, settings):
         paths[option], error = normalize_path(option, settings.get(option))
         if error:
             errors.append(error)
+    files = {}
+    for option, default in FILE_DIRECTORIES:
+        files[option], error = normalize_path(option, settings.get(option) or default)
+        if error:
+            errors.append(error)
+    try:
+        service_name = unit_name(settings.get("service_name") or "nvidia-mps", "mps_host_service_name")
+    except FormatError as error:
+        errors.append(str(error))
     if settings.get("control_binary"):
         _binary, error = normalize_path("control_binary", settings["control_binary"])
         if error:
@@ -307,11 +381,17 @@ def build_plan(driver, gpus, settings):
     # The plugin owns MPS: the host daemon must not run (absent stays absent).
     daemon["state"] = host_state if owner == "host" or host_state == "absent" else "stopped"
     daemon["service_manager"] = manager
+    daemon["service_name"] = service_name
+    daemon["multiuser_server"] = bool(settings.get("multiuser_server"))
     daemon["pinned_memory_limit_mps"] = mps_sizes(daemon)
-    daemon["environment"] = daemon_environment(paths["pipe_directory"], paths["log_directory"], daemon)
+    daemon["environment"] = daemon_environment(paths["pipe_directory"], paths["log_directory"],
+                                               daemon["visible_devices"], settings.get("library_path"))
+    files["plan_file"] = files["config_directory"] + "/plan.json"
     return {
         "version": PLAN_VERSION,
         "owner": owner,
+        "host": {"systemd": bool(settings.get("systemd_running")), "python": settings.get("python")},
+        "files": files,
         "driver": dict(driver),
         "gpus": [dict(g) for g in gpus],
         "control_binary": settings.get("control_binary"),

@@ -99,10 +99,11 @@ def _safe_ancestor(st, owners):
     return not (mode & stat.S_IWGRP and st.st_gid != 0)
 
 
-def inspect_directory(path, owners):
+def inspect_directory(path, owners, follow_last=False):
     """Walk `path` (absolute) with lstat: (missing, reason).
 
-    owners: the uid (or uids) the directory itself may belong to. missing: the first component that
+    owners: the uid (or uids) the directory itself may belong to. follow_last: the last component may be a link
+    (made by root or an owner, in a directory nobody else can write), as /bin is on Debian; a pipe directory may not. missing: the first component that
     does not exist (None when the whole path exists). reason: why the path must not be used, or None.
     Nothing is changed and no symlink is followed blindly.
     """
@@ -133,7 +134,7 @@ def inspect_directory(path, owners):
                 return candidate if not pending else os.path.join(candidate, *pending), None
             return None, "cannot read %s: %s" % (candidate, error)
         if stat.S_ISLNK(st.st_mode):
-            if not pending:
+            if not pending and not follow_last:
                 return None, ("%s is a symbolic link (to %s): the collection does not follow a link it did not make; "
                               "point the option at the real directory" % (candidate, os.readlink(candidate)))
             if st.st_uid != 0 and st.st_uid not in owners:
@@ -275,24 +276,87 @@ def read_small_file(path, limit=4096):
 
 
 def process_environment(pid):
-    """The environment of a process (root reads any), or None."""
-    try:
-        with open("/proc/%d/environ" % pid, "rb") as handle:
-            raw = handle.read()
-    except (IOError, OSError):
+    """The environment of a process (root reads any) as {bytes: bytes}, or None."""
+    raw = _proc_bytes(pid, "environ")
+    if raw is None:
         return None
     return dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
 
 
-def process_start(pid):
-    """(state, start time in clock ticks, uid) of a live process, or None."""
+def _proc_bytes(pid, name, limit=1 << 20):
     try:
-        with open("/proc/%d/stat" % pid) as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        uid = os.stat("/proc/%d" % pid).st_uid
-    except (IOError, OSError, IndexError):
+        with open("/proc/%d/%s" % (int(pid), name), "rb") as handle:
+            return handle.read(limit)
+    except (IOError, OSError, ValueError, OverflowError):
         return None
-    return fields[0], int(fields[19]), uid
+
+
+def process_start(pid):
+    """(state, start time in clock ticks, uid) of a live process, or None.
+
+    /proc/PID/stat is read as bytes: its second field is the process's name, which its owner chooses (any bytes
+    but NUL, a ')' included): the fields are taken after the LAST ')'."""
+    raw = _proc_bytes(pid, "stat", 4096)
+    try:
+        fields = raw.rsplit(b")", 1)[1].split()
+        uid = os.stat("/proc/%d" % int(pid)).st_uid
+        return fields[0].decode("ascii", "replace"), int(fields[19]), uid
+    except (AttributeError, IOError, OSError, IndexError, ValueError):
+        return None
+
+
+def process_argv(pid):
+    """A process's argv as a list of bytes (its owner chooses every byte of it), or None."""
+    raw = _proc_bytes(pid, "cmdline")
+    return None if raw is None else raw.rstrip(b"\0").split(b"\0")
+
+
+def pid_namespace(pid="self"):
+    """The inode of a process's PID namespace, as `ps` prints it in NAMESPACE ("4026531836"), or None: read from
+    /proc (the kernel's word), never from what a client could print."""
+    try:
+        link = os.readlink("/proc/%s/ns/pid" % pid)  # "pid:[4026531836]"
+        inode = link.split("[", 1)[1].rstrip("]")
+        return inode if inode.isascii() and inode.isdigit() else None
+    except (OSError, IndexError):
+        return None
+
+
+def executable_problem(path, owners=(0,)):
+    """Why `path` must not be executed by this process, or None: it must be a regular file, owned by root (or an
+    owner), writable by nobody else, reached through directories nobody else can write (links only where root or an
+    owner made them). A binary another user could have placed or replaced is never run."""
+    owners = _owners(owners)
+    if not isinstance(path, str) or not path.startswith("/"):
+        return "%r is not an absolute path" % (path,)
+    # Every directory on the way, links included, must be root's (or an owner's) and writable by nobody else.
+    missing, reason = inspect_directory(os.path.dirname(path) or "/", owners | {0}, follow_last=True)
+    if missing or reason:
+        return reason or "%s does not exist" % missing
+    real = os.path.realpath(path)
+    if real != path:
+        try:
+            link = os.lstat(path)
+        except OSError as error:
+            return "cannot read %s: %s" % (path, error)
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in owners | {0}:
+            return "%s is a symbolic link %s: not followed" % (path, _describe(link))
+        missing, reason = inspect_directory(os.path.dirname(real) or "/", owners | {0})
+        if missing or reason:
+            return reason or "%s does not exist" % missing
+    try:
+        st = os.lstat(real)
+    except OSError as error:
+        return "cannot read %s: %s" % (real, error)
+    if not stat.S_ISREG(st.st_mode):
+        return "%s is not a regular file" % real
+    if st.st_uid not in owners | {0}:
+        return "%s is %s: another user's file is never run" % (real, _describe(st))
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        return "%s is %s: writable by group or others, who could replace what runs" % (real, _describe(st))
+    if not os.access(real, os.X_OK):
+        return "%s is not executable" % real
+    return None
 
 
 class Lock(object):

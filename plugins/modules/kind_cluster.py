@@ -140,7 +140,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpulab.mps.plugins.module_utils._command import MAX_TIMEOUT, CommandTimeout, run_bounded
+from ansible_collections.gpulab.mps.plugins.module_utils import _command
+from ansible_collections.gpulab.mps.plugins.module_utils._command import MAX_TIMEOUT, CommandError, CommandTimeout
 from ansible_collections.gpulab.mps.plugins.module_utils._kind import (
     KindConfigError,
     check_name,
@@ -177,7 +178,9 @@ class KindCli(object):
     def run(self, args, what, timeout=QUERY_TIMEOUT):
         cmd = [self.binary] + args
         try:
-            rc, out, err = run_bounded(self.module, cmd, timeout)
+            rc, out, err = _command.run_bounded(cmd, timeout, env=kind_environment())
+        except CommandError as error:
+            self.module.fail_json(msg="%s: %s" % (what, error), **error.details())
         except CommandTimeout as error:
             printed = (error.stderr or error.stdout or "it printed nothing").strip()[-800:]
             self.module.fail_json(msg="%s did not finish within %d s and was killed: %s; is the Docker engine "
@@ -194,6 +197,17 @@ class KindCli(object):
 
     def nodes(self, name):
         return parse_nodes(self.run(["get", "nodes", "--name", name], "kind get nodes --name %s" % name))
+
+
+def kind_environment():
+    """kind's environment: root's PATH, this user's HOME (from the password database, not the environment) for its
+    default kubeconfig, and the Docker engine the user points at (DOCKER_HOST); nothing else of the task's."""
+    import pwd
+    extra = {"HOME": pwd.getpwuid(os.geteuid()).pw_dir}
+    for name in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG"):
+        if os.environ.get(name):
+            extra[name] = os.environ[name]
+    return _command.base_environment(extra)
 
 
 def main():

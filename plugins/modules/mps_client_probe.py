@@ -11,7 +11,10 @@ short_description: Prove that a CUDA client really runs under MPS
 version_added: 0.1.0
 description:
   - Asks the MPS control daemon for its C(ps) table (the dial-tone), then starts a tiny CUDA client
-    that holds a context on O(device), and checks that the daemon lists the PID of the client.
+    that holds a context on O(device), and checks that a server of the daemon lists the PID of the client
+    (C(get_client_list), which prints PIDs only; the C(ps) table, which prints every client's process name raw, is
+    returned but proves nothing).
+  - The client runs with the plan's environment (its pipe directory, the daemon's devices), not the task's.
   - A CUDA client that cannot reach the daemon does not fail, it silently runs without MPS; this
     module fails in that case (unless O(expect_mps=false)), with what to check.
   - The client uses only the NVIDIA driver (C(libcuda.so.1)) through Python ctypes; no CUDA toolkit,
@@ -87,7 +90,7 @@ client_checked:
   type: bool
   sample: true
 under_mps:
-  description: Whether the daemon listed the client's PID while it held its context.
+  description: Whether a server of the daemon listed the client's PID (C(get_client_list)) while it held its context.
   returned: when a client ran
   type: bool
   sample: true
@@ -118,24 +121,15 @@ ps:
   sample: [{pid: 534, id: 1, server: 537, device: GPU-058fcf08-fc4a-49f5, namespace: "4026531836", command: python3}]
 """
 
-import os
 import sys
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import (
-    MpsControlError, fail_control, mps_argument_spec, reader_control, timeout_error)
+    MpsControlError, fail_control, module_plan, mps_argument_spec, reader_control, timeout_error)
 from ansible_collections.gpulab.mps.plugins.module_utils._cuda_client import ClientProcess, ClientTimeout, client_argv
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import DaemonNotRunning
-
-
-def find_client(rows, pid):
-    """The ps row of this PID, if the daemon lists it."""
-    for row in rows:
-        if row["pid"] == pid:
-            return row
-    return None
 
 
 def main():
@@ -158,13 +152,16 @@ def main():
     deadline = time.time() + p["timeout"]
     # The wait on ps leaves the client time to release its context and exit within the timeout.
     ps_deadline = deadline - min(10.0, max(1.0, p["timeout"] * 0.2))
-    control = reader_control(module, timeout=p["timeout"])
+    plan = module_plan(module)
+    p["pipe_directory"] = plan["pipe_directory"]
+    control = reader_control(module, plan, timeout=p["timeout"])
     result = dict(changed=False, dialtone=False, client_checked=False, ps=[])
     servers_before = None
     try:
-        result["ps"] = control.ps()
+        lists = control.client_lists()
+        result["ps"] = control.ps(lists)
         result["dialtone"] = True
-        servers_before = set(control.server_list())
+        servers_before = set(lists)
     except DaemonNotRunning as error:
         if p["expect_mps"]:
             fail_control(module, error, "MPS dial-tone failed: no MPS control daemon answers in %s; start it "
@@ -177,9 +174,9 @@ def main():
 
     argv = client_argv(p["python"] or sys.executable, p["device"], p["alloc_mib"], hold=p["timeout"],
                        release_on_stdin=True)
-    env = dict(os.environ, **control.environment())
-    client = ClientProcess(argv, env)
-    row, serving = None, []
+    # The client gets the plan's environment (its pipe directory, the daemon's devices), never this task's.
+    client = ClientProcess(argv, control.environment())
+    server, serving = None, []
     try:
         try:
             report = client.report(deadline)
@@ -193,17 +190,19 @@ def main():
             client.release(deadline)
             module.fail_json(msg="The CUDA probe client could not use GPU %d: %s" % (p["device"], report["error"]),
                              **result)
-        # The proof, while the client holds its context: its PID in the daemon's ps.
+        # The proof, while the client holds its context: its PID in a server's client list (get_client_list prints
+        # PIDs only; `ps` prints every client's argv[0] raw, so a row there is only a report).
         if result["dialtone"]:
             try:
                 while True:
-                    result["ps"] = control.ps()
-                    row = find_client(result["ps"], report["pid"])
-                    if row is not None or time.time() >= ps_deadline:
+                    lists = control.client_lists()
+                    server = next((s for s, pids in sorted(lists.items()) if report["pid"] in pids), None)
+                    if server is not None or time.time() >= ps_deadline:
                         break
                     time.sleep(0.2)
-                if row is not None and row["server"] not in servers_before:
-                    serving = control.client_list(row["server"])
+                result["ps"] = control.ps(lists)
+                if server is not None and server not in servers_before:
+                    serving = lists[server]
             except MpsControlError as error:
                 client.kill()
                 fail_control(module, error, "Cannot read the daemon's ps while the probe client ran", **result)
@@ -213,28 +212,28 @@ def main():
         module.fail_json(msg="The CUDA probe client on GPU %d did not finish within timeout=%d s and was killed: %s"
                          % (p["device"], p["timeout"], (err or out).strip()[-2000:] or "it printed nothing"),
                          stdout=out, stderr=err, **result)
-    result["under_mps"] = row is not None
-    if row is not None:
-        result["server"] = row["server"]
+    result["under_mps"] = server is not None
+    if server is not None:
+        result["server"] = server
         result["server_stopped"] = False
         # A server that this probe's client made start, and served only it, goes again: it would keep the
         # defaults it started with, and newer defaults would never reach this user's next clients.
         if serving == [report["pid"]]:
             try:
-                if control.wait(lambda: not control.client_list(row["server"]), min(5.0, max(0.5, deadline - time.time()))):
-                    control.shutdown_server(row["server"])
+                if control.wait(lambda: not control.client_list(server), min(5.0, max(0.5, deadline - time.time()))):
+                    control.shutdown_server(server)
                     result["server_stopped"] = True
             except MpsControlError:
                 pass  # it went by itself, or a new client came: either way it is not ours to stop
-    if p["expect_mps"] and row is None:
+    if p["expect_mps"] and server is None:
         module.fail_json(
             msg="CUDA client %d ran on GPU %d but is NOT an MPS client: the daemon in %s does not list it, so it fell "
                 "back to running without MPS. Clients must see that daemon: same CUDA_MPS_PIPE_DIRECTORY, access to its "
                 "sockets, and compute mode DEFAULT or EXCLUSIVE_PROCESS." % (report["pid"], p["device"], p["pipe_directory"]),
             **result)
-    if not p["expect_mps"] and row is not None:
+    if not p["expect_mps"] and server is not None:
         module.fail_json(msg="CUDA client %d runs under MPS (server %d), but expect_mps is false" % (
-            report["pid"], row["server"]), **result)
+            report["pid"], server), **result)
     module.exit_json(**result)
 
 

@@ -24,7 +24,7 @@ options:
   devices:
     description:
       - MPS device ordinals whose default pinned memory limits are read.
-      - By default every GPU NVML lists, or device 0 when NVML is not available.
+      - By default the plan's devices; without O(plan), every GPU NVML lists, or device 0 when NVML is not available.
     type: list
     elements: int
   timeout:
@@ -151,11 +151,8 @@ stale_sockets:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import (
-    MpsControlError, fail_control, mps_argument_spec, query_gpus, reader_control, timeout_error)
+    MpsControlError, fail_control, module_plan, mps_argument_spec, query_gpus, reader_control, timeout_error)
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import summary as health_summary
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
-    LimitRecord, default_state_directory, with_exact_limits)
-from ansible_collections.gpulab.mps.plugins.module_utils._trust import normalize_path
 
 
 def main():
@@ -170,25 +167,24 @@ def main():
     error = timeout_error(module.params["timeout"])
     if error:
         module.fail_json(msg=error)
+    plan = module_plan(module)
     devices = module.params["devices"]
     if devices is None:
-        gpus = query_gpus(module, required=False)[1]
-        devices = [g["index"] for g in gpus] if gpus else [0]
-    control = reader_control(module, timeout=module.params["timeout"])
+        planned = (plan.get("daemon") or {}).get("devices")
+        if planned:
+            devices = sorted(int(o) for o in planned)
+        else:
+            gpus = query_gpus(module, required=False)[1]
+            devices = [g["index"] for g in gpus] if gpus else [0]
+    control = reader_control(module, plan, timeout=module.params["timeout"])
     try:
         # A call past the timeout fails the task (fail_control: the command, what it printed, what to check).
         state, health = control.health(devices, expect_running=module.params["expect_running"], tolerate_timeout=False)
     except MpsControlError as error:
-        fail_control(module, error, "Cannot read the MPS state in %s" % module.params["pipe_directory"])
-    state_directory, error = normalize_path("state_directory", module.params["state_directory"] or default_state_directory())
-    # (pid, start time): tells this daemon from a later one, e.g. one systemd restarted since an earlier read.
-    state["identity"] = control.daemon_identity(state["pid"]) if state["running"] else None
-    if state["running"] and not error:
-        record = LimitRecord(state_directory, module.params["pipe_directory"])
-        state["defaults"] = with_exact_limits(state["defaults"], record.exact(state["identity"]))
+        fail_control(module, error, "Cannot read the MPS state in %s" % plan["pipe_directory"])
     state["health"] = health
     if module.params["fail_unhealthy"] and not health["healthy"]:
-        module.fail_json(msg="MPS on %s is not healthy: %s" % (module.params["pipe_directory"], health_summary(health)),
+        module.fail_json(msg="MPS on %s is not healthy: %s" % (plan["pipe_directory"], health_summary(health)),
                          **state)
     module.exit_json(changed=False, **state)
 

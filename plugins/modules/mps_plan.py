@@ -100,6 +100,34 @@ options:
     type: str
     choices: [auto, systemd, direct]
     default: auto
+  service_name:
+    description:
+      - The systemd service of the host daemon, without C(.service) (C(mps_host_service_name)); a systemd unit name
+        (letters, digits and C(:_.-)), since it goes into the unit's files. Planned as C(daemon.service_name).
+    type: str
+    default: nvidia-mps
+    version_added: 0.4.0
+  lib_directory:
+    description:
+      - Where the collection keeps its client and the entry point the unit runs (and the metrics collector), root's.
+    type: str
+    default: /usr/local/lib/gpulab-mps
+    version_added: 0.4.0
+  config_directory:
+    description: Where the collection keeps the plan the unit and the collector read (C(plan.json)), root's.
+    type: str
+    default: /etc/gpulab-mps
+    version_added: 0.4.0
+  unit_directory:
+    description: Where the systemd units of the collection go.
+    type: str
+    default: /etc/systemd/system
+    version_added: 0.4.0
+  tmpfiles_directory:
+    description: Where the C(tmpfiles.d) entry of the pipe and log directories goes.
+    type: str
+    default: /etc/tmpfiles.d
+    version_added: 0.4.0
   qos_classes:
     description:
       - The QoS classes of this host's MPS clients, declared once - a dict from class name (lower-case letters,
@@ -182,8 +210,9 @@ EXAMPLES = r"""
 RETURN = r"""
 plan:
   description:
-    - The plan. C(driver) and C(gpus) as M(gpulab.mps.gpu_info) reports them; C(daemon) with C(state),
-      C(service_manager), C(visible_devices) (UUIDs or null), C(active_thread_percentage),
+    - The plan. C(driver) and C(gpus) as M(gpulab.mps.gpu_info) reports them; C(host) (whether systemd runs, the
+      Python the unit's entry point runs with); C(files) (the collection's directories and C(plan_file));
+      C(daemon) with C(state), C(service_manager), C(service_name), C(multiuser_server), C(visible_devices) (UUIDs or null), C(active_thread_percentage),
       C(pinned_memory_limit) (exact bytes by MPS device ordinal), C(pinned_memory_limit_mps) (the sizes sent to
       the CLI), C(devices) (ordinal to UUID), C(environment) and C(replica_limits) (what the replicas ask of the
       daemon - O(replica_limits), C(pinned_memory_limit) by ordinal, C(active_thread_percentage) - or null where
@@ -194,8 +223,11 @@ plan:
   returned: success
   type: dict
   sample:
-    version: 1
+    version: 2
     owner: host
+    host: {systemd: true, python: /usr/bin/python3}
+    files: {lib_directory: /usr/local/lib/gpulab-mps, config_directory: /etc/gpulab-mps, plan_file: /etc/gpulab-mps/plan.json,
+            unit_directory: /etc/systemd/system, tmpfiles_directory: /etc/tmpfiles.d}
     control_binary: /usr/local/nvidia/bin/nvidia-cuda-mps-control
     pipe_directory: /tmp/nvidia-mps
     log_directory: /var/log/nvidia-mps
@@ -205,6 +237,7 @@ plan:
     daemon:
       state: started
       service_manager: systemd
+      service_name: nvidia-mps
       multiuser_server: false
       visible_devices: null
       active_thread_percentage: 5.0
@@ -229,32 +262,18 @@ plan:
 """
 
 import os
+import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpulab.mps.plugins.module_utils._common import query_gpus
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import default_state_directory
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import BINARY_DIRECTORIES, CONTROL_BINARY
-from ansible_collections.gpulab.mps.plugins.module_utils._plan import PlanError, build_plan, host_problems
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (
+    default_state_directory, find_control_binary)
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import BINARY_DIRECTORIES
+from ansible_collections.gpulab.mps.plugins.module_utils._plan import (
+    FILE_DIRECTORIES, PlanError, build_plan, host_problems, library_path, trusted_python)
 from ansible_collections.gpulab.mps.plugins.module_utils._qos import DEFAULT_CLASSES, DEFAULT_DIRECTORY, qos_plan
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import directory_problem
-
-
-def find_binary(module):
-    """The control binary: the given path as it is (whatever its name), else PATH and binary_directories."""
-    given = module.params["control_binary"]
-    if given:
-        if not os.path.isabs(given):
-            return None, "control_binary must be an absolute path, got %r" % given
-        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
-            return None, "control_binary %s is not an executable file" % given
-        return given, None
-    found = module.get_bin_path(CONTROL_BINARY, opt_dirs=module.params["binary_directories"])
-    if not found:
-        return None, ("%s was not found in PATH or %s. Install the NVIDIA compute utilities that match the driver "
-                      "(for example nvidia-compute-utils-<branch>-server), or set control_binary"
-                      % (CONTROL_BINARY, ", ".join(module.params["binary_directories"])))
-    return found, None
 
 
 def main():
@@ -272,6 +291,11 @@ def main():
             default_pinned_memory_limit=dict(type="raw"),
             replica_limits=dict(type="str", default="memory_and_threads", choices=["memory_and_threads", "memory", "none"]),
             service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "direct"]),
+            service_name=dict(type="str", default="nvidia-mps"),
+            lib_directory=dict(type="str", default=dict(FILE_DIRECTORIES)["lib_directory"]),
+            config_directory=dict(type="str", default=dict(FILE_DIRECTORIES)["config_directory"]),
+            unit_directory=dict(type="str", default=dict(FILE_DIRECTORIES)["unit_directory"]),
+            tmpfiles_directory=dict(type="str", default=dict(FILE_DIRECTORIES)["tmpfiles_directory"]),
             multiuser_server=dict(type="bool", default=False),
             qos_classes=dict(type="dict", default=DEFAULT_CLASSES),
             qos_directory=dict(type="str", default=DEFAULT_DIRECTORY),
@@ -287,13 +311,17 @@ def main():
     )
     p = module.params
     driver, gpus = query_gpus(module)
-    binary, binary_error = find_binary(module)
+    binary, binary_error = find_control_binary(p["control_binary"], p["binary_directories"])
     problems = host_problems(driver, gpus, p["min_driver_version"]) + ([binary_error] if binary_error else [])
     if problems:
         module.fail_json(msg="This host cannot run MPS: " + "; ".join(problems), errors=problems,
                          driver=driver, gpus=gpus)
+    # What the plan reads of this host, once: whether systemd runs, an interpreter root may run for the unit's entry
+    # point, and the trusted directories of LD_LIBRARY_PATH (the daemon gets exactly these, never a later task's).
     settings = dict(p, control_binary=binary, systemd_running=os.path.isdir("/run/systemd/system"),
-                    state_directory=p["state_directory"] or default_state_directory())
+                    state_directory=p["state_directory"] or default_state_directory(),
+                    python=trusted_python(["/usr/bin/python3", sys.executable]),
+                    library_path=library_path(os.environ.get("LD_LIBRARY_PATH")))
     errors = []
     try:
         plan = build_plan(driver, gpus, settings)
@@ -311,10 +339,12 @@ def main():
         errors.extend("%s: %s" % (option, problem) for option, problem in (
             (option, directory_problem(plan[option], os.geteuid(), creatable=True))
             for option in ("pipe_directory", "log_directory", "state_directory")) if problem)
+    if plan and plan["daemon"]["service_manager"] == "systemd" and not plan["host"]["python"]:
+        errors.append("the host's systemd unit runs the collection's entry point with Python, and no python3 that "
+                      "root may run was found (/usr/bin/python3, owned by root and writable by nobody else)")
     if errors:
         module.fail_json(msg="Invalid MPS settings, nothing was changed: " + "; ".join(errors),
                          errors=errors, driver=driver, gpus=gpus)
-    plan["daemon"]["multiuser_server"] = p["multiuser_server"]
     plan["qos"] = qos
     plan["warnings"].extend(qos_warnings)
     for warning in plan["warnings"]:

@@ -112,7 +112,8 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpulab.mps.plugins.module_utils._command import MAX_TIMEOUT, CommandTimeout, run_bounded
+from ansible_collections.gpulab.mps.plugins.module_utils import _command
+from ansible_collections.gpulab.mps.plugins.module_utils._command import MAX_TIMEOUT, CommandError, CommandTimeout
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import process_start
 
 PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID", "ExecMainStartTimestampMonotonic",
@@ -156,7 +157,9 @@ class Unit(object):
     def call(self, *args):
         argv = [self.systemctl] + list(args)
         try:
-            rc, out, err = run_bounded(self.module, argv, self.timeout)
+            rc, out, err = _command.run_bounded(argv, self.timeout)
+        except CommandError as error:
+            self.module.fail_json(msg=str(error), **error.details())
         except CommandTimeout as error:
             self.module.fail_json(msg=str(error), **error.details())
         return rc, out, err

@@ -48,7 +48,6 @@ def main():
     sys.path.insert(0, base)
     from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import MpsControl
     from ansible_collections.gpulab.mps.plugins.module_utils._mps_recovery import describe, recover
-    from ansible_collections.gpulab.mps.plugins.module_utils._standalone import Runner
 
     root = tempfile.mkdtemp(prefix="gpulab-recovery-", dir="/run" if os.access("/run", os.W_OK) else None)
     os.chmod(root, 0o700)
@@ -56,7 +55,7 @@ def main():
     os.mkdir(pipe, 0o700)
     os.mkdir(logs, 0o700)
     env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=pipe, CUDA_MPS_LOG_DIRECTORY=logs)
-    control = MpsControl(Runner(), args.control_binary, pipe, logs, timeout=CLI_TIMEOUT)
+    control = MpsControl(args.control_binary, pipe, logs, timeout=CLI_TIMEOUT)
     report = {"pipe_directory": pipe, "checks": {}, "steps": []}
     clients, servers_seen, daemon_pid = [], set(), None
 
@@ -82,7 +81,7 @@ def main():
         return None
 
     try:
-        rc = subprocess.run([args.control_binary, "-d"], env=env, timeout=CLI_TIMEOUT, check=False).returncode
+        rc = control.start_daemon()[0]
         if not control.wait(control.is_running, 10):
             raise RuntimeError("the private MPS daemon did not answer (rc %s)" % rc)
         daemon_pid = control.daemon_pid()

@@ -131,9 +131,9 @@ class Check(object):
                                  % ", ".join(BINARY_DIRS))
         sys.path.insert(0, collection_path())
         from ansible_collections.gpulab.mps.plugins.module_utils import (
-            _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes, _standalone)
-        self.cuda, self.dp, self.mc, self.output, self.nvml, self.plan, self.sizes, self.standalone = (
-            _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes, _standalone)
+            _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes)
+        self.cuda, self.dp, self.mc, self.output, self.nvml, self.plan, self.sizes = (
+            _cuda_client, _device_plugin, _mps_control, _mps_output, _nvml, _plan, _sizes)
         self.driver, self.gpus = self.read_nvml()
         self.results.update(driver=self.driver, gpus=self.gpus, control_binary=self.binary,
                             compute_modes_before=self.modes(self.gpus))
@@ -201,10 +201,8 @@ class Check(object):
             return
         pipe = self.private_dir("gpulab-multigpu-pipe-")
         log = self.private_dir("gpulab-multigpu-log-")
-        env = self.plan.daemon_environment(pipe, log, daemon)
-        control = self.mc.MpsControl(self.standalone.Runner(self.env), self.binary, pipe, log,
-                                     extra_env=dict((k, v) for k, v in env.items() if k == "CUDA_VISIBLE_DEVICES"),
-                                     timeout=30, trusted_uids=[os.geteuid()])
+        env = self.mc.daemon_environment(pipe, log, daemon["visible_devices"])
+        control = self.mc.MpsControl(self.binary, pipe, log, environment=env, timeout=30, trusted_uids=[os.geteuid()])
         record["daemon_environment"] = env
         clients = []
         try:

@@ -115,7 +115,8 @@ def run_module(monkeypatch):
 
 
 class FakeCli(object):
-    """Stands for AnsibleModule.run_command: answers each expected call in order, recording the calls.
+    """Stands for _command.run_bounded (every external call of the collection): answers each expected call in order,
+    recording the calls.
 
     expect(argv, data, output, rc) queues one call; replies not in the queue fail the test. Every call is
     checked for its exact argv and stdin, which is what the real CLI receives.
@@ -131,8 +132,8 @@ class FakeCli(object):
         self.expected.append((list(argv), data, output, rc, err, effect, repeat))
         return self
 
-    def __call__(self, module_self, args, data=None, environ_update=None, **kwargs):
-        self.calls.append({"argv": list(args), "data": data, "env": dict(environ_update or {})})
+    def __call__(self, args, timeout, data=None, env=None, **kwargs):
+        self.calls.append({"argv": list(args), "data": data, "env": dict(env or {}), "timeout": timeout})
         while self.expected and self.expected[0][6] and (self.expected[0][0], self.expected[0][1]) != (list(args), data):
             self.expected.pop(0)  # a poll that has ended
         if not self.expected:
@@ -152,14 +153,42 @@ class FakeCli(object):
 
 @pytest.fixture
 def fake_cli(monkeypatch):
-    from ansible.module_utils import basic
+    from ansible_collections.gpulab.mps.plugins.module_utils import _command
     cli = FakeCli()
-
-    def run_command(self, args, **kwargs):
-        return cli(self, args, **kwargs)
-
-    monkeypatch.setattr(basic.AnsibleModule, "run_command", run_command)
+    monkeypatch.setattr(_command, "run_bounded", cli)
     return cli
+
+
+class CliAnswers(object):
+    """Stands for _command.run_bounded with answers by command (the stdin a call sends): {command: (rc, text)},
+    as the CLI answered on a real GPU (e.g. tests/unit/fixtures/h200-fault/sticky-cli.json); a command in `hang`
+    runs past its bound. Records every call's argv, stdin and environment."""
+
+    def __init__(self, answers, hang=()):
+        self.answers = answers
+        self.hang = hang
+        self.calls = []
+
+    def __call__(self, args, timeout, data=None, env=None, **kwargs):
+        from ansible_collections.gpulab.mps.plugins.module_utils._command import CommandTimeout
+        self.calls.append({"argv": list(args), "data": data, "env": dict(env or {})})
+        if data in self.hang:
+            raise CommandTimeout(args, timeout)
+        rc, text = self.answers[data]
+        return rc, text if text.endswith("\n") or not text else text + "\n", ""
+
+
+@pytest.fixture
+def cli_answers(monkeypatch):
+    """cli_answers(answers, hang=()) -> CliAnswers, installed as _command.run_bounded for the test."""
+    from ansible_collections.gpulab.mps.plugins.module_utils import _command
+
+    def install(answers, hang=()):
+        fake = CliAnswers(answers, hang)
+        monkeypatch.setattr(_command, "run_bounded", fake)
+        return fake
+
+    return install
 
 
 @pytest.fixture

@@ -30,10 +30,9 @@ def main(argv=None):
     sys.path.insert(0, args.lib)
     from ansible_collections.gpulab.mps.plugins.module_utils import _mps_metrics
     from ansible_collections.gpulab.mps.plugins.module_utils._nvml import Nvml
-    from ansible_collections.gpulab.mps.plugins.module_utils._standalone import Runner
 
     try:
-        ok, message = _mps_metrics.run(args.config, Runner(), nvml=Nvml)
+        ok, message = _mps_metrics.run(args.config, nvml=Nvml)
     except OSError as error:  # the file could not be written
         print("gpulab-mps-metrics: %s" % error, file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import pytest
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _mps_control as mc
 from ansible_collections.gpulab.mps.plugins.module_utils import _mps_output as out
+from ansible_collections.gpulab.mps.plugins.module_utils._command import SAFE_PATH
 from conftest import load_transcript, make_socket, transcript_output, transcript_text
 
 
@@ -134,50 +135,56 @@ def test_with_exact_limits_replaces_a_rounded_read_back_only_when_consistent():
     assert exact["pinned_memory_limit"] == {"0": "1536M", "1": "2G"}
 
 
-class _Module(object):
-    """Enough of AnsibleModule for MpsControl: run_command answered from a transcript."""
-
-    def __init__(self, answers):
-        self.answers = list(answers)
-        self.calls = []
-
-    def run_command(self, argv, data=None, environ_update=None, **kwargs):
-        self.calls.append((argv, data, environ_update))
-        return self.answers.pop(0)
-
-
-def test_control_reports_no_daemon_from_its_exit_code(tmp_path):
+def test_control_reports_no_daemon_from_its_exit_code(tmp_path, cli_answers):
     output, rc = transcript_output("00_control_no_daemon.txt")
-    module = _Module([(rc, output, "")])
-    control = mc.MpsControl(module, "/usr/bin/nvidia-cuda-mps-control", str(tmp_path / "pipe"), str(tmp_path / "log"))
+    cli = cli_answers({"get_server_list": (rc, output)})
+    control = mc.MpsControl("/usr/bin/nvidia-cuda-mps-control", str(tmp_path / "pipe"), str(tmp_path / "log"))
     assert control.is_running() is False
-    assert module.calls == [(["/usr/bin/nvidia-cuda-mps-control"], "get_server_list",
-                             {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe"),
-                              "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "log")})]
+    assert cli.calls == [{"argv": ["/usr/bin/nvidia-cuda-mps-control"], "data": "get_server_list", "env": {
+        "PATH": "/usr/bin:" + SAFE_PATH, "LANG": "C", "LC_ALL": "C",
+        "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "log")}}]
 
 
-def test_control_turns_unknown_command_into_an_error(tmp_path):
-    module = _Module([(0, transcript_output("16_unknown_cmd.txt")[0], "")])
-    control = mc.MpsControl(module, "/bin/ctl", str(tmp_path))
+def test_the_environment_is_the_plans_not_the_callers(tmp_path, cli_answers, monkeypatch):
+    """Regression (issue 20, "inherited state"): run_command laid the module's environment under every call, so a
+    CUDA_VISIBLE_DEVICES of the controller reached the daemon and moved the planned limits to another GPU. The
+    failed-before form of this test is tests/hostile's; here, what each call gets is exactly the plan's."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    cli = cli_answers({"get_server_list": (0, "")})
+    plan = {"control_binary": "/opt/nv/nvidia-cuda-mps-control", "pipe_directory": str(tmp_path),
+            "log_directory": "/var/log/nvidia-mps", "state_directory": None,
+            "daemon": {"environment": {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path), "CUDA_VISIBLE_DEVICES": "GPU-a",
+                                       "CUDA_MPS_LOG_DIRECTORY": "/var/log/nvidia-mps", "PYTHONPATH": "/tmp/x"}}}
+    mc.MpsControl.from_plan(plan).server_list()
+    assert cli.calls[0]["env"] == {
+        "PATH": "/opt/nv:" + SAFE_PATH, "LANG": "C", "LC_ALL": "C", "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path),
+        "CUDA_MPS_LOG_DIRECTORY": "/var/log/nvidia-mps", "CUDA_VISIBLE_DEVICES": "GPU-a"}
+
+
+def test_control_turns_unknown_command_into_an_error(tmp_path, cli_answers):
+    cli_answers({"frobnicate": (0, transcript_output("16_unknown_cmd.txt")[0])})
+    control = mc.MpsControl("/bin/ctl", str(tmp_path))
     with pytest.raises(mc.MpsControlError, match="does not know the command 'frobnicate'"):
         control.run("frobnicate")
 
 
-def test_snapshot_of_a_busy_daemon(tmp_path, daemon_process):
+def test_snapshot_of_a_busy_daemon(tmp_path, daemon_process, fake_cli):
     pipe = tmp_path / "pipe"
     daemon = daemon_process(pipe)
-    answers = [transcript_output(n) for n in ("21_server_list_busy.txt", "22_ps_busy.txt", "06_get_default_atp.txt",
-                                              "12_get_pinned_4G.txt", "24_server_status.txt", "23_client_list.txt",
-                                              "26_atp_of_server.txt", "12_get_pinned_4G.txt")]
-    module = _Module([(rc, out, "") for out, rc in answers])
+    for command, name in (("get_server_list", "21_server_list_busy.txt"), ("get_server_status 486", "24_server_status.txt"),
+                          ("get_client_list 486", "23_client_list.txt"),
+                          ("get_active_thread_percentage 486", "26_atp_of_server.txt"),
+                          ("get_device_pinned_mem_limit 486 0", "12_get_pinned_4G.txt"), ("ps", "22_ps_busy.txt"),
+                          ("get_default_active_thread_percentage", "06_get_default_atp.txt"),
+                          ("get_default_device_pinned_mem_limit 0", "12_get_pinned_4G.txt")):
+        output, rc = transcript_output(name)
+        fake_cli.expect(["/bin/ctl"], command, output, rc)
     log = tmp_path / "log"
     log.mkdir()
     (log / "server.log").write_text(transcript_text("33_server_log.txt"))
-    state = mc.MpsControl(module, "/bin/ctl", str(pipe), str(log)).snapshot([0])
-    assert [c[1] for c in module.calls] == [
-        "get_server_list", "ps", "get_default_active_thread_percentage", "get_default_device_pinned_mem_limit 0",
-        "get_server_status 486", "get_client_list 486", "get_active_thread_percentage 486",
-        "get_device_pinned_mem_limit 486 0"]
+    state = mc.MpsControl("/bin/ctl", str(pipe), str(log)).snapshot([0])
+    fake_cli.done()
     assert state["running"] is True and state["pid"] == daemon.pid
     assert state["defaults"] == {"active_thread_percentage": 100.0, "pinned_memory_limit": {"0": "4G"}}
     assert state["servers"] == [{"pid": 486, "status": "ACTIVE", "clients": [497], "active_thread_percentage": 50.0,
@@ -186,11 +193,12 @@ def test_snapshot_of_a_busy_daemon(tmp_path, daemon_process):
     assert state["clients"][0]["pid"] == 497
 
 
-def test_snapshot_of_a_stopped_daemon_lists_stale_sockets(tmp_path):
+def test_snapshot_of_a_stopped_daemon_lists_stale_sockets(tmp_path, cli_answers):
     for name in ("control", "control_lock", "control_privileged"):
         make_socket(tmp_path / name)
     output, rc = transcript_output("00_control_no_daemon.txt")
-    state = mc.MpsControl(_Module([(rc, output, "")]), "/bin/ctl", str(tmp_path)).snapshot([0])
+    cli_answers({"get_server_list": (rc, output)})
+    state = mc.MpsControl("/bin/ctl", str(tmp_path)).snapshot([0])
     assert state["running"] is False
     assert state["stale_sockets"] == ["control", "control_lock", "control_privileged"]
 

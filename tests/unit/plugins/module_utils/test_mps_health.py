@@ -15,7 +15,6 @@ import pytest
 from ansible_collections.gpulab.mps.plugins.module_utils import _mps_control as mc
 from ansible_collections.gpulab.mps.plugins.module_utils import _mps_health as health
 from ansible_collections.gpulab.mps.plugins.module_utils import _mps_output as out
-from ansible_collections.gpulab.mps.plugins.module_utils._command import CommandTimeout
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "h200-fault")
 
@@ -107,21 +106,7 @@ def test_no_daemon_where_one_is_expected():
     assert result["daemon"] == "stopped" and [p["kind"] for p in result["problems"]] == ["daemon_not_running"]
 
 
-class _Module(object):
-    """run_command answering from the CLI answers recorded on the H200 (sticky-cli.json)."""
-
-    def __init__(self, answers, hang=()):
-        self.answers = answers
-        self.hang = hang
-
-    def run_command(self, argv, data=None, **kwargs):
-        if data in self.hang:
-            raise CommandTimeout(argv, 1)
-        rc, text = self.answers[data]
-        return rc, text + "\n", ""
-
-
-def test_health_of_the_recorded_fault(tmp_path, daemon_process):
+def test_health_of_the_recorded_fault(tmp_path, daemon_process, cli_answers):
     pipe, log = tmp_path / "pipe", tmp_path / "log"
     daemon_process(pipe)
     log.mkdir()
@@ -130,18 +115,19 @@ def test_health_of_the_recorded_fault(tmp_path, daemon_process):
     answers.update({"get_default_active_thread_percentage": [0, "100.0"], "get_default_device_pinned_mem_limit 0":
                     [0, ""], "get_active_thread_percentage 492": [0, "100.0"],
                     "get_device_pinned_mem_limit 492 0": [0, ""]})
-    state, result = mc.MpsControl(_Module(answers), "/bin/ctl", str(pipe), str(log)).health([0])
+    cli_answers(answers)
+    state, result = mc.MpsControl("/bin/ctl", str(pipe), str(log)).health([0])
     assert state["servers"][0]["status"] == "FAULT"
     assert result["faulted_servers"] == [492] and result["healthy"] is False
 
 
-def test_health_of_a_daemon_that_answers_nothing(tmp_path, daemon_process):
+def test_health_of_a_daemon_that_answers_nothing(tmp_path, daemon_process, cli_answers):
     pipe = tmp_path / "pipe"
     daemon_process(pipe)
     recorded = json.loads(fixture("sticky-cli.json"))["unresponsive"]
     assert recorded["get_server_list"][0] is None  # what the H200's daemon did after terminate_client in FAULT
-    module = _Module({}, hang=("get_server_list",))
-    state, result = mc.MpsControl(module, "/bin/ctl", str(pipe), str(tmp_path / "log")).health([0])
+    cli_answers({}, hang=("get_server_list",))
+    state, result = mc.MpsControl("/bin/ctl", str(pipe), str(tmp_path / "log")).health([0])
     assert result["daemon"] == "unresponsive" and result["healthy"] is False
     assert state["running"] is None
     assert "terminate_client" in result["problems"][0]["message"]

@@ -44,15 +44,6 @@ def nvml_processes():
     return [{"index": 0, "uuid": UUID, "pid": p["pid"], "used_memory_bytes": p["used_mib"] * MIB} for p in recorded]
 
 
-class _Module(object):
-    def __init__(self, answers):
-        self.answers = answers
-
-    def run_command(self, argv, data=None, **kwargs):
-        rc, text = self.answers[data]
-        return rc, text + "\n", ""
-
-
 def render(registry):
     """{(name, frozenset of labels): value}, read back from the exposition text Prometheus scrapes."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -70,7 +61,7 @@ def names(samples):
 
 
 @pytest.fixture
-def fault_reading(tmp_path, daemon_process):
+def fault_reading(tmp_path, daemon_process, cli_answers):
     """MpsControl.health over the CLI answers, server.log and control.log the H200 gave while server 492 was in FAULT."""
     pipe, log = tmp_path / "pipe", tmp_path / "log"
     daemon_process(pipe)
@@ -81,7 +72,8 @@ def fault_reading(tmp_path, daemon_process):
     answers.update({"get_default_active_thread_percentage": [0, "5.0"], "get_default_device_pinned_mem_limit 0":
                     [0, "7G"], "get_active_thread_percentage 492": [0, "100.0"],
                     "get_device_pinned_mem_limit 492 0": [0, ""]})
-    control = mc.MpsControl(_Module(answers), "/bin/ctl", str(pipe), str(log))
+    cli_answers(answers)
+    control = mc.MpsControl("/bin/ctl", str(pipe), str(log))
     state, health = control.health([0])
     # The daemon of the recording was PID 446 (control.log says so); the stand-in process here has another PID.
     state["pid"] = 446

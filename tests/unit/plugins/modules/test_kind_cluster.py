@@ -13,6 +13,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.gpulab.mps.plugins.module_utils import _command
 from ansible_collections.gpulab.mps.plugins.modules import kind_cluster
 
 KIND = "/usr/local/bin/kind"
@@ -53,7 +54,7 @@ def run(monkeypatch):
         if diff:
             args["_ansible_diff"] = True
         rc = mock.Mock(side_effect=list(outputs))
-        monkeypatch.setattr(basic.AnsibleModule, "run_command", rc)
+        monkeypatch.setattr(_command, "run_bounded", rc)
         with patch_module_args(args):
             with pytest.raises(expect) as exc:
                 kind_cluster.main()

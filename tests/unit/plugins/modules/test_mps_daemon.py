@@ -15,8 +15,10 @@ import stat
 import pytest
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _plan
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import LimitRecord
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import StateRecord
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import PID_FILE
+from ansible_collections.gpulab.mps.plugins.module_utils import _mps_daemon
+from ansible_collections.gpulab.mps.plugins.module_utils._command import SAFE_PATH
 from ansible_collections.gpulab.mps.plugins.modules import mps_daemon
 from conftest import make_socket, transcript_output
 
@@ -51,13 +53,13 @@ def expect_idle_snapshot(cli, ctl, atp="50.0", pinned="2G", devices=(0,)):
 def expect_busy_snapshot(cli, ctl, atp="50.0", server_atp="50.0", pinned="2G"):
     """Daemon with server 486 and its client 497 (transcripts 21-26)."""
     cli.expect(ctl, "get_server_list", *transcript_output("21_server_list_busy.txt"))
-    cli.expect(ctl, "ps", *PS_BUSY)
-    cli.expect(ctl, "get_default_active_thread_percentage", atp + "\n")
-    cli.expect(ctl, "get_default_device_pinned_mem_limit 0", pinned + "\n")
     cli.expect(ctl, "get_server_status 486", *transcript_output("24_server_status.txt"))
     cli.expect(ctl, "get_client_list 486", *transcript_output("23_client_list.txt"))
     cli.expect(ctl, "get_active_thread_percentage 486", server_atp + "\n")
     cli.expect(ctl, "get_device_pinned_mem_limit 486 0", pinned + "\n")
+    cli.expect(ctl, "ps", *PS_BUSY)
+    cli.expect(ctl, "get_default_active_thread_percentage", atp + "\n")
+    cli.expect(ctl, "get_default_device_pinned_mem_limit 0", pinned + "\n")
 
 
 # --- decisions --------------------------------------------------------------------------------------
@@ -117,16 +119,16 @@ def test_plan_devices_refuses_devices_outside_visible_devices():
     (1536 * M, "1G", False), (2 * G, None, False), (2 * G, "4G", False),
 ])
 def test_pinned_in_sync(size, shown, in_sync):
-    assert mps_daemon.pinned_in_sync(size, shown) == in_sync
+    assert _mps_daemon.pinned_in_sync(size, shown) == in_sync
 
 
 def test_server_matches_prefers_the_exact_logged_value():
     server = {"active_thread_percentage": 50.0, "pinned_memory_limit": {"0": "1G"},
               "logged": {"active_thread_percentage": 50.0, "pinned_memory_limit": {"0": 1536 * M}}}
-    assert mps_daemon.server_matches(server, 50, {0: 1536 * M})
-    assert not mps_daemon.server_matches(server, 50, {0: G})
-    assert not mps_daemon.server_matches(server, 40, {})
-    assert mps_daemon.server_matches(dict(server, logged=None), None, {0: 1536 * M})
+    assert _mps_daemon.server_matches(server, 50, {0: 1536 * M})
+    assert not _mps_daemon.server_matches(server, 50, {0: G})
+    assert not _mps_daemon.server_matches(server, 40, {})
+    assert _mps_daemon.server_matches(dict(server, logged=None), None, {0: 1536 * M})
 
 
 def test_directory_problem(tmp_path):
@@ -166,8 +168,10 @@ def test_start_from_nothing(run_module, fake_cli, standin_nvml, host, check_mode
     assert host["pipe"].is_dir() != check_mode
     if not check_mode:
         assert stat.S_IMODE(host["pipe"].stat().st_mode) == 0o755
+        # The daemon's environment is the plan's, built here: nothing of the environment the module ran with.
         assert fake_cli.calls[1]["env"] == {"CUDA_MPS_PIPE_DIRECTORY": str(host["pipe"]),
-                                            "CUDA_MPS_LOG_DIRECTORY": str(host["log"])}
+                                            "CUDA_MPS_LOG_DIRECTORY": str(host["log"]), "LANG": "C", "LC_ALL": "C",
+                                            "PATH": os.path.dirname(host["ctl"][0]) + ":" + SAFE_PATH}
 
 
 @pytest.mark.parametrize("check_mode", [True, False])
@@ -217,7 +221,7 @@ def test_a_rounded_read_back_is_set_once_then_trusted(run_module, fake_cli, stan
     expect_idle_snapshot(fake_cli, ctl, pinned="1G")
     first = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"))[0]
     assert first["changed"]
-    record = LimitRecord(str(host["state"]), str(host["pipe"]))
+    record = StateRecord(str(host["state"]), str(host["pipe"]))
     written = json.loads((host["state"] / record.name).read_text())
     assert written["daemon"][0] == daemon.pid and written["pinned_memory_limit"] == {"0": 1536 * M}
     assert written["pipe_directory"] == str(host["pipe"]) and written["applied_at_start"] is False
@@ -233,7 +237,7 @@ def test_a_rounded_read_back_is_set_once_then_trusted(run_module, fake_cli, stan
 def test_a_record_of_another_daemon_is_not_trusted(run_module, fake_cli, standin_nvml, host):
     host["running"]()
     host["state"].mkdir()
-    LimitRecord(str(host["state"]), str(host["pipe"])).write([1, 5], {0: 1536 * M}, False)
+    StateRecord(str(host["state"]), str(host["pipe"])).write([1, 5], {0: 1536 * M}, False)
     expect_idle_snapshot(fake_cli, host["ctl"], pinned="1G")
     result = run_module(mps_daemon, dict(host["args"], default_pinned_memory_limit="1536M"), check_mode=True)[0]
     assert result["changed"]

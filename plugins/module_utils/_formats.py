@@ -1,0 +1,114 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpulab.mps contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Values that go into a file format another program reads as root: checked for that format, in one place each.
+
+This is a private module_utils of gpulab.mps: its API may change without notice. STANDARD LIBRARY ONLY.
+
+An inventory value written into a file is code for whoever reads the file: a newline in a service name became a live
+tmpfiles.d line that root applied at boot, a newline in a QoS class's description a shell command in the class's env
+file that job scripts source. Every value that reaches one of these formats passes the function of its format here;
+a value a format cannot carry is refused with the option's name, before anything is written (the rules of each format
+are in tests/unit/plugins/module_utils/test_formats.py). Rendering (_unit_files, _qos) only ever writes checked values.
+
+- systemd unit files (the unit, its drop-ins, the metrics timer): unit names, and the words of Exec*= and
+  Environment= lines: printable ASCII of a safe set, so that nothing is quoted, expanded ($, %) or continued (\\).
+- tmpfiles.d lines: a path field of the same set (no whitespace: a field separator).
+- env files read by a shell (`set -a; . FILE`) and by systemd (EnvironmentFile=): NAME=VALUE with a NAME of
+  [A-Z_][A-Z0-9_]* and a VALUE of the safe set, which both read alike, unquoted.
+- comment lines of any of them: one line of printable text (no control character, no Unicode line separator).
+- YAML is never assembled from strings: it is dumped (yaml.safe_dump, to_nice_yaml) from data.
+"""
+
+from __future__ import annotations
+
+import re
+
+# What a word of a unit line, a tmpfiles path or an env value may hold: letters, digits and . _ - + @ / , = :
+_WORD_RE = re.compile(r"^[A-Za-z0-9._/@+,=:-]+$", re.ASCII)
+# systemd.unit(5): "[a-zA-Z0-9:_.\-]" and "@" for templates; at most 255 characters with the suffix.
+_UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\-]+$", re.ASCII)
+_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$", re.ASCII)
+# Control characters and what some readers take for a line end.
+_NOT_IN_A_LINE_RE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+class FormatError(ValueError):
+    """A value the format it goes into cannot carry: the message names the option and what to use."""
+
+
+def _check(value, option):
+    if not isinstance(value, str) or isinstance(value, bool):
+        raise FormatError("%s must be text, got %r" % (option, value))
+    return value
+
+
+def unit_name(value, option="service_name", suffix=".service"):
+    """A systemd unit name without its suffix (nvidia-mps), checked; returns it."""
+    _check(value, option)
+    if not _UNIT_NAME_RE.match(value) or value.startswith("-") or len(value) + len(suffix) > 255:
+        raise FormatError("%s %r is not a systemd unit name: use letters, digits and : _ . - (at most %d characters)"
+                          % (option, value, 255 - len(suffix)))
+    return value
+
+
+def unit_word(value, option):
+    """One word of an Exec*= or Environment= line of a unit (a path, a number, a UUID), written unquoted."""
+    _check(value, option)
+    if not _WORD_RE.match(value):
+        raise FormatError("%s %r cannot go into a systemd unit: use letters, digits and . _ - + @ / , = : (no space, "
+                          "quote, $, %%, \\ or control character)" % (option, value))
+    return value
+
+
+def unit_command(argv, option):
+    """An Exec*= command line from an argv whose every word passes unit_word."""
+    return " ".join(unit_word(str(word), "%s word %d" % (option, number)) for number, word in enumerate(argv))
+
+
+def unit_environment(name, value, option):
+    """An Environment= assignment of a unit: NAME=VALUE, both checked."""
+    return "%s=%s" % (env_name(name, option), unit_word(str(value), option))
+
+
+def tmpfiles_path(value, option):
+    """The path field of a tmpfiles.d line: absolute, and of the safe set (whitespace would start the next field)."""
+    unit_word(value, option)
+    if not value.startswith("/"):
+        raise FormatError("%s %r must be an absolute path" % (option, value))
+    return value
+
+
+def tmpfiles_line(kind, path, mode, user, group, age, option):
+    """One line of a tmpfiles.d file (tmpfiles.d(5)): type, path, mode, user, group, age; every field checked."""
+    fields = [kind, tmpfiles_path(path, option), mode, user, group, age]
+    for field in fields:
+        unit_word(str(field), option)
+    return " ".join(str(f) for f in fields)
+
+
+def env_name(name, option):
+    _check(name, option)
+    if not _ENV_NAME_RE.match(name):
+        raise FormatError("%s: %r is not an environment variable name ([A-Z_][A-Z0-9_]*)" % (option, name))
+    return name
+
+
+def env_assignment(name, value, option):
+    """NAME=VALUE of an env file that a shell sources (set -a; . FILE) and systemd reads (EnvironmentFile=): the
+    value is of the safe set, which both read unquoted and alike."""
+    value = str(value)
+    if not _WORD_RE.match(value):
+        raise FormatError("%s: the value %r of %s cannot go into an env file that a shell sources: use letters, "
+                          "digits and . _ - + @ / , = :" % (option, value, name))
+    return "%s=%s" % (env_name(name, option), value)
+
+
+def comment_line(text, option):
+    """'# text' for a comment of a unit, tmpfiles.d or env file: one line of printable text."""
+    _check(text, option)
+    if _NOT_IN_A_LINE_RE.search(text):
+        raise FormatError("%s must be one line of printable text (no newline, carriage return, tab or other control "
+                          "character): %r" % (option, text))
+    return "# " + text if text else "#"
