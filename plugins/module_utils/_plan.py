@@ -36,7 +36,8 @@ MPS_COMPUTE_MODES = ("default", "exclusive_process")
 # What the host daemon takes from the device plugin's replicas (owner host, sharing planned): the pinned memory
 # limit per GPU (its memory // its replicas) and the active thread percentage (100 // replicas), like upstream's own
 # MPS daemon; only the memory limit; or nothing.
-REPLICA_LIMITS = ("memory_and_threads", "memory", "none")
+REPLICA_LIMITS = ("auto", "memory_and_threads", "memory", "none")
+KUBERNETES = ("auto", "true", "false")
 # Where the collection keeps its own files on a host: the client and its entry point (lib), the plan the unit and the
 # collector read (config), the units, the tmpfiles.d entries. All root's, made under the trust rules (_files).
 FILE_DIRECTORIES = (("lib_directory", "/usr/local/lib/gpulab-mps"), ("config_directory", "/etc/gpulab-mps"),
@@ -291,6 +292,75 @@ def local_plan(options, gpus=None, environ=None):
             "warnings": []}, []
 
 
+def kubernetes_decision(setting, target, docker_socket):
+    """({"enabled", "reason", "target"}, error): whether the Kubernetes stages run on this host (gpulab_kubernetes:
+    auto runs them against an existing cluster, or where a Docker engine's socket is there for a Kind cluster)."""
+    setting = str(setting if setting is not None else "auto").lower()
+    setting = {"yes": "true", "1": "true", "no": "false", "0": "false"}.get(setting, setting)
+    target = target or "kind"
+    if setting not in KUBERNETES:
+        return None, "gpulab_kubernetes must be auto, true or false, got %r" % setting
+    if target not in ("kind", "existing"):
+        return None, "kind_cluster_target must be kind or existing, got %r" % target
+    if setting == "true":
+        return {"enabled": True, "target": target, "reason": "gpulab_kubernetes is true"}, None
+    if setting == "false":
+        return {"enabled": False, "target": target, "reason": "gpulab_kubernetes is false"}, None
+    if target == "existing":
+        return {"enabled": True, "target": target, "reason": "an existing cluster is the target"}, None
+    if docker_socket:
+        return {"enabled": True, "target": target, "reason": "a Docker engine's socket is here for a Kind cluster"}, None
+    return {"enabled": False, "target": target,
+            "reason": "no Docker engine answers here (gpulab_kubernetes auto, no /var/run/docker.sock)"}, None
+
+
+def limits_rule(which, owner, sharing, kubernetes):
+    """(the replica limits to apply - a REPLICA_LIMITS value or None, the sentence that says why): replica limits
+    only where a device plugin counts replicas against this host's daemon, or where the user says so."""
+    counted = sharing is not None and owner == "host" and bool(kubernetes and kubernetes["enabled"])
+    if which == "none":
+        return None, "No replica limits: mps_host_replica_limits is none."
+    if sharing is None or owner != "host":
+        return None, ("No replica limits: %s." % (
+            "no device plugin is planned on this host (gpulab_device_plugin false)" if sharing is None else
+            "the device plugin's own MPS daemon owns MPS (gpulab_mps_owner plugin), not this host's daemon"))
+    replicas = max(row["replicas"] for row in sharing["gpus"]) if sharing.get("gpus") else 0
+    if which == "auto":
+        if counted:
+            return "memory_and_threads", ("Replica limits: the device plugin counts %d replicas per GPU against this "
+                                          "host's daemon (owner host, and the Kubernetes stages run here: %s), so "
+                                          "each client gets a replica's share." % (replicas, kubernetes["reason"]))
+        return None, ("No replica limits: nothing counts replicas against this host's daemon, since the Kubernetes "
+                      "stages do not run here (%s); set mps_host_replica_limits to memory_and_threads to hold clients "
+                      "to a replica's share anyway." % kubernetes["reason"])
+    return which, ("Replica limits (%s, as mps_host_replica_limits says): the device plugin's %d replicas per GPU "
+                   "give each client a replica's share%s." % (
+                       which, replicas, "" if counted else ", although no device plugin counts them here (%s)"
+                       % kubernetes["reason"]))
+
+
+def defaults_sentence(daemon):
+    """What the daemon's defaults are, in words (for the plan's limits_rule)."""
+    pinned = mps_sizes(daemon)
+    threads = daemon.get("active_thread_percentage")
+    if not pinned and threads is None:
+        return "The daemon gets no default limits: each client may use every SM and all the memory of its GPU."
+    return "The daemon's defaults: %s; %s." % (
+        "pinned memory %s per client" % ", ".join("%s on device %s" % (size, o) for o, size in sorted(pinned.items()))
+        if pinned else "no pinned memory limit",
+        "%g %% of the SMs per client" % threads if threads is not None else "every SM")
+
+
+def users_sentence(multiuser):
+    """What several Unix users on this host get from the daemon, in one sentence (the plan's users_rule)."""
+    if multiuser:
+        return ("Several users: one multi-user server (-M) serves every user's clients at once; a fatal GPU error "
+                "(FAULT) of one client then reaches every user's clients of that server.")
+    return ("Several users: each user gets a server of their own, one at a time: a second user's client waits, "
+            "silently, until every client of the first user has exited (set mps_host_multiuser_server true to "
+            "share).")
+
+
 def host_problems(driver, gpus, min_driver_version):
     """Why this host cannot run MPS at all (driver, GPUs, compute modes), as sentences; [] when it can."""
     try:
@@ -346,6 +416,10 @@ def build_plan(driver, gpus, settings):
     which = settings.get("replica_limits") or REPLICA_LIMITS[0]
     if which not in REPLICA_LIMITS:
         errors.append("mps_host_replica_limits must be one of %s, got %r" % (", ".join(REPLICA_LIMITS), which))
+    kubernetes, error = kubernetes_decision(settings.get("kubernetes"), settings.get("kubernetes_target"),
+                                            settings.get("docker_socket"))
+    if error:
+        errors.append(error)
     manager = settings.get("service_manager") or "auto"
     if manager not in SERVICE_MANAGERS:
         errors.append("service_manager must be one of %s, got %r" % (", ".join(SERVICE_MANAGERS), manager))
@@ -373,16 +447,20 @@ def build_plan(driver, gpus, settings):
     warnings = ["GPU %d has MIG enabled: MPS then runs per MIG instance, which this collection does not configure. "
                 "Disable MIG or expect MPS to see the MIG instances only." % g["index"]
                 for g in gpus if g.get("mig_mode_current") == "enabled"]
-    # Owner host with the device plugin planned: the host daemon enforces the replicas' share (seed 004: memory per
-    # replica = GPU memory / replicas), since the plugin only counts them (time-slicing format, no MPS of its own).
+    # Owner host with the device plugin counting replicas against this daemon: the host daemon enforces the replicas'
+    # share (seed 004: memory per replica = GPU memory / replicas), since the plugin only counts them. Nowhere else:
+    # a lab without Kubernetes would hold every client to a quarter of the GPU for nothing (issue 21).
     daemon["replica_limits"] = None
-    if sharing is not None and owner == "host" and which != "none":
-        warnings.extend(replica_limits(daemon, sharing, which))
+    applied, daemon["limits_rule"] = limits_rule(which, owner, sharing, kubernetes)
+    if applied:
+        warnings.extend(replica_limits(daemon, sharing, applied))
+    daemon["limits_rule"] += " " + defaults_sentence(daemon)
     # The plugin owns MPS: the host daemon must not run (absent stays absent).
     daemon["state"] = host_state if owner == "host" or host_state == "absent" else "stopped"
     daemon["service_manager"] = manager
     daemon["service_name"] = service_name
     daemon["multiuser_server"] = bool(settings.get("multiuser_server"))
+    daemon["users_rule"] = users_sentence(daemon["multiuser_server"])
     daemon["pinned_memory_limit_mps"] = mps_sizes(daemon)
     daemon["environment"] = daemon_environment(paths["pipe_directory"], paths["log_directory"],
                                                daemon["visible_devices"], settings.get("library_path"))
@@ -391,6 +469,7 @@ def build_plan(driver, gpus, settings):
         "version": PLAN_VERSION,
         "owner": owner,
         "host": {"systemd": bool(settings.get("systemd_running")), "python": settings.get("python")},
+        "kubernetes": kubernetes,
         "files": files,
         "driver": dict(driver),
         "gpus": [dict(g) for g in gpus],

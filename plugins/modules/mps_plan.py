@@ -80,21 +80,44 @@ options:
     description:
       - What the host daemon takes from the device plugin's replicas when O(owner=host) and O(sharing) is given (the
         plugin then only counts replicas, and the host daemon is what enforces them).
+      - V(auto) - the replicas' share (as V(memory_and_threads)) only where a device plugin really counts replicas
+        against this host's daemon - the Kubernetes stages run on this host (O(kubernetes)) - and no limit elsewhere
+        (a lab without Kubernetes would hold every client to a replica's share for nothing). The plan says which
+        rule applied and why in C(daemon.limits_rule).
       - V(memory_and_threads) - per GPU, a default pinned memory limit of that GPU's memory divided by its replicas
         (whole MiB, rounded down), and a default active thread percentage of 100 divided by the replicas (one value
         for every GPU of the daemon), as the device plugin's own MPS daemon does. V(memory) - only the memory limit. V(none) - neither.
       - An explicit O(default_pinned_memory_limit) or O(default_active_thread_percentage) wins; where it differs from
         the replicas' share the plan warns.
     type: str
-    choices: [memory_and_threads, memory, none]
-    default: memory_and_threads
+    choices: [auto, memory_and_threads, memory, none]
+    default: auto
     version_added: 0.3.0
+  kubernetes:
+    description:
+      - Whether the Kubernetes stages run on this host (C(gpulab_kubernetes)) - V(auto) runs them against an existing
+        cluster (O(kubernetes_target=existing)) or where a Docker engine's socket is there for a Kind cluster; V(true)
+        and V(false) decide. Planned as C(kubernetes.enabled) with the reason; O(replica_limits=auto) follows it.
+    type: str
+    choices: [auto, "true", "false"]
+    default: auto
+    version_added: 0.4.0
+  kubernetes_target:
+    description: V(kind) (a Kind lab on this host) or V(existing) (a cluster you run; C(kind_cluster_target)).
+    type: str
+    choices: [kind, existing]
+    default: kind
+    version_added: 0.4.0
   multiuser_server:
     description:
       - Run the host daemon as a multi-user server (C(nvidia-cuda-mps-control -d -M)), for hosts where several Unix
-        users run CUDA clients (C(mps_host_multiuser_server); docs/qos.md). Planned as C(daemon.multiuser_server).
+        users run CUDA clients (C(mps_host_multiuser_server); docs/qos.md). Planned as C(daemon.multiuser_server),
+        with what it means for a second user in C(daemon.users_rule).
+      - V(true) (the default since 0.4.0) - one root server serves every user's clients at once; a client's fatal GPU
+        error (FAULT) then reaches every user's clients of that server. V(false) - a server per user, one user at a
+        time - on the H200 a second user's client waited, silently, until the first user's clients had all exited.
     type: bool
-    default: false
+    default: true
   service_manager:
     description: V(systemd) (a unit), V(direct) (the module runs the daemon) or V(auto) (systemd where it runs).
     type: str
@@ -212,7 +235,9 @@ plan:
   description:
     - The plan. C(driver) and C(gpus) as M(gpulab.mps.gpu_info) reports them; C(host) (whether systemd runs, the
       Python the unit's entry point runs with); C(files) (the collection's directories and C(plan_file));
-      C(daemon) with C(state), C(service_manager), C(service_name), C(multiuser_server), C(visible_devices) (UUIDs or null), C(active_thread_percentage),
+      C(kubernetes) (C(enabled), C(reason), C(target)); C(daemon) with C(state), C(service_manager),
+      C(service_name), C(multiuser_server), C(users_rule) and C(limits_rule) (what several users and the replicas
+      mean for this daemon, in one sentence each), C(visible_devices) (UUIDs or null), C(active_thread_percentage),
       C(pinned_memory_limit) (exact bytes by MPS device ordinal), C(pinned_memory_limit_mps) (the sizes sent to
       the CLI), C(devices) (ordinal to UUID), C(environment) and C(replica_limits) (what the replicas ask of the
       daemon - O(replica_limits), C(pinned_memory_limit) by ordinal, C(active_thread_percentage) - or null where
@@ -226,6 +251,7 @@ plan:
     version: 2
     owner: host
     host: {systemd: true, python: /usr/bin/python3}
+    kubernetes: {enabled: true, target: kind, reason: "a Docker engine's socket is here for a Kind cluster"}
     files: {lib_directory: /usr/local/lib/gpulab-mps, config_directory: /etc/gpulab-mps, plan_file: /etc/gpulab-mps/plan.json,
             unit_directory: /etc/systemd/system, tmpfiles_directory: /etc/tmpfiles.d}
     control_binary: /usr/local/nvidia/bin/nvidia-cuda-mps-control
@@ -238,7 +264,9 @@ plan:
       state: started
       service_manager: systemd
       service_name: nvidia-mps
-      multiuser_server: false
+      multiuser_server: true
+      users_rule: "Several users: one multi-user server (-M) serves every user's clients at once; ..."
+      limits_rule: "Replica limits: the device plugin counts 20 replicas per GPU against this host's daemon ..."
       visible_devices: null
       active_thread_percentage: 5.0
       pinned_memory_limit: {"0": 7537164288}
@@ -262,6 +290,7 @@ plan:
 """
 
 import os
+import stat
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
@@ -274,6 +303,13 @@ from ansible_collections.gpulab.mps.plugins.module_utils._plan import (
     FILE_DIRECTORIES, PlanError, build_plan, host_problems, library_path, trusted_python)
 from ansible_collections.gpulab.mps.plugins.module_utils._qos import DEFAULT_CLASSES, DEFAULT_DIRECTORY, qos_plan
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import directory_problem
+
+
+def is_socket(path):
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def main():
@@ -289,14 +325,16 @@ def main():
             visible_devices=dict(type="list", elements="str"),
             default_active_thread_percentage=dict(type="raw"),
             default_pinned_memory_limit=dict(type="raw"),
-            replica_limits=dict(type="str", default="memory_and_threads", choices=["memory_and_threads", "memory", "none"]),
+            replica_limits=dict(type="str", default="auto", choices=["auto", "memory_and_threads", "memory", "none"]),
+            kubernetes=dict(type="str", default="auto", choices=["auto", "true", "false"]),
+            kubernetes_target=dict(type="str", default="kind", choices=["kind", "existing"]),
             service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "direct"]),
             service_name=dict(type="str", default="nvidia-mps"),
             lib_directory=dict(type="str", default=dict(FILE_DIRECTORIES)["lib_directory"]),
             config_directory=dict(type="str", default=dict(FILE_DIRECTORIES)["config_directory"]),
             unit_directory=dict(type="str", default=dict(FILE_DIRECTORIES)["unit_directory"]),
             tmpfiles_directory=dict(type="str", default=dict(FILE_DIRECTORIES)["tmpfiles_directory"]),
-            multiuser_server=dict(type="bool", default=False),
+            multiuser_server=dict(type="bool", default=True),
             qos_classes=dict(type="dict", default=DEFAULT_CLASSES),
             qos_directory=dict(type="str", default=DEFAULT_DIRECTORY),
             min_driver_version=dict(type="str", default="550"),
@@ -321,7 +359,8 @@ def main():
     settings = dict(p, control_binary=binary, systemd_running=os.path.isdir("/run/systemd/system"),
                     state_directory=p["state_directory"] or default_state_directory(),
                     python=trusted_python(["/usr/bin/python3", sys.executable]),
-                    library_path=library_path(os.environ.get("LD_LIBRARY_PATH")))
+                    library_path=library_path(os.environ.get("LD_LIBRARY_PATH")),
+                    docker_socket=is_socket("/var/run/docker.sock"))
     errors = []
     try:
         plan = build_plan(driver, gpus, settings)

@@ -117,8 +117,10 @@ class Check(object):
             tools = self.private_dir("gpulab-multigpu-tools-")
             self.binary = os.path.join(tools, "nvidia-cuda-mps-control")
             with open(self.binary, "w") as handle:
-                handle.write('#!/bin/sh\nexec %s %s "$@"\n'
-                             % (sys.executable, os.path.join(STANDINS, "nvidia-cuda-mps-control")))
+                # The daemon gets the plan's environment only: the stand-in's GPU count travels in its wrapper.
+                handle.write('#!/bin/sh\nGPULAB_STANDIN_GPUS=%s exec %s %s "$@"\n'
+                             % (os.environ["GPULAB_STANDIN_GPUS"], sys.executable,
+                                os.path.join(STANDINS, "nvidia-cuda-mps-control")))
             os.chmod(self.binary, 0o700)
         else:
             if os.geteuid() != 0:

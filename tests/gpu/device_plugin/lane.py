@@ -158,7 +158,8 @@ def scenario(name, driver, gpus, replicas, dp, plan_module, pipe_directory):
     if owner == "host":
         settings = {"owner": "host", "pipe_directory": pipe_directory, "log_directory": pipe_directory + "-log",
                     "state_directory": WORK + "/state", "control_binary": "/usr/local/nvidia/bin/nvidia-cuda-mps-control",
-                    "sharing": {"mode": "aggregate" if mode == "aggregate" else "individual", "replicas": replicas}}
+                    "sharing": {"mode": "aggregate" if mode == "aggregate" else "individual", "replicas": replicas},
+                    "kubernetes": "true"}  # the plugin counts replicas against the host daemon: the lane is that node
         host_daemon = plan_module.build_plan(driver, gpus, settings)["daemon"]
     if name == "upstream-per-gpu-rename-host":
         expect["resources"] = {dp.DEFAULT_RESOURCE: replicas * len(gpus)}   # the renames are dropped

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from ansible_collections.gpulab.mps.plugins.module_utils import _plan
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from module_file import CONTROL, control, run  # noqa: E402
 
@@ -49,8 +51,11 @@ def lab(tmp_path):
 
 
 def dialtone(tmp_path, lab):
-    plan = {"owner": "host", "pipe_directory": lab["pipe_directory"], "log_directory": lab["log_directory"],
-            "control_binary": lab["control_binary"]}
+    # A plan as the preflight role publishes it, for this stand-in daemon (the same code makes it).
+    plan, errors = _plan.local_plan({"pipe_directory": lab["pipe_directory"], "log_directory": lab["log_directory"],
+                                     "control_binary": lab["control_binary"],
+                                     "state_directory": str(tmp_path / "state")})
+    assert not errors, errors
     playbook = tmp_path / "dialtone.yml"
     playbook.write_text(PLAY % {"python": sys.executable, "plan": json.dumps(plan)})
     binary = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")

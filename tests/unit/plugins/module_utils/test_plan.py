@@ -17,8 +17,9 @@ H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_to
         "mig_mode_current": "disabled"}
 GPUS = [dict(H100, index=0, uuid=UUID0), dict(H100, index=1, uuid=UUID1)]
 DRIVER = {"driver_version": "580.159.04", "driver_branch": 580, "cuda_driver_version": "13.0"}
+# The Kubernetes stages run on this host (gpulab_kubernetes true): the device plugin counts replicas against its daemon.
 SETTINGS = {"pipe_directory": "/tmp/nvidia-mps", "log_directory": "/var/log/nvidia-mps", "state_directory": "/var/lib/gpulab-mps",
-            "control_binary": "/usr/local/nvidia/bin/nvidia-cuda-mps-control"}
+            "control_binary": "/usr/local/nvidia/bin/nvidia-cuda-mps-control", "kubernetes": "true"}
 
 
 def test_the_same_gpu_named_twice_in_visible_devices_is_refused():
@@ -194,7 +195,8 @@ def test_replica_limits_follow_the_daemon_ordinals():
 def test_a_bad_replica_limits_value_is_named():
     with pytest.raises(_plan.PlanError) as raised:
         _plan.build_plan(DRIVER, [H200], dict(SETTINGS, replica_limits="all"))
-    assert raised.value.errors == ["mps_host_replica_limits must be one of memory_and_threads, memory, none, got 'all'"]
+    assert raised.value.errors == ["mps_host_replica_limits must be one of auto, memory_and_threads, memory, none, got "
+                                   "'all'"]
 
 
 @pytest.mark.parametrize("defaults, gaps", [
@@ -210,3 +212,63 @@ def test_a_bad_replica_limits_value_is_named():
 def test_defaults_gaps(defaults, gaps):
     plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, sharing={"replicas": 20}))
     assert _plan.defaults_gaps(plan["daemon"], defaults) == gaps
+
+
+# --- replica limits only where replicas are counted (issue 21) -------------------------------------------------
+
+@pytest.mark.parametrize("kubernetes, target, socket, enabled", [
+    ("auto", "kind", False, False), ("auto", "kind", True, True), ("auto", "existing", False, True),
+    ("true", "kind", False, True), ("false", "existing", True, False), ("True", "kind", False, True),
+])
+def test_the_kubernetes_decision_is_the_plans(kubernetes, target, socket, enabled):
+    decided, error = _plan.kubernetes_decision(kubernetes, target, socket)
+    assert error is None and decided["enabled"] is enabled and decided["reason"]
+
+
+def test_a_lab_without_kubernetes_gives_the_daemon_no_replica_share():
+    """Regression (issue 21): on the H200 without Docker, make lab left the daemon at 25 % threads and a 35G pinned
+    limit, a share of 4 replicas that nothing counted: MPS ran 2.4 times slower than time-slicing."""
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, kubernetes="auto", docker_socket=False,
+                                                 sharing={"replicas": 4}))
+    daemon = plan["daemon"]
+    assert daemon["replica_limits"] is None
+    assert (daemon["active_thread_percentage"], daemon["pinned_memory_limit"]) == (None, {})
+    assert daemon["limits_rule"].startswith("No replica limits: nothing counts replicas against this host's daemon, "
+                                            "since the Kubernetes stages do not run here (no Docker engine answers")
+    assert daemon["limits_rule"].endswith("The daemon gets no default limits: each client may use every SM and all "
+                                          "the memory of its GPU.")
+    assert plan["kubernetes"] == {"enabled": False, "target": "kind", "reason": "no Docker engine answers here "
+                                  "(gpulab_kubernetes auto, no /var/run/docker.sock)"}
+
+
+def test_explicit_defaults_stand_where_replicas_are_not_counted():
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, kubernetes="false", sharing={"replicas": 4},
+                                                 default_pinned_memory_limit="20G"))
+    assert plan["daemon"]["pinned_memory_limit"] == {"0": 20 * G} and plan["daemon"]["replica_limits"] is None
+    assert plan["daemon"]["limits_rule"].endswith("The daemon's defaults: pinned memory 20G on device 0 per client; "
+                                                  "every SM.")
+
+
+def test_the_user_may_ask_for_the_replicas_share_anyway():
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, kubernetes="false", replica_limits="memory_and_threads",
+                                                 sharing={"replicas": 20}))
+    assert plan["daemon"]["pinned_memory_limit"] == {"0": 7188 * M}
+    assert plan["daemon"]["active_thread_percentage"] == 5.0
+    assert "as mps_host_replica_limits says" in plan["daemon"]["limits_rule"]
+    assert "although no device plugin counts them here" in plan["daemon"]["limits_rule"]
+
+
+def test_where_the_plugin_counts_replicas_the_rule_says_so():
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, kubernetes="auto", docker_socket=True,
+                                                 sharing={"replicas": 20}))
+    assert plan["daemon"]["pinned_memory_limit"] == {"0": 7188 * M}
+    assert plan["daemon"]["limits_rule"].startswith(
+        "Replica limits: the device plugin counts 20 replicas per GPU against this host's daemon (owner host, and the "
+        "Kubernetes stages run here: a Docker engine's socket is here for a Kind cluster)")
+    assert "pinned memory 7188M on device 0 per client; 5 % of the SMs per client." in plan["daemon"]["limits_rule"]
+
+
+@pytest.mark.parametrize("multiuser, says", [(True, "one multi-user server (-M)"), (False, "waits, silently")])
+def test_the_plan_says_what_a_second_user_gets(multiuser, says):
+    plan = _plan.build_plan(DRIVER, [H200], dict(SETTINGS, multiuser_server=multiuser))
+    assert plan["daemon"]["multiuser_server"] is multiuser and says in plan["daemon"]["users_rule"]

@@ -92,7 +92,7 @@ def test_a_class_above_the_daemon_default_fails_the_plan(run_module, standin_nvm
 def test_the_default_batch_class_takes_a_smaller_replicas_share(run_module, standin_nvml, binary):
     """The replicas' share (5 % for 20 replicas) is below the default batch class (12 %), which nobody declared: the
     plan does not fail, the class takes 5 % and says so."""
-    result, failed = run_module(mps_plan, {"control_binary": binary, "sharing": {"replicas": 20}})
+    result, failed = run_module(mps_plan, {"control_binary": binary, "sharing": {"replicas": 20}, "kubernetes": "true"})
     assert not failed, result.get("msg")
     assert result["plan"]["qos"]["classes"]["batch"]["active_thread_percentage"] == 5.0
     assert any("a default class" in w for w in result["warnings"])
@@ -102,6 +102,9 @@ def test_the_default_batch_class_takes_a_smaller_replicas_share(run_module, stan
 
 
 def test_the_multiuser_server_is_planned(run_module, standin_nvml, binary):
-    result, failed = run_module(mps_plan, {"control_binary": binary, "multiuser_server": True})
-    assert not failed and result["plan"]["daemon"]["multiuser_server"] is True
-    assert run_module(mps_plan, {"control_binary": binary})[0]["plan"]["daemon"]["multiuser_server"] is False
+    """The default is the multi-user server (issue 21: without -M a second user's client waited, silently, until the
+    first user's had exited, on the H200); one server per user stays one setting away."""
+    result, failed = run_module(mps_plan, {"control_binary": binary, "multiuser_server": False})
+    assert not failed and result["plan"]["daemon"]["multiuser_server"] is False
+    assert "waits, silently" in result["plan"]["daemon"]["users_rule"]
+    assert run_module(mps_plan, {"control_binary": binary})[0]["plan"]["daemon"]["multiuser_server"] is True
