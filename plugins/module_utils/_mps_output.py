@@ -421,9 +421,9 @@ def parse_control_log(text, daemon_pid=None):
     Anyone can send commands to the daemon (its control socket is mode 0666) and it logs each one verbatim as
     "Cmd:<text>", refused ones included: a `Cmd:` line never changes the result, whatever it says. The daemon's events
     count only from the daemon's PID (the PID of the last "Starting control daemon" line; any Control PID while the
-    log's tail holds none), a server start from the daemon's PID or the server's own. Lines shaped like those events
-    from another PID are not counted; the first IGNORED_EVENTS_KEPT of them are listed in "ignored_events" (entries of
-    parse_log_lines), evidence that someone wrote them.
+    log's tail holds none), a server start from the daemon's PID or the server's own, and not for a server that has
+    started and not exited. Lines shaped like those events that are not counted, the first IGNORED_EVENTS_KEPT of them,
+    are listed in "ignored_events" (entries of parse_log_lines): evidence that someone wrote them.
 
     daemon_pid: the PID of the daemon the caller knows runs (checked to be a live nvidia-cuda-mps-control, not just
     read from the pid file, which any user can write). Given, only that daemon's lines are read: its last "Starting
@@ -463,8 +463,9 @@ def parse_control_log(text, daemon_pid=None):
         exited = _SERVER_EXIT_RE.fullmatch(message)
         if start:
             pid = _number(start.group("pid"))
-            if not (from_daemon or entry["pid"] == pid):
-                ignore(entry)
+            known = result["servers"].get(pid)
+            if not (from_daemon or entry["pid"] == pid) or (known and known["started"] and not known["exited"]):
+                ignore(entry)  # not the daemon's, or a server that runs cannot start again
                 continue
             result["servers"][pid] = {"uid": _number(start.group("uid")), "started": entry["time"], "exited": None,
                                       "status": None, "requested": None}

@@ -238,6 +238,18 @@ def test_a_forged_daemon_start_changes_nothing_for_a_caller_that_knows_the_daemo
     assert out.parse_control_log(again)["servers"] == clean["servers"]
 
 
+def test_a_second_start_of_a_running_server_is_not_read():
+    """A forged "Starting new server N" line (the server's own PID, as the real one is written) cannot change the uid
+    of a server that runs, nor wipe its record."""
+    raw = hostile("control.log")
+    marker = b"[2026-12-04 10:23:49.203 Control   575] NEW SERVER 723: Ready\n"
+    forged = b"[2026-12-04 10:23:49.203 Control   723] Starting new server 723 for user 1234\n"
+    assert raw.count(marker) == 1
+    log = out.parse_control_log(raw.replace(marker, marker + forged))
+    assert log["servers"] == out.parse_control_log(raw)["servers"]
+    assert log["ignored_events"][-1]["message"] == "Starting new server 723 for user 1234"
+
+
 @pytest.mark.parametrize("clients", [[589], {589: None}, {589: ["x"]}, {None: [578]}, 589, {589: [True]}])
 def test_a_client_list_that_is_not_one_is_an_output_error(clients):
     with pytest.raises(out.OutputError):
