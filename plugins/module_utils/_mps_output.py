@@ -491,7 +491,10 @@ def client_log_entries(text, pids):
     server.log names a client as "{PID: 465, Context ID: 1}"; what a server logs about a client (connected,
     its status, its exit, and whatever this driver says of its limits) is kept as written, for a report to show.
     """
-    wanted = set(_pid_of(p) for p in (pids or ()))
+    try:
+        wanted = set(_pid_of(p) for p in (pids or ()))
+    except TypeError:
+        raise OutputError("expected client PIDs, got %s" % type(pids).__name__)
     found = dict((pid, []) for pid in sorted(wanted))
     for entry in parse_log_lines(text):
         for match in _CLIENT_RE.finditer(entry["message"]):

@@ -321,3 +321,9 @@ def test_every_parser_takes_bytes():
     assert out.parse_pipe_directory([b"control", b"nvidia-cuda-mps-control.pid"]) == {
         "pid_file": True, "log_fifo": False, "sockets": ["control"]}
     assert out.parse_pipe_directory(None) == {"pid_file": False, "log_fifo": False, "sockets": []}
+
+
+@pytest.mark.parametrize("pids", [5, [None], ["x"], [1.5], [True], ["\u00b2"]])
+def test_client_log_entries_take_pids_only(pids):
+    with pytest.raises(out.OutputError):
+        out.client_log_entries(hostile("server.log"), pids)
