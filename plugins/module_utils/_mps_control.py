@@ -437,6 +437,12 @@ class MpsControl(object):
         finally:
             os.close(fd)
 
+    def control_log(self, daemon_pid=None):
+        """parse_control_log of control.log's tail, read as the lines of `daemon_pid` (the daemon_pid() proven from
+        /proc): a line that names another PID, or a command any user sent, decides nothing. control.log is evidence
+        for a report, never the basis for an action (the daemon logs `ps` answers, client names and all)."""
+        return parse_control_log(self.read_log("control.log", 1 << 20), daemon_pid=daemon_pid)
+
     def log_tail(self, name="control.log", lines=20):
         return "\n".join(self.read_log(name, 64 << 10).split("\n")[-lines - 1:]).strip()
 
@@ -512,7 +518,7 @@ class MpsControl(object):
         The servers this collection shut down count as asked for (its record), whatever control.log says."""
         # The tails are enough: a fault and an unasked exit are the last things a log says about a server.
         if control_log is None:
-            control_log = parse_control_log(self.read_log("control.log", 1 << 20))
+            control_log = self.control_log(state.get("pid"))
         if server_log is None and any(s.get("status") == FAULT for s in state.get("servers") or []):
             server_log = parse_server_log(self.read_log("server.log", 1 << 20))
         identity = state.get("identity") or self.daemon_identity(state.get("pid"))

@@ -27,7 +27,6 @@ import time
 
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import MpsControl
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import DIED, RUNNING, STOPPED, UNRESPONSIVE
-from ansible_collections.gpulab.mps.plugins.module_utils._mps_output import parse_control_log
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import defaults_gaps
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import SizeError, parse_size
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import inspect_directory, read_small_file
@@ -281,7 +280,7 @@ def read_host(config, nvml=None):
     ordinals = sorted(int(o) for o in devices) or [0]
     expect = ((plan.get("daemon") or {}).get("state", "started")) == "started"
     # control.log is read once: for the health (servers that exited unasked) and for the series (whose server).
-    control_log = parse_control_log(control.read_log("control.log", 1 << 20))
+    control_log = control.control_log(control.daemon_pid())
     state, health = control.health(ordinals, expect_running=expect, control_log=control_log)
     return state, health, control_log, processes, devices, errors
 
