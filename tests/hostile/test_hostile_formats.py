@@ -47,16 +47,22 @@ def fake_systemctl(folder):
     return bindir, calls
 
 
-@pytest.mark.parametrize("separator", ["\n", "\r"], ids=["newline", "carriage-return"])
-def test_a_control_character_in_the_service_name_is_refused_before_anything_is_written(lab, root_dir, sticky,
-                                                                                        tmp_path, separator):
-    """mps_host_service_name goes into the tmpfiles.d entry (and the unit's paths): with a line break, the rest of it
-    is a tmpfiles.d line of its own, that root's systemd-tmpfiles applies at boot (here: a directory for everyone)."""
+SERVICE_NAMES = {"newline": "nvidia-mps\nd {pwned} 0777 root root -",
+                 "carriage-return": "nvidia-mps\rd {pwned} 0777 root root -",
+                 "parent-path": "../gpulab-escape"}
+
+
+@pytest.mark.parametrize("case", sorted(SERVICE_NAMES))
+def test_a_bad_service_name_is_refused_before_anything_is_written(lab, root_dir, sticky, tmp_path, case):
+    """mps_host_service_name goes into the tmpfiles.d entry and the unit's paths: with a line break, the rest of it is
+    a tmpfiles.d line of its own, that root's systemd-tmpfiles applies at boot (here: a directory for everyone); with
+    ../ the unit is written outside the unit directory."""
     units, tmpfiles = os.path.join(root_dir, "system"), os.path.join(root_dir, "tmpfiles.d")
     os.mkdir(units, 0o755)
     os.mkdir(tmpfiles, 0o755)
     pwned = os.path.join(sticky, "pwned")
-    name = "nvidia-mps" + separator + "d %s 0777 root root -" % pwned
+    name = SERVICE_NAMES[case].format(pwned=pwned)
+    before = h.tree(root_dir)
     bindir, calls = fake_systemctl(str(tmp_path))
     play, inventory = os.path.join(str(tmp_path), "host.yml"), os.path.join(str(tmp_path), "hosts.yml")
     with open(play, "w") as handle:
@@ -81,6 +87,7 @@ def test_a_control_character_in_the_service_name_is_refused_before_anything_is_w
             and not line.lstrip().startswith("#")]
     assert not live, "a line of the service name became a live line of %s: %r" % (sorted(written), live)
     assert not written, "the play wrote %s before refusing the service name" % sorted(written)
+    assert h.tree(root_dir) == before, "the play wrote %s" % sorted(set(h.tree(root_dir)) - set(before))
     called = open(calls).read().split("\n") if os.path.exists(calls) else []
     assert not [c for c in called if c.split()[:1] in (["daemon-reload"], ["enable"], ["start"])], called
     assert not os.path.exists(lab["pipe"]), "the daemon was started"

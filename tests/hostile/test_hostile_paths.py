@@ -70,27 +70,30 @@ def metrics_role(lab, folder, wheelhouse, **paths):
     return h.playbook(play, inventory, variables, folder)
 
 
-@pytest.mark.parametrize("planted", ["link-to-roots-directory", "his-own-directory"])
-def test_the_metrics_role_writes_no_textfile_directory_another_user_planted(lab, intruder, private, wheelhouse,
-                                                                          tmp_path, planted):
+@pytest.mark.parametrize("option, planted", [
+    ("mps_metrics_textfile_directory", "link-to-roots-directory"),
+    ("mps_metrics_textfile_directory", "his-own-directory"),
+    ("mps_metrics_config_directory", "link-to-roots-directory")])
+def test_the_metrics_role_writes_in_no_directory_another_user_planted(lab, intruder, private, wheelhouse, tmp_path,
+                                                                     option, planted):
     """node_exporter's textfile directory sits in a directory of another user (Debian's /var/lib/prometheus is the
-    prometheus user's). He plants a link there, in place of the textfile directory, to a directory of root's; or makes
-    that directory himself."""
+    prometheus user's); so, here, does the collector's configuration directory. He plants a link there, in place of
+    the directory, to a directory of root's; or makes that directory himself."""
     parent = os.path.join(lab["base"], "prometheus")
     os.mkdir(parent, 0o755)
     os.chown(parent, intruder["uid"], intruder["gid"])
-    textfile = os.path.join(parent, "node-exporter")
+    planted_path = os.path.join(parent, "node-exporter")
     if planted == "link-to-roots-directory":
-        h.as_user(intruder, "import os; os.symlink(%r, %r)" % (private, textfile))
+        h.as_user(intruder, "import os; os.symlink(%r, %r)" % (private, planted_path))
     else:
-        h.as_user(intruder, "import os; os.mkdir(%r, 0o755)" % textfile)
+        h.as_user(intruder, "import os; os.mkdir(%r, 0o755)" % planted_path)
     before = h.tree(parent, private)
-    done = metrics_role(lab, str(tmp_path), wheelhouse, mps_metrics_textfile_directory=textfile)
+    done = metrics_role(lab, str(tmp_path), wheelhouse, **{option: planted_path})
     out = h.oneline(done.stdout)
     assert h.tree(parent, private) == before, "the role changed what it did not make: %s" % out[-3000:]
     assert h.owner_and_mode(private) == (0, 0o700)
-    assert done.returncode != 0, "the role used %s (%s): %s" % (textfile, planted, out[-3000:])
-    assert textfile in out, out[-3000:]
+    assert done.returncode != 0, "the role used %s (%s): %s" % (planted_path, planted, out[-3000:])
+    assert planted_path in out, out[-3000:]
     if planted == "link-to-roots-directory":
         assert "link" in out, out[-3000:]
 
