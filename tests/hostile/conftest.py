@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -133,7 +134,7 @@ def wheelhouse(tmp_path_factory):
     with open(os.path.join(h.ROOT, "roles", "mps_metrics", "vars", "main.yml")) as handle:
         packages = yaml.safe_load(handle)["__mps_metrics_pip_packages"]
     folder = str(tmp_path_factory.mktemp("wheels"))
-    done = subprocess.run([h.sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
                            "--only-binary=:all:", "--no-deps", "-d", folder] + list(packages),
                           capture_output=True, text=True, timeout=300, check=False)
     return folder if done.returncode == 0 and len(os.listdir(folder)) == len(packages) else ""

@@ -79,7 +79,7 @@ def test_a_child_that_holds_the_output_open_does_not_hang_the_collector(lab, pro
                                     h.plan_for(lab, str(tmp_path), control_binary=binary), timeout=TIMEOUT)
     rc, text, elapsed = h.run_collector(collector, limit=LIMIT)
     assert elapsed < TIMEOUT + SLACK, "the collector took %.0f s with timeout %d: %s" % (elapsed, TIMEOUT, text)
-    assert rc == 1, text   # the file was written and says what could not be read
+    assert rc in (0, 1), text   # the file was written (docs/metrics.md: an unresponsive daemon is a reading)
     assert h.series(collector)['gpulab_mps_daemon_state{state="unresponsive"}'] == 1
     assert_call_gone(procs, pids)
 
