@@ -134,12 +134,13 @@ _UNKNOWN_COMMAND_RE = re.compile(r'Unknown command "(?P<command>.*)"')
 
 
 def unknown_command(text):
-    """The command the CLI did not know, from 'Unknown command "frobnicate"' (exit 0), else None."""
-    for line in _lines(text):
-        match = _UNKNOWN_COMMAND_RE.fullmatch(line)
-        if match:
-            return match.group("command")
-    return None
+    """The command the CLI did not know, from 'Unknown command "frobnicate"' (exit 0), else None.
+
+    Only when that is the whole answer: a `ps` answer prints every client's argv[0], and a client named
+    'x\nUnknown command "ps"' must not make the answer of a known command look like an unknown one."""
+    lines = list(_blank_free(text))
+    match = _UNKNOWN_COMMAND_RE.fullmatch(lines[0]) if len(lines) == 1 else None
+    return match.group("command") if match else None
 
 
 def parse_pid_list(text):

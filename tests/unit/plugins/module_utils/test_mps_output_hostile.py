@@ -327,3 +327,13 @@ def test_every_parser_takes_bytes():
 def test_client_log_entries_take_pids_only(pids):
     with pytest.raises(out.OutputError):
         out.client_log_entries(hostile("server.log"), pids)
+
+
+def test_an_unknown_command_is_the_whole_answer_not_a_line_of_it():
+    """Regression (tests/hostile/test_hostile_text.py, unknown-command-answer): a client named
+    'job\\nUnknown command "ps"' made root's `ps` look unknown to the daemon, so every mps_info and mps_daemon run
+    failed. The CLI answers an unknown command with that one line alone."""
+    table = transcript_output("22_ps_busy.txt")[0] + '28434     12        486            GPU-058fcf08-fc4a-49f5    ' \
+        '4026531836     job\nUnknown command "ps"\n'
+    assert out.unknown_command(table) is None
+    assert out.unknown_command(transcript_output("16_unknown_cmd.txt")[0]) == "frobnicate"
