@@ -46,14 +46,19 @@ def device_plugin_plan(gpus, **kwargs):
     return _call(dp.plan, gpus, **kwargs)
 
 
-def device_plugin_node_plans(gpus, nodes, **kwargs):
-    """The plan of each node of a GPU host: [{name, plan}]."""
-    return _call(dp.node_plans, gpus, nodes, **kwargs)
+def device_plugin_node_plans(source, nodes, **kwargs):
+    """The plan of each node of a GPU host: [{name, plan}]. source: the host's plan (preflight_mps_plan), whose sharing
+    section says what the plugin advertises; or, for tests and other uses, a gpus list with the settings as kwargs."""
+    if isinstance(source, dict):
+        return _call(dp.plan_node_plans, source, nodes, **kwargs)
+    return _call(dp.node_plans, source, nodes, **kwargs)
 
 
-def device_plugin_manifests(gpus, **kwargs):
-    """Every object of the device plugin, in apply order."""
-    return _call(dp.manifests, gpus, **kwargs)
+def device_plugin_manifests(source, **kwargs):
+    """Every object of the device plugin, in apply order; source as for device_plugin_node_plans."""
+    if isinstance(source, dict):
+        return _call(dp.plan_manifests, source, **kwargs)
+    return _call(dp.manifests, source, **kwargs)
 
 
 def node_resource_gaps(node, expected):

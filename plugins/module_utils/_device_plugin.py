@@ -297,6 +297,35 @@ def node_plans(gpus, nodes, **kwargs):
     return out
 
 
+def sharing_of(host_plan):
+    """(gpus, {mode, replicas, per_gpu_replicas, name_pattern, owner}) of a host's plan (_plan.build_plan): what the
+    node plans and the manifests are made from, read from the plan's sharing section and never from the settings
+    again. Raises DevicePluginError when the plan has no device plugin planned."""
+    if not isinstance(host_plan, dict) or not isinstance(host_plan.get("gpus"), list):
+        raise DevicePluginError("expected the host's plan (preflight_mps_plan), got %r" % (type(host_plan).__name__,))
+    sharing = host_plan.get("sharing")
+    if not sharing or not isinstance(sharing.get("settings"), dict):
+        raise DevicePluginError("the host's plan has no device plugin planned (preflight_mps_plan.sharing is null: "
+                                "gpulab_device_plugin is false, or the plan is of another version)")
+    settings = sharing["settings"]
+    return host_plan["gpus"], {"mode": settings["mode"], "replicas": settings["replicas"],
+                               "per_gpu_replicas": settings["replicas_per_gpu"],
+                               "name_pattern": settings["name_pattern"], "owner": host_plan["owner"]}
+
+
+def plan_node_plans(host_plan, nodes, allow_multi_gpu=False):
+    """node_plans() of the Kubernetes nodes of a host, from its plan."""
+    gpus, settings = sharing_of(host_plan)
+    return node_plans(gpus, nodes, allow_multi_gpu=allow_multi_gpu, **settings)
+
+
+def plan_manifests(host_plan, **cluster):
+    """manifests() of a host's device plugin, from its plan; `cluster`: image, namespace, name, runtime_class,
+    mps_root, image_pull_policy, fail_requests_greater_than_one, enable_memory_limit (what the cluster decides)."""
+    gpus, settings = sharing_of(host_plan)
+    return manifests(gpus, **dict(settings, **cluster))
+
+
 def plugin_config(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWNER_PLUGIN,
                   name_pattern=DEFAULT_NAME_PATTERN, fail_requests_greater_than_one=True,
                   enable_memory_limit=True):

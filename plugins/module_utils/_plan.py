@@ -440,6 +440,8 @@ def build_plan(driver, gpus, settings):
                               per_gpu_replicas=settings_used["replicas_per_gpu"], owner=owner,
                               name_pattern=settings_used["name_pattern"])
             sharing["settings"] = settings_used
+            # The resource a pod asks one replica of (the dial-tone and workload pods): the first GPU's.
+            sharing["pod_resource"] = sharing["gpus"][0]["resource"] if sharing["gpus"] else None
         except dp.DevicePluginError as error:
             errors.append("device plugin: %s" % error)
     if errors:
