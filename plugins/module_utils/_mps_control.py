@@ -522,6 +522,10 @@ class MpsControl(object):
         if server_log is None and any(s.get("status") == FAULT for s in state.get("servers") or []):
             server_log = parse_server_log(self.read_log("server.log", 1 << 20))
         identity = state.get("identity") or self.daemon_identity(state.get("pid"))
+        if control_log and control_log.get("waiting"):
+            # A queued client that is gone (it gave up) waits for nothing.
+            control_log = dict(control_log, waiting=dict((pid, c) for pid, c in control_log["waiting"].items()
+                                                          if pid_alive(pid)))
         asked = self.record.shutdowns(identity) if self.record is not None and identity else set()
         if asked and control_log:
             servers = dict((pid, dict(s, requested=True) if pid in asked and s.get("exited") else s)

@@ -104,9 +104,19 @@ def assess(state, control_log=None, server_log=None, expect_running=True, unresp
                     "the next client gets a new server by itself; find out what killed it (dmesg, the OOM killer, "
                     "server.log) and restart the clients that failed",
                     server=pid))
-    # A server that exited unasked is history, not a present fault: the daemon serves new clients. It is reported,
-    # and the health gate sees it, but it alone does not make the host unhealthy.
-    blocking = [p for p in problems if p["kind"] != "server_exited"]
+        for pid, client in sorted((control_log.get("waiting") or {}).items()):
+            problems.append(_problem(
+                "client_waiting",
+                "client %d of uid %s has waited since %s for MPS server %s of another user to finish: without -M the "
+                "daemon serves one user at a time, and a second user's client waits, silently, until every client of "
+                "the first user has exited" % (pid, client.get("uid"), client.get("since"), client.get("blocked_by")),
+                "run the daemon as a multi-user server (mps_host_multiuser_server true: -M) so that every user's "
+                "clients run at once, or let the other user's clients finish",
+                server=client.get("blocked_by"), clients=[pid]))
+    # A server that exited unasked is history, not a present fault: the daemon serves new clients. A client waiting
+    # for another user's server is how a daemon without -M works. Both are reported, and the health gate sees them,
+    # but neither alone makes the host unhealthy.
+    blocking = [p for p in problems if p["kind"] not in ("server_exited", "client_waiting")]
     if not expect_running and daemon == STOPPED:
         blocking = []
     return {"healthy": not blocking, "daemon": daemon, "faulted_servers": faulted, "problems": problems}

@@ -35,7 +35,8 @@ PREFIX = "gpulab_mps_"
 TEXTFILE_NAME = "gpulab_mps.prom"
 DAEMON_STATES = (RUNNING, STOPPED, DIED, UNRESPONSIVE)
 # The kinds of problem _mps_health.assess reports; each is exported, 0 when absent, so that an alert needs no absent().
-PROBLEM_KINDS = ("daemon_not_running", "daemon_died", "daemon_unresponsive", "server_fault", "server_exited")
+PROBLEM_KINDS = ("daemon_not_running", "daemon_died", "daemon_unresponsive", "server_fault", "server_exited",
+                 "client_waiting")
 # What the collector reads; a source it could not read is gpulab_mps_collector_error{source} 1.
 SOURCES = ("config", "control", "nvml")
 

@@ -317,6 +317,13 @@ SERVER_CONTEXT_CREATED = re.compile(r"^Creating server context on device [0-9]{1
 _SERVER_START_RE = re.compile(r"Starting new server (?P<pid>%s) for user (?P<uid>%s)" % (_INTEGER, _INTEGER))
 _SERVER_EXIT_RE = re.compile(r"Server (?P<pid>%s) exited with status (?P<status>%s)" % (_INTEGER, _SIGNED))
 _SHUTDOWN_RE = re.compile(r"Try shutting down server (?P<pid>%s)(?:,.*)?" % _INTEGER)
+# A client of one user while another user's server runs (no -M): the daemon queues it and keeps asking that server to
+# shut down, which it will not do while it has clients (H200, docs/evidence/2026-12-04-h200/qos-lane/mps_multiuser.json).
+_PENDING_RE = re.compile(r"NEW CLIENT (?P<pid>%s) from user (?P<uid>%s): Server is not ready, push client to pending "
+                         r"list" % (_INTEGER, _INTEGER))
+_SERVED_RE = re.compile(r"NEW CLIENT (?P<pid>%s) from user (?P<uid>%s): Server already exists" % (_INTEGER, _INTEGER))
+_WILL_NOT_SHUT_RE = re.compile(r"Server (?P<pid>%s) has %s active worker threads?\. Server will not shutdown\."
+                               % (_INTEGER, _INTEGER))
 DAEMON_START = "Starting control daemon using socket "
 COMMAND_PREFIX = "Cmd:"
 
@@ -414,7 +421,9 @@ def parse_control_log(text, daemon_pid=None):
     """What control.log says of the servers of the LAST control daemon that started in it, or of daemon_pid.
 
     Returns {"daemon_pid": pid or None, "started": time or None, "servers": {pid: {"uid", "started", "exited",
-    "status", "requested"}}, "ignored_events": [...]}. `requested` is True only for a server whose exit the daemon set
+    "status", "requested"}}, "waiting": {client pid: {"uid", "since", "blocked_by"}}, "ignored_events": [...]}.
+    `waiting`: clients the daemon queued ("push client to pending list") and has not served since, while a server
+    that would not shut down (another user's, without -M) kept it from starting theirs. `requested` is True only for a server whose exit the daemon set
     out to make: its own "Try shutting down server N" line came before "Server N exited" (a root `quit` or
     `shutdown_server N`; H100 32_control_log.txt, H200 h200-hostile/control.log). False: it crashed or was killed (on
     the H200 a server killed with SIGKILL was logged "Server N exited with status 0", exactly as one shut down).
@@ -438,8 +447,9 @@ def parse_control_log(text, daemon_pid=None):
     also hides every server before it.
     """
     expected = None if daemon_pid is None else _pid_of(daemon_pid)
-    result = {"daemon_pid": None, "started": None, "servers": {}, "ignored_events": []}
+    result = {"daemon_pid": None, "started": None, "servers": {}, "waiting": {}, "ignored_events": []}
     asked = set()
+    pending = {}
 
     def ignore(entry):
         if len(result["ignored_events"]) < IGNORED_EVENTS_KEPT:
@@ -455,9 +465,27 @@ def parse_control_log(text, daemon_pid=None):
             if entry["pid"] == result["daemon_pid"]:
                 ignore(entry)  # a daemon starts once: this one is not a restart
             elif from_daemon or expected is None:
-                result = {"daemon_pid": entry["pid"], "started": entry["time"], "servers": {},
+                result = {"daemon_pid": entry["pid"], "started": entry["time"], "servers": {}, "waiting": {},
                           "ignored_events": result["ignored_events"]}
                 asked = set()
+                pending = {}
+            continue
+        queued = _PENDING_RE.fullmatch(message)
+        served = _SERVED_RE.fullmatch(message)
+        blocking = _WILL_NOT_SHUT_RE.fullmatch(message)
+        if queued or served or blocking:
+            if not from_daemon:
+                ignore(entry)
+            elif queued:
+                pending[_number(queued.group("pid"))] = {"uid": _number(queued.group("uid")), "since": entry["time"],
+                                                         "blocked_by": None}
+            elif served:
+                pending.pop(_number(served.group("pid")), None)
+                result["waiting"].pop(_number(served.group("pid")), None)
+            else:
+                for pid, client in pending.items():
+                    client["blocked_by"] = _number(blocking.group("pid"))
+                    result["waiting"][pid] = client
             continue
         start = _SERVER_START_RE.fullmatch(message)
         shutdown = _SHUTDOWN_RE.fullmatch(message)

@@ -145,3 +145,20 @@ def test_summary_says_what_to_do():
     line = health.summary(health.assess(_state("FAULT")))
     assert line.startswith("server_fault: MPS server 492 is in FAULT")
     assert "What to do: end those client processes" in line
+
+
+def test_a_client_waiting_for_another_users_server_is_reported_not_blocking(tmp_path):
+    """Issue 21: without -M, user B's client waited, silently, until user A's had exited (H200 QoS lane, the control
+    log of the `plain` daemon, cut while B's client 609 waited for A's server 599; fixtures/h200-multiuser)."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(here, "fixtures", "h200-multiuser", "plain-control.log")) as handle:
+        recorded = handle.read()
+    during = recorded[:recorded.index("Try shutting down server 599") + 400]
+    control_log = out.parse_control_log(during)
+    assert control_log["waiting"] == {609: {"uid": 998, "since": "2026-12-04 01:44:27.790", "blocked_by": 599}}
+    state = dict(_state(), pid=control_log["daemon_pid"])
+    result = health.assess(state, control_log)
+    assert [p["kind"] for p in result["problems"]] == ["client_waiting"] and result["healthy"] is True
+    assert "mps_host_multiuser_server true" in result["problems"][0]["action"]
+    # Once B's client is served, nothing waits.
+    assert out.parse_control_log(recorded)["waiting"] == {}
