@@ -34,7 +34,7 @@ import time
 
 # Characters a path may hold to be written into a systemd unit (Environment=, ExecStartPre=, PIDFile=)
 # and into the daemon's environment without quoting or escaping.
-_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*\Z")
 _MAX_LINKS = 16
 
 
@@ -71,7 +71,7 @@ def parse_mode(value):
         mode = value
     else:
         text = str(value).strip()
-        if not re.match(r"^0?[0-7]{3,4}$", text):
+        if not re.match(r"^0?[0-7]{3,4}\Z", text):
             raise ValueError("%r is not an octal mode such as 0755" % (value,))
         mode = int(text, 8)
     if not 0 <= mode <= 0o7777:
