@@ -263,7 +263,7 @@ def write_file(path, content, mode=0o644, ancestor_owners=(), check_mode=False):
         raise FilesError("%s names no file" % path)
     made = ensure_directory(directory, 0o755, ancestor_owners, check_mode=check_mode)
     if made["changed"] and check_mode:
-        return {"path": path, "changed": True, "before": None, "after": _text(content)}
+        return {"path": path, "changed": True, "before": None, "after": _text(content), "created": made["created"]}
     with _Directory(directory, ancestor_owners) as folder:
         found = folder.entry(name)
         if found is not None:
@@ -275,7 +275,8 @@ def write_file(path, content, mode=0o644, ancestor_owners=(), check_mode=False):
             or found[0].st_uid != os.geteuid()
         if changed and not check_mode:
             folder.replace(name, content, mode)
-    return {"path": path, "changed": changed, "before": _text(before), "after": _text(content)}
+    return {"path": path, "changed": changed, "before": _text(before), "after": _text(content),
+            "created": made["created"]}
 
 
 def remove_file(path, marker=None, record=None, ancestor_owners=(), check_mode=False):
@@ -349,14 +350,16 @@ def remove_directory(path, recurse=False, ancestor_owners=(), check_mode=False):
 
 
 class Record(object):
-    """What the collection wrote: {path: SHA-256 of the content it wrote}, kept as JSON (0600) in root's state
-    directory, written like every file here. A file without a marker of its own (a module_utils, the plan) is removed
-    only when the record holds its very content."""
+    """What the collection wrote and made: {path: SHA-256 of the content it wrote} and the directories it made, kept
+    as JSON (0600) in root's state directory, written like every file here. A file without a marker of its own (a
+    module_utils, the plan) is removed only when the record holds its very content; a directory only when the record
+    says the collection made it."""
 
     def __init__(self, path, ancestor_owners=()):
         self.path = _check_path(path)
         self.ancestor_owners = ancestor_owners
         self.files = {}
+        self.directories = set()
         self.dirty = False
         directory, name = os.path.split(path)
         missing, reason = inspect_directory(directory, trusted_owners(),
@@ -374,13 +377,15 @@ class Record(object):
             raise FilesError("the record of the collection's files: " + problem)
         try:
             data = json.loads(found[1].decode("utf-8"))
-            files = data["files"]
-            if data.get("version") != RECORD_VERSION or not isinstance(files, dict):
+            files, directories = data["files"], data.get("directories", [])
+            if data.get("version") != RECORD_VERSION or not isinstance(files, dict) or not isinstance(directories,
+                                                                                                      list):
                 raise ValueError("not a record of version %d" % RECORD_VERSION)
         except (ValueError, KeyError, TypeError) as error:
             raise FilesError("the record of the collection's files %s cannot be read (%s): move it away; files the "
                              "collection wrote then stay when they are removed" % (path, error))
         self.files = dict((str(k), str(v)) for k, v in files.items())
+        self.directories = set(str(d) for d in directories)
 
     @staticmethod
     def digest(content):
@@ -400,10 +405,28 @@ class Record(object):
         if self.files.pop(path, None) is not None:
             self.dirty = True
 
+    def note_directory(self, path):
+        if path not in self.directories:
+            self.directories.add(path)
+            self.dirty = True
+
+    def made(self, path):
+        return path in self.directories
+
+    def forget_directory(self, path):
+        """A directory removed: it, and every record below it (a tree removed whole), are forgotten."""
+        below = path.rstrip("/") + "/"
+        for directory in [d for d in self.directories if d == path or d.startswith(below)]:
+            self.directories.discard(directory)
+            self.dirty = True
+        for name in [f for f in self.files if f.startswith(below)]:
+            self.forget(name)
+
     def save(self, check_mode=False):
         if not self.dirty or check_mode:
             return False
-        text = json.dumps({"version": RECORD_VERSION, "files": self.files}, indent=1, sort_keys=True) + "\n"
+        text = json.dumps({"version": RECORD_VERSION, "files": self.files, "directories": sorted(self.directories)},
+                          indent=1, sort_keys=True) + "\n"
         write_file(self.path, text.encode("utf-8"), 0o600, self.ancestor_owners)
         self.dirty = False
         return True

@@ -20,7 +20,7 @@ description:
     C(systemd-tmpfiles --create) on the entry, then the collection's entry point C(gpulab_mps.py check-directories)
     (installed by the role C(gpulab.mps.mps_client)); C(ExecStart=) the control binary with C(-d) (and C(-M) when
     planned); C(ExecStop=) C(gpulab_mps.py --timeout N stop); no C(PIDFile=) (MPS makes its pid file writable by
-    every user: systemd takes the forked daemon's PID itself); C(Restart=on-failure). The drop-in runs
+    every user, so systemd takes the forked daemon's PID itself); C(Restart=on-failure). The drop-in runs
     C(gpulab_mps.py apply-defaults) after every start when the plan has defaults. No shell line reaches MPS.
   - Files are written and removed as the collection's C(_files) does - in trusted directories only (root's, not
     writable by others, no link on the way that another user made), never through a link, atomically; a directory

@@ -157,7 +157,8 @@ def test_paths_that_are_not_absolute_and_normalised_are_refused(path):
 def test_a_file_is_written_with_its_parents_then_left_alone(base, check_mode):
     path = base / "etc" / "gpulab-mps" / "plan.json"
     result = _files.write_file(str(path), b'{"version": 2}\n', 0o644, check_mode=check_mode)
-    assert result == {"path": str(path), "changed": True, "before": None, "after": '{"version": 2}\n'}
+    assert result == {"path": str(path), "changed": True, "before": None, "after": '{"version": 2}\n',
+                      "created": [str(base / "etc"), str(base / "etc" / "gpulab-mps")]}
     if check_mode:
         assert not (base / "etc").exists()
         return
