@@ -59,12 +59,18 @@ def daemon_paths(plan):
             "tmpfiles": "%s/gpulab-%s.conf" % (tmpfiles, name)}
 
 
-def entry_point(plan):
-    """The argv that runs the collection's entry point with the plan file (python, script, --plan, file)."""
-    python = unit_path(_get(plan, "host", "python") or "", "the plan's host.python (an interpreter root may run)")
+def client_files(plan):
+    """(entry point, plan file): what the unit runs and reads, installed by the role mps_client."""
     lib = unit_path(_get(plan, "files", "lib_directory"), "gpulab_mps_lib_directory")
-    plan_file = unit_path(_get(plan, "files", "plan_file"), "the plan file")
-    return [python, "%s/%s" % (lib, ENTRY_POINT), "--plan", plan_file]
+    return "%s/%s" % (lib, ENTRY_POINT), unit_path(_get(plan, "files", "plan_file"), "the plan file")
+
+
+def entry_point(plan):
+    """The argv that runs the collection's entry point with the plan file. -I: Python isolated from the environment
+    and the working directory (the entry point puts its own directory on sys.path)."""
+    python = unit_path(_get(plan, "host", "python") or "", "the plan's host.python (an interpreter root may run)")
+    script, plan_file = client_files(plan)
+    return [python, "-I", script, "--plan", plan_file]
 
 
 def has_defaults(plan):
@@ -152,7 +158,7 @@ def metrics_units(unit_directory, service_name, python, script, config, lib_dire
     name = unit_name(service_name, "mps_metrics_service_name")
     interval = _int(interval, "mps_metrics_interval", 2, 3600)
     timeout = _int(timeout, "mps_metrics_timeout", 1, 300)
-    command = unit_command([unit_path(python, "the collector's python"), unit_path(script, "the collector"),
+    command = unit_command([unit_path(python, "the collector's python"), "-I", unit_path(script, "the collector"),
                             "--config", unit_path(config, "the collector's configuration"),
                             "--lib", unit_path(lib_directory, "gpulab_mps_lib_directory")], "ExecStart")
     service = [_marked("%s.service, one reading of MPS for node_exporter's textfile collector (role "

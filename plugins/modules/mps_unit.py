@@ -144,7 +144,7 @@ from ansible_collections.gpulab.mps.plugins.module_utils._formats import FormatE
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import plan_problems
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import process_start
 from ansible_collections.gpulab.mps.plugins.module_utils._unit_files import (
-    MARKER, daemon_files, daemon_paths, entry_point)
+    MARKER, client_files, daemon_files, daemon_paths)
 
 PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID", "ExecMainStartTimestampMonotonic",
               "NRestarts")
@@ -198,7 +198,7 @@ def present(module, plan, files):
     problems = [p for p in (_files.file_problem(path) for path, _text in files) if p]
     # The unit runs the collection's entry point with the plan file, as root: both must lie in trusted directories,
     # and be there before it starts (in check mode, the role that installs them has not run for real).
-    for path in entry_point(plan)[1::2]:
+    for path in client_files(plan):
         problem = _files.file_problem(path)
         if problem is None and not module.check_mode and not _regular(path):
             problem = "%s is missing: run the role gpulab.mps.mps_client first (mps_host does)" % path

@@ -118,7 +118,7 @@ def test_the_unit_calls_the_one_entry_point_and_nothing_else(run_module, fake_cl
     PIDFile= named the pid file MPS makes writable by every user."""
     install(run_module, fake_cli, host)
     lib, plan_file = host["plan"]["files"]["lib_directory"], host["plan"]["files"]["plan_file"]
-    client = "/usr/bin/python3 %s/gpulab_mps.py --plan %s" % (lib, plan_file)
+    client = "/usr/bin/python3 -I %s/gpulab_mps.py --plan %s" % (lib, plan_file)
     unit = host["unit"].read_text()
     assert unit.startswith("# gpulab.mps: nvidia-mps.service")
     assert lines(host["unit"]) == [
