@@ -48,7 +48,8 @@ def load_plan(path):
         raise PlanFileError("the plan %s cannot be trusted: %s" % (path, reason or "%s is missing" % missing))
     text = read_small_file(path, limit=8 << 20)
     if text is None:
-        raise PlanFileError("the plan %s is missing or not a regular file: run the gpulab.mps.mps_host role" % path)
+        raise PlanFileError("the plan %s is missing or not a regular file: run the gpulab.mps.mps_client role "
+                            "(mps_host and mps_metrics run it)" % path)
     try:
         plan = json.loads(text)
     except ValueError as error:
