@@ -24,14 +24,14 @@ import re
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _formats as f
 from ansible_collections.gpulab.mps.plugins.module_utils import _qos
 
 EXAMPLES = 2000
-PROPERTY = settings(max_examples=EXAMPLES, derandomize=True, deadline=None,
+PROPERTY = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 # Characters that some reader treats specially, and the safe set, so that both accepted and refused values come up.
@@ -39,6 +39,9 @@ SPECIAL = "\n\r\t \x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\ufeff\\$%\"'`;#&|<>()
 SAFE = "abcXYZ019._/@+,=:-"
 TEXT = st.one_of(st.text(), st.text(alphabet=SPECIAL + SAFE), st.text(alphabet=SAFE + "\n\\%$ ", min_size=1),
                  st.text(alphabet=SAFE, min_size=1))
+# Absolute paths, most of them of the safe set: what the path fields should mostly accept.
+PATHS = st.one_of(TEXT, st.lists(st.text(alphabet="abc019._-@+ \n%\\", min_size=1, max_size=6), min_size=1,
+                                 max_size=4).map(lambda parts: "/" + "/".join(parts)))
 
 
 # --- the readers ---------------------------------------------------------------------------------------------------
@@ -278,7 +281,9 @@ def test_a_unit_name_is_one_file_name_of_the_unit_directory(name):
     try:
         checked = f.unit_name(name, "mps_host_service_name")
     except f.FormatError:
+        event("refused")
         return
+    event("accepted")
     assert checked == name
     for directory, path in (("/etc/systemd/system", "/etc/systemd/system/%s.service" % name),
                             ("/etc/tmpfiles.d", "/etc/tmpfiles.d/gpulab-%s.conf" % name),
@@ -297,7 +302,9 @@ def test_a_file_name_stays_in_its_directory(name):
     try:
         checked = f.file_name(name, "qos class name")
     except f.FormatError:
+        event("refused")
         return
+    event("accepted")
     path = os.path.join("/etc/gpulab-mps/qos", checked + ".env")
     assert os.path.dirname(path) == "/etc/gpulab-mps/qos" and os.path.normpath(path) == path
     assert f.comment_line("gpulab.mps QoS class " + checked, "name")  # the file's first line carries it
@@ -312,7 +319,9 @@ def test_an_environment_line_of_a_unit_carries_its_value_intact(value, name):
     try:
         line = "Environment=" + f.unit_environment(name, value, "daemon.environment")
     except f.FormatError:
+        event("refused")
         return
+    event("accepted")
     key, assigned = systemd_assignment(line + "\n")
     assert key == "Environment" and assigned == "%s=%s" % (name, value)
     assert systemd_words_are_literal(assigned)
@@ -326,14 +335,16 @@ def test_an_exec_line_is_one_command_of_literal_words(argv):
     try:
         line = f.unit_command(argv, "ExecStart")
     except f.FormatError:
+        event("refused")
         return
+    event("accepted")
     key, value = systemd_assignment("ExecStart=%s\n" % line)
     assert key == "ExecStart" and value.split(" ") == argv
     assert systemd_words_are_literal(value) and value[0] not in "-@:+!"
 
 
 @PROPERTY
-@given(TEXT, st.sampled_from(["0755", "0700", "~0755"]), st.sampled_from(["root", "0", "nobody", ":root"]),
+@given(PATHS, st.sampled_from(["0755", "0700", "~0755"]), st.sampled_from(["root", "0", "nobody", ":root"]),
        st.sampled_from(["-", "10d", "~1h"]))
 @example("/run/nvidia-mps\nd /tmp/pwned 0777 root root -", "0755", "root", "-")
 @example("/run/nvidia mps", "0755", "root", "-")
@@ -341,7 +352,9 @@ def test_a_tmpfiles_line_has_exactly_six_fields(path, mode, owner, age):
     try:
         line = f.tmpfiles_line("d", path, mode, owner, owner, age, "pipe_directory")
     except f.FormatError:
+        event("refused")
         return
+    event("accepted")
     assert tmpfiles_fields("# a comment\n%s\n" % line) == [["d", path, mode, owner, owner, age]]
 
 
@@ -354,7 +367,9 @@ def test_an_env_assignment_reads_alike_in_sh_and_systemd(value, name):
     try:
         line = f.env_assignment(name, value, "qos class")
     except f.FormatError:
+        event("refused")
         return
+    event("accepted")
     text = "# a comment\n%s\n" % line
     assert sh_sourced(text) == {name: value}
     assert systemd_env_file(text) == {name: value}
@@ -369,7 +384,9 @@ def test_a_comment_line_hides_nothing_and_swallows_nothing(text):
     try:
         line = f.comment_line(text, "description")
     except f.FormatError:
+        event("refused")
         return
+    event("accepted")
     assert line.startswith("#") and len(line.splitlines()) == 1
     after = "%s\nCUDA_MPS_CLIENT_PRIORITY=1\n" % line
     assert sh_sourced(after) == {"CUDA_MPS_CLIENT_PRIORITY": "1"}
@@ -393,7 +410,9 @@ def test_the_plan_refuses_what_a_class_file_could_not_carry(description):
     qos, errors, _warnings = qos_class(description)
     if errors:
         assert any("description" in e for e in errors), errors
+        event("refused")
         return
+    event("accepted")
     text = _qos.env_file_text("batch", qos["classes"]["batch"], "/etc/gpulab-mps/qos")
     expected = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "12", "CUDA_MPS_CLIENT_PRIORITY": "1",
                 "CUDA_MPS_PIPE_DIRECTORY": "/run/nvidia-mps"}
@@ -417,7 +436,8 @@ def test_the_real_sh_reads_an_accepted_value_as_written_and_runs_nothing(tmp_pat
     try:
         line = f.env_assignment("CUDA_MPS_TEST", value, "sample")
     except f.FormatError:
-        assert value in HOSTILE or value.format(m=marker) in [h.format(m=marker) for h in HOSTILE]
+        assert value in [h.format(m=marker) for h in HOSTILE], "a value of the safe sample was refused"
+        assert not marker.exists()
         return
     description = f.comment_line("a sample; $(touch %s) `touch %s` ends here" % (marker, marker), "sample")
     env_file.write_text("%s\n%s\n" % (description, line))
@@ -425,7 +445,7 @@ def test_the_real_sh_reads_an_accepted_value_as_written_and_runs_nothing(tmp_pat
     assert not marker.exists()
 
 
-@settings(max_examples=60, derandomize=True, deadline=None)
+@settings(max_examples=60, derandomize=True, deadline=None, database=None)
 @given(st.text(alphabet=SAFE + "\n $;`\\~'\"", min_size=1, max_size=20), st.text(max_size=40))
 def test_the_real_sh_agrees_with_the_model_on_generated_class_files(value, description):
     """A sample (60 generated files, not 2,000 subprocesses): whatever the format functions accept, the real sh reads
@@ -434,7 +454,9 @@ def test_the_real_sh_agrees_with_the_model_on_generated_class_files(value, descr
     try:
         lines = [f.comment_line(description, "description"), f.env_assignment("CUDA_MPS_TEST", value, "value")]
     except f.FormatError:
+        event("refused")
         return
+    event("accepted")
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "class.env")
         with open(path, "w", encoding="utf-8") as handle:
