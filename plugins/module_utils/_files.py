@@ -304,8 +304,8 @@ def remove_file(path, marker=None, record=None, ancestor_owners=(), check_mode=F
         if problem:
             return {"path": path, "changed": False, "kept": problem, "before": None}
         content = found[1]
-        ours = (marker is not None and content.startswith(marker)) or (record is not None and record.holds(path,
-                                                                                                            content))
+        by_marker = marker is not None and content.startswith(marker)
+        ours = by_marker or (record is not None and record.holds(path, content))
         if not ours:
             return {"path": path, "changed": False, "before": _text(content), "kept": (
                 "%s was not written by the collection (%s): it stays" % (
