@@ -117,7 +117,7 @@ def test_the_client_is_installed_once_runs_as_the_unit_runs_it_and_goes(lab):
     os.makedirs(lab["log"], 0o755)
     done = entry(lab, "check-directories")
     assert done.returncode == 0 and "pipe and log directories trusted" in done.stdout, done.stderr
-    assert not [d for d, _, _ in os.walk(lab["lib"]) if d.endswith("__pycache__")]
+    assert not [entry[0] for entry in os.walk(lab["lib"]) if entry[0].endswith("__pycache__")]
     again = site(lab, playbook=lab["play"])
     assert again.returncode == 0 and recap(again)["changed"] == 0, again.stdout[-4000:]
     gone = site(lab, playbook=lab["play"], mps_client_state="absent")

@@ -417,8 +417,8 @@ def test_the_plan_refuses_what_a_class_file_could_not_carry(description):
     expected = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "12", "CUDA_MPS_CLIENT_PRIORITY": "1",
                 "CUDA_MPS_PIPE_DIRECTORY": "/run/nvidia-mps"}
     assert sh_sourced(text) == expected and systemd_env_file(text) == expected
-    assert text.splitlines()[0] == f.comment_line("gpulab.mps QoS class batch" + (": " + description if description
-                                                                                   else ""), "description")
+    header = "gpulab.mps QoS class batch" + (": " + description if description else "")
+    assert text.splitlines()[0] == f.comment_line(header, "description")
 
 
 # --- the real sh, on a sample ----------------------------------------------------------------------------------

@@ -82,8 +82,8 @@ NAMES = ["../escape", "../../escape", "sub/../../escape", "..", "batch\nLD_PRELO
 
 @pytest.mark.parametrize("check_mode", [False, True])
 @pytest.mark.parametrize("name", NAMES)
-def test_a_class_name_that_is_no_plain_file_name_is_refused_before_anything_is_written(run_module, qos, tmp_path,
-                                                                                      name, check_mode):
+def test_a_class_name_that_is_no_plain_file_name_is_refused_before_anything_is_written(
+        run_module, qos, tmp_path, name, check_mode):
     """Issue 20: a class name with ../ crashed the module (and could name a file outside the directory)."""
     changed = copy.deepcopy(qos)
     changed["classes"][name] = changed["classes"].pop("batch")
