@@ -48,7 +48,8 @@ def load_plan(path):
         raise PlanFileError("the plan %s cannot be trusted: %s" % (path, reason or "%s is missing" % missing))
     text = read_small_file(path, limit=8 << 20)
     if text is None:
-        raise PlanFileError("the plan %s is missing or not a regular file: run the gpulab.mps.mps_host role" % path)
+        raise PlanFileError("the plan %s is missing or not a regular file: run the gpulab.mps.mps_client role "
+                            "(mps_host and mps_metrics run it)" % path)
     try:
         plan = json.loads(text)
     except ValueError as error:
@@ -78,7 +79,7 @@ def apply_defaults(plan, timeout):
         raise DaemonError("no MPS control daemon answers in %s: the unit's daemon did not start" % plan["pipe_directory"])
     daemon.apply_defaults(before)
     for warning in daemon.warnings:
-        print("gpulab.mps: %s" % warning, file=sys.stderr)
+        say(sys.stderr, warning)
     return "defaults %s: active thread percentage %s, pinned memory limits %s" % (
         "applied" if daemon.changed else "already in force", plan["daemon"].get("active_thread_percentage"),
         plan["daemon"].get("pinned_memory_limit_mps") or "none")
@@ -109,8 +110,14 @@ ACTIONS = {"check-directories": lambda plan, args: check_directories(plan),
            "status": lambda plan, args: status(plan, args.timeout)}
 
 
+def say(stream, message):
+    """One line for the journal (systemd logs each line of a unit's output): what was done, or what failed."""
+    stream.write("gpulab.mps: %s\n" % " ".join(str(message).split("\n")))
+    stream.flush()
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="gpulab_mps.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="gpulab_mps.py", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--plan", required=True, help="the plan the gpulab.mps.mps_client role wrote (plan.json)")
     parser.add_argument("--timeout", type=int, default=30, help="seconds each call may take; for stop, the seconds "
                                                                 "after which the servers are forced down")
@@ -121,11 +128,11 @@ def main(argv=None):
     try:
         plan = load_plan(args.plan)
     except PlanFileError as error:
-        print("gpulab.mps: %s" % error, file=sys.stderr)
+        say(sys.stderr, error)
         return 2
     try:
-        print("gpulab.mps: %s" % ACTIONS[args.action](plan, args))
+        say(sys.stdout, ACTIONS[args.action](plan, args))
     except (DaemonError, MpsControlError) as error:
-        print("gpulab.mps: %s" % str(error).replace("\n", " "), file=sys.stderr)
+        say(sys.stderr, error)
         return 1
     return 0

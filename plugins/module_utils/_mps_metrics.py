@@ -25,6 +25,7 @@ import os
 import stat
 import time
 
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_cli import PlanFileError, load_plan
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import MpsControl
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import DIED, RUNNING, STOPPED, UNRESPONSIVE
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import defaults_gaps
@@ -239,14 +240,15 @@ def previous_success(text):
 # --- the collector --------------------------------------------------------------------------------
 
 def load_config(path):
-    """The collector's configuration (the role writes it): {"textfile_directory", "timeout", "plan"}.
+    """The collector's configuration (the role writes it): {"textfile_directory", "timeout", "plan_file"}, with
+    "plan" added: the host's plan, read from plan_file as the unit's entry point reads it (_mps_cli.load_plan).
 
-    It is read only from a root-owned directory that nobody else can write, and never through a symlink.
+    Both are read only from a directory of root's that nobody else can write, and never through a symlink.
     """
     missing, reason = inspect_directory(os.path.dirname(path) or "/", (0, os.geteuid()))
     if missing or reason:
         raise MetricsError("configuration %s cannot be trusted: %s" % (path, reason or "%s is missing" % missing))
-    text = read_small_file(path, limit=4 << 20)
+    text = read_small_file(path, limit=1 << 20)
     if text is None:
         raise MetricsError("configuration %s is missing or not a regular file: run the gpulab.mps.mps_metrics role"
                            % path)
@@ -254,13 +256,15 @@ def load_config(path):
         config = json.loads(text)
     except ValueError as error:
         raise MetricsError("configuration %s is not JSON: %s" % (path, error))
-    plan = config.get("plan")
-    if not isinstance(plan, dict) or not all(isinstance(plan.get(k), str) for k in
-                                             ("pipe_directory", "log_directory", "control_binary")):
-        raise MetricsError("configuration %s has no plan with pipe_directory, log_directory and control_binary: run "
-                           "the gpulab.mps.preflight role, then mps_metrics" % path)
+    if not isinstance(config, dict) or not isinstance(config.get("plan_file"), str):
+        raise MetricsError("configuration %s names no plan_file (the host's plan, written by the role "
+                           "gpulab.mps.mps_client): run the gpulab.mps.mps_metrics role" % path)
     if not isinstance(config.get("textfile_directory"), str) or not config["textfile_directory"].startswith("/"):
         raise MetricsError("configuration %s has no absolute textfile_directory" % path)
+    try:
+        config["plan"] = load_plan(config["plan_file"])
+    except PlanFileError as error:
+        raise MetricsError(str(error))
     return config
 
 

@@ -15,6 +15,7 @@ own options with daemon_plan(), the same code. Pure: data in, data out; nothing 
 
 from __future__ import annotations
 
+import json
 import os
 
 from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin as dp
@@ -498,3 +499,21 @@ def plan_problems(plan):
         problems.append("plan is of version %s, this collection reads version %d: run the preflight role of "
                         "this collection again" % (plan["version"], PLAN_VERSION))
     return problems
+
+
+# What NVML said of a GPU's memory in use at the moment the plan was made: not a fact of the host, and left out of the
+# plan file, which must not change from one run to the next while nothing changes.
+MOMENTARY_GPU_KEYS = ("memory_used_bytes", "memory_free_bytes", "memory_used_mib", "memory_free_mib")
+
+
+def plan_file_text(plan):
+    """The plan as the host keeps it (plan.files.plan_file, written by the role mps_client; read by the unit's entry
+    point and the metrics collector, _mps_cli.load_plan): JSON, keys sorted, without what NVML said at the moment
+    (memory in use). Raises PlanError for what is not a plan of this collection's version."""
+    problems = plan_problems(plan)
+    if problems:
+        raise PlanError(problems)
+    kept = dict(plan)
+    kept["gpus"] = [dict((k, v) for k, v in gpu.items() if k not in MOMENTARY_GPU_KEYS)
+                    for gpu in plan.get("gpus") or []]
+    return json.dumps(kept, indent=1, sort_keys=True) + "\n"

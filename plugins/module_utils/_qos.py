@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.gpulab.mps.plugins.module_utils._formats import (
+    FormatError, comment_line, env_assignment, file_name)
 from ansible_collections.gpulab.mps.plugins.module_utils._plan import percentage
 from ansible_collections.gpulab.mps.plugins.module_utils._sizes import SizeError, mps_size, parse_size
 from ansible_collections.gpulab.mps.plugins.module_utils._trust import normalize_path
@@ -36,7 +38,7 @@ CLASS_KEYS = ("active_thread_percentage", "client_priority", "pinned_memory_limi
 PRIORITIES = (0, 1)
 DEFAULT_DIRECTORY = "/etc/gpulab-mps/qos"
 # A class name is a file name (<class>.env) and a word in a pod's YAML: lower-case letters, digits and dashes.
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}\Z")
 # The default classes: written here once, used as mps_plan's default (its DOCUMENTATION repeats them; sanity
 # checks that the two agree). batch: 12 % of the SMs, so that 7 batch clients (7 x 16 of 132 SMs on an H200) leave
 # room for a latency client's 16-block kernels (docs/qos.md has the arithmetic and the measurement).
@@ -170,8 +172,11 @@ def qos_plan(classes, directory=None, gpus=None, daemon=None, pipe_directory=Non
                                 "a client can lower its limit below its server's; do not count on it going above"
                                 % (where, pinned_mps, ", ".join(str(o) for o in above)))
         description = settings.get("description")
-        if description is not None and (not isinstance(description, str) or "\n" in description):
-            errors.append("%s.description must be one line of text" % where)
+        if description is not None:
+            try:
+                comment_line(description, where + ".description")
+            except FormatError as error:
+                errors.append(str(error))
         values = {"active_thread_percentage": threads, "client_priority": priority, "pinned_memory_limit": pinned,
                   "pinned_memory_limit_mps": pinned_mps, "description": description or ""}
         values["environment"] = class_environment(values, count)
@@ -201,11 +206,36 @@ def pod_env(plan, name):
 FILE_MARKER = "# gpulab.mps QoS class "
 
 
-def env_file_text(name, values):
-    """The environment file of one class, as the collection writes it (one format, written in one place)."""
-    lines = [FILE_MARKER + name + ((": " + values["description"]) if values.get("description") else ""),
-             "# From the host's plan (gpulab.mps.mps_plan, gpulab_mps_qos_classes). A systemd service runs in this "
-             "class with",
-             "# EnvironmentFile=%s; a job script with: set -a; . %s; set +a" % (values["env_file"], values["env_file"])]
-    lines += ["%s=%s" % kv for kv in sorted(values["env_file_environment"].items())]
+class ClassFileError(ValueError):
+    """A class that cannot be written as a file: the message names the class and what to change."""
+
+
+def class_file_name(name):
+    """<class>.env, for a class name that is a plain file name (never a path) and a word of the file's comment; raises
+    ClassFileError. The plan's names pass (qos_plan); a plan edited on its way to mps_qos_files may not."""
+    try:
+        return file_name(name, "QoS class name") + ".env"
+    except FormatError as error:
+        raise ClassFileError("%s (a class name names its file <class>.env in the QoS directory)" % error)
+
+
+def env_file_text(name, values, directory):
+    """The environment file of one class, as the collection writes it (one format, written in one place): every line
+    through _formats (comments through comment_line, NAME=VALUE through env_assignment), so that sh (set -a; . FILE)
+    and systemd (EnvironmentFile=) read exactly the class's variables and nothing else. Raises ClassFileError."""
+    path = "%s/%s" % (directory, class_file_name(name))
+    description = values.get("description") or ""
+    try:
+        lines = [comment_line("gpulab.mps QoS class %s%s" % (name, (": " + description) if description else ""),
+                              "qos class %s: description" % name),
+                 comment_line("From the host's plan (gpulab.mps.mps_plan, gpulab_mps_qos_classes). A systemd service "
+                              "runs in this class with", "qos"),
+                 comment_line("EnvironmentFile=%s; a job script with: set -a; . %s; set +a" % (path, path),
+                              "qos directory")]
+        environment = values.get("env_file_environment") or {}
+        if not isinstance(environment, dict):
+            raise FormatError("the environment of QoS class %s must be a dict, got %r" % (name, environment))
+        lines += [env_assignment(key, value, "QoS class %s" % name) for key, value in sorted(environment.items())]
+    except FormatError as error:
+        raise ClassFileError(str(error))
     return "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ import time
 
 # Characters a path may hold to be written into a systemd unit (Environment=, ExecStartPre=, PIDFile=)
 # and into the daemon's environment without quoting or escaping.
-_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*\Z")
 _MAX_LINKS = 16
 
 
@@ -71,7 +71,7 @@ def parse_mode(value):
         mode = value
     else:
         text = str(value).strip()
-        if not re.match(r"^0?[0-7]{3,4}$", text):
+        if not re.match(r"^0?[0-7]{3,4}\Z", text):
             raise ValueError("%r is not an octal mode such as 0755" % (value,))
         mode = int(text, 8)
     if not 0 <= mode <= 0o7777:
@@ -99,15 +99,18 @@ def _safe_ancestor(st, owners):
     return not (mode & stat.S_IWGRP and st.st_gid != 0)
 
 
-def inspect_directory(path, owners, follow_last=False):
+def inspect_directory(path, owners, follow_last=False, ancestor_owners=None):
     """Walk `path` (absolute) with lstat: (missing, reason).
 
     owners: the uid (or uids) the directory itself may belong to. follow_last: the last component may be a link
-    (made by root or an owner, in a directory nobody else can write), as /bin is on Debian; a pipe directory may not. missing: the first component that
-    does not exist (None when the whole path exists). reason: why the path must not be used, or None.
+    (made by root or an owner, in a directory nobody else can write), as /bin is on Debian; a pipe directory may not.
+    ancestor_owners: the uids (besides root) whose directories and links may lie on the way (default: owners), as
+    Debian's /var/lib/prometheus is the prometheus user's. missing: the first component that does not exist (None
+    when the whole path exists). reason: why the path must not be used, or None.
     Nothing is changed and no symlink is followed blindly.
     """
     owners = _owners(owners)
+    on_the_way = owners if ancestor_owners is None else _owners(ancestor_owners)
     pending = [p for p in path.split("/") if p]
     current = "/"
     links = 0
@@ -116,7 +119,7 @@ def inspect_directory(path, owners, follow_last=False):
     except OSError as error:
         return None, "cannot read /: %s" % error
     while pending:
-        if not _safe_ancestor(st, owners):
+        if not _safe_ancestor(st, on_the_way):
             return None, ("%s (on the way to %s) is %s: another user could replace what is in it"
                           % (current, path, _describe(st)))
         name = pending.pop(0)
@@ -137,7 +140,7 @@ def inspect_directory(path, owners, follow_last=False):
             if not pending and not follow_last:
                 return None, ("%s is a symbolic link (to %s): the collection does not follow a link it did not make; "
                               "point the option at the real directory" % (candidate, os.readlink(candidate)))
-            if st.st_uid != 0 and st.st_uid not in owners:
+            if st.st_uid != 0 and st.st_uid not in on_the_way:
                 return None, "%s is a symbolic link %s: not followed" % (candidate, _describe(st))
             links += 1
             if links > _MAX_LINKS:

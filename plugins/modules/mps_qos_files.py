@@ -15,7 +15,14 @@ description:
     (C(EnvironmentFile=)) or a job script (C(set -a; . FILE; set +a)) runs in its class.
   - Removes the files of classes no longer planned (all of them with O(state=absent)) - only the files the collection
     wrote (their first line says so), never a link, never a file someone else put there.
-  - One task for every class, written atomically (a new file, then os.replace) and only when its content differs.
+  - One task for every class, written atomically (a new file made with C(O_EXCL|O_NOFOLLOW) in the directory, then
+    renamed over the name) and only when its content or mode differs.
+  - The directory follows the pipe directory's rules (README, Security) - a missing one is made one component at a
+    time; an existing one must be root's real directory, writable by nobody else, on a way nobody else can change;
+    anything else is refused, naming the path, and never chowned or chmodded.
+  - Every class name must be a plain file name and every line of a file passes the collection's env file format
+    (comments one line of printable text, C(NAME=VALUE) with values a shell reads literally) - checked for every
+    class before anything is written; the plan (M(gpulab.mps.mps_plan)) already refuses what would fail here.
 extends_documentation_fragment:
   - gpulab.mps.attributes
 options:
@@ -58,41 +65,39 @@ removed:
   type: list
   elements: str
   sample: [/etc/gpulab-mps/qos/bulk.env]
+diff:
+  description: Each file written or removed, before and after (diff mode).
+  returned: when diff mode is on
+  type: list
+  elements: dict
 """
 
 import os
-import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpulab.mps.plugins.module_utils._qos import FILE_MARKER, env_file_text
-from ansible_collections.gpulab.mps.plugins.module_utils._trust import (
-    TrustError, directory_problem, ensure_directory, normalize_path, read_small_file)
+from ansible_collections.gpulab.mps.plugins.module_utils import _files
+from ansible_collections.gpulab.mps.plugins.module_utils._files import FilesError
+from ansible_collections.gpulab.mps.plugins.module_utils._qos import (
+    FILE_MARKER, ClassFileError, class_file_name, env_file_text)
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import normalize_path
 
 
-def ours(path):
-    """Content of a class file the collection wrote at path (a regular file, not a link, with its marker), or None."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-    except OSError:
-        return None
-    text = read_small_file(path, limit=1 << 16)
-    return text if text is not None and text.startswith(FILE_MARKER) else None
-
-
-def write(directory, name, text):
-    fd, temp = tempfile.mkstemp(prefix="." + name + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            os.fchmod(handle.fileno(), 0o644)
-        os.replace(temp, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+def class_files(directory, classes):
+    """({file name: text}, errors) of the planned classes: every name a plain file name, every line through
+    _formats (the plan passed on to this module may have been changed on its way)."""
+    wanted, errors = {}, []
+    if not isinstance(classes, dict):
+        return {}, ["qos.classes must be a dict from class name to its values, got %r" % (classes,)]
+    for name in sorted(classes, key=str):
+        values = classes[name]
+        try:
+            if not isinstance(values, dict):
+                raise ClassFileError("QoS class %r must be a dict of its values, got %r" % (name, values))
+            wanted[class_file_name(name)] = env_file_text(name, values, directory)
+        except ClassFileError as error:
+            errors.append(str(error))
+    return wanted, errors
 
 
 def main():
@@ -105,31 +110,41 @@ def main():
     directory, error = normalize_path("qos.directory", qos.get("directory"))
     if error:
         module.fail_json(msg=error)
-    classes = qos.get("classes") or {} if module.params["state"] == "present" else {}
-    problem = directory_problem(directory, os.geteuid(), creatable=True)
-    if problem:
-        module.fail_json(msg="Refusing to write the QoS class files in %s: %s" % (directory, problem))
-    wanted = dict(("%s.env" % name, env_file_text(name, values)) for name, values in sorted(classes.items()))
-    present = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
-    current = dict((n, ours(os.path.join(directory, n))) for n in present if n.endswith(".env"))
-    current = dict((n, t) for n, t in current.items() if t is not None)
-    written = [os.path.join(directory, n) for n, t in sorted(wanted.items()) if current.get(n) != t]
-    removed = [os.path.join(directory, n) for n in sorted(current) if n not in wanted]
-    if not module.check_mode and (written or removed):
-        try:
-            if written:
-                ensure_directory(directory, os.geteuid(), 0o755)
-            for path in written:
-                write(directory, os.path.basename(path), wanted[os.path.basename(path)])
-            for path in removed:
-                os.unlink(path)
-        except (TrustError, OSError) as exc:
-            module.fail_json(msg="Cannot keep the QoS class files in %s: %s" % (directory, exc))
+    classes = (qos.get("classes") or {}) if module.params["state"] == "present" else {}
+    # Everything is checked before anything changes: the names and lines of every class, the directory, each path.
+    wanted, errors = class_files(directory, classes)
+    if errors:
+        module.fail_json(msg="Refusing to write the QoS class files in %s, nothing was changed: %s"
+                         % (directory, "; ".join(errors)), errors=errors)
+    problems = [p for p in [_files.directory_problem(directory)] + [
+        _files.file_problem(os.path.join(directory, name)) for name in sorted(wanted)] if p]
+    if problems:
+        module.fail_json(msg="Cannot keep the QoS class files in %s, nothing was changed: %s"
+                         % (directory, "; ".join(problems)), errors=problems)
+    present = sorted(n for n in os.listdir(directory) if n.endswith(".env")) if os.path.isdir(directory) else []
+    written, removed, diffs = [], [], []
+    try:
+        for name, text in sorted(wanted.items()):
+            done = _files.write_file(os.path.join(directory, name), text.encode("utf-8"), 0o644,
+                                     check_mode=module.check_mode)
+            if done["changed"]:
+                written.append(done["path"])
+                diffs.append({"before_header": done["path"], "after_header": done["path"],
+                              "before": done["before"] or "", "after": done["after"]})
+        for name in present:
+            if name in wanted:
+                continue
+            done = _files.remove_file(os.path.join(directory, name), marker=FILE_MARKER, check_mode=module.check_mode)
+            if done["changed"]:
+                removed.append(done["path"])
+                diffs.append({"before_header": done["path"], "after_header": done["path"],
+                              "before": done["before"] or "", "after": ""})
+    except (FilesError, OSError) as exc:
+        module.fail_json(msg="Cannot keep the QoS class files in %s: %s" % (directory, exc), written=written,
+                         removed=removed)
     result = dict(changed=bool(written or removed), written=written, removed=removed)
     if module._diff:
-        result["diff"] = {"before": {"files": sorted(current)},
-                          "after": {"files": sorted(set(current) - set(os.path.basename(p) for p in removed)
-                                                    | set(wanted))}}
+        result["diff"] = diffs
     module.exit_json(**result)
 
 

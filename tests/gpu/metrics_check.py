@@ -4,8 +4,8 @@ Run as root on a GPU host, from a checkout, with prometheus-client importable (P
 
     python3 tests/gpu/metrics_check.py --out DIR
 
-It lays out the collector as the role installs it (the role's own list of module_utils files, copied under a fresh
-root-owned 0755 directory), builds the host's plan with the collection's _plan from what NVML says (owner host,
+It lays out the collector as the roles install it (the mps_client role's list of module_utils files, copied under a
+fresh root-owned 0755 directory, and the plan file), builds the host's plan with the collection's _plan from what NVML says (owner host,
 aggregate sharing, 20 replicas: the plan's per-replica limits), starts its OWN control daemon in a private 0700
 pipe directory with those defaults, then runs the collector in four states and reads the textfile it wrote with
 prometheus-client's own parser:
@@ -44,19 +44,20 @@ def load_experiment():
 
 
 def layout(base):
-    """The role's installed layout: <base>/lib/ansible_collections/gpulab/mps/plugins/module_utils + the script."""
-    # The role's list (a plain YAML list of names; read without PyYAML, which the GPU host's Python may lack).
+    """The roles' installed layout: <base>/lib/ansible_collections/gpulab/mps/plugins/module_utils (mps_client) + the
+    collector's script (mps_metrics)."""
+    # The client role's list (a plain YAML list of names; read without PyYAML, which the GPU host's Python may lack).
     files, inside = [], False
-    with open(os.path.join(ROOT, "roles", "mps_metrics", "vars", "main.yml")) as handle:
+    with open(os.path.join(ROOT, "roles", "mps_client", "vars", "main.yml")) as handle:
         for line in handle:
-            if line.startswith("__mps_metrics_module_utils:"):
+            if line.startswith("__mps_client_module_utils:"):
                 inside = True
             elif inside and line.startswith("  - "):
                 files.append(line[4:].strip())
             elif inside:
                 break
     if not files:
-        raise SystemExit("no __mps_metrics_module_utils list in roles/mps_metrics/vars/main.yml")
+        raise SystemExit("no __mps_client_module_utils list in roles/mps_client/vars/main.yml")
     lib = os.path.join(base, "lib")
     target = os.path.join(lib, "ansible_collections", "gpulab", "mps", "plugins", "module_utils")
     os.makedirs(target)
@@ -91,9 +92,12 @@ def main():
         "owner": "host", "pipe_directory": pipe, "log_directory": log, "state_directory": os.path.join(base, "state"),
         "control_binary": BINARY, "service_manager": "direct",
         "sharing": {"mode": "aggregate", "replicas": args.replicas}})
+    plan_file = os.path.join(base, "etc", "plan.json")
+    with open(plan_file, "w") as handle:
+        handle.write(_plan.plan_file_text(plan))
     config = os.path.join(base, "etc", "metrics.json")
     with open(config, "w") as handle:
-        json.dump({"textfile_directory": os.path.join(base, "textfile"), "timeout": 10, "plan": plan}, handle)
+        json.dump({"textfile_directory": os.path.join(base, "textfile"), "timeout": 10, "plan_file": plan_file}, handle)
     env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=pipe, CUDA_MPS_LOG_DIRECTORY=log)
     results = {"plan_daemon": plan["daemon"], "states": {}, "checks": []}
     procs = []

@@ -42,7 +42,7 @@ def main(argv):
     os.makedirs(directory, mode=0o755, exist_ok=True)
     for name, values in sorted(qos["classes"].items()):
         with open(values["env_file"], "w") as handle:
-            handle.write(env_file_text(name, values))
+            handle.write(env_file_text(name, values, qos["directory"]))
         os.chmod(values["env_file"], 0o644)
         print("%s: %s" % (values["env_file"], " ".join("%s=%s" % kv for kv in sorted(
             values["env_file_environment"].items()))))

@@ -3,9 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A REAL Prometheus scrapes the MPS metrics of a host with the stand-in control daemon (`make metrics`).
 
-The collector runs exactly as its systemd unit runs it: gpulab_mps_metrics.py from the layout the mps_metrics role
-installs (the module_utils listed in roles/mps_metrics/vars/main.yml, under ansible_collections/gpulab/mps), with the
-configuration file the role writes. A real node_exporter (textfile collector only) serves the file and a real
+The collector runs as its systemd unit runs it: gpulab_mps_metrics.py with the layout the mps_client role installs (the
+module_utils listed in roles/mps_client/vars/main.yml, under ansible_collections/gpulab/mps), the plan file it writes
+(filter mps_plan_file) and the configuration file the mps_metrics role writes. A real node_exporter (textfile collector
+only) serves the file and a real
 Prometheus scrapes it every second, on loopback; each state of the daemon is then asserted through Prometheus's HTTP
 API: no daemon, an idle server, clients, a server in FAULT (the stand-in logs it as the H200 did), a daemon killed
 with its pid file left behind, and a collector that cannot run the control binary.
@@ -30,10 +31,13 @@ import urllib.request
 import pytest
 import yaml
 
+from ansible_collections.gpulab.mps.plugins.module_utils._plan import PLAN_VERSION, plan_file_text
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 STANDINS = os.path.join(ROOT, "tests", "standins")
 ROLE = os.path.join(ROOT, "roles", "mps_metrics")
+CLIENT = os.path.join(ROOT, "roles", "mps_client")
 UUID = "GPU-058fcf08-fc4a-49f5-ddd9-6d7fedc642b2"   # the stand-in's GPU 0 (the recorded H100)
 GIB = 1 << 30
 WAIT = 20  # seconds any one thing may take (a start, a scrape)
@@ -113,21 +117,23 @@ def host(tmp_path_factory):
     control = base / "bin" / "nvidia-cuda-mps-control"
     control.write_text('#!/bin/sh\nexec "%s" "%s" "$@"\n' % (sys.executable, os.path.join(STANDINS, control.name)))
     control.chmod(0o755)
-    # The layout the role installs, from the role's own list of files.
-    with open(os.path.join(ROLE, "vars", "main.yml")) as handle:
-        files = yaml.safe_load(handle)["__mps_metrics_module_utils"]
+    # The layout the role mps_client installs, from its own list of files.
+    with open(os.path.join(CLIENT, "vars", "main.yml")) as handle:
+        files = yaml.safe_load(handle)["__mps_client_module_utils"]
     module_utils = base / "lib" / "ansible_collections" / "gpulab" / "mps" / "plugins" / "module_utils"
     module_utils.mkdir(parents=True)
     for name in files:
         shutil.copy(os.path.join(ROOT, "plugins", "module_utils", name), str(module_utils / name))
     shutil.copy(os.path.join(ROLE, "files", "gpulab_mps_metrics.py"), str(base / "lib" / "gpulab_mps_metrics.py"))
-    plan = {"version": 1, "owner": "host", "control_binary": str(control), "pipe_directory": str(base / "pipe"),
-            "log_directory": str(base / "log"), "state_directory": str(base / "state"),
+    plan = {"version": PLAN_VERSION, "owner": "host", "control_binary": str(control),
+            "pipe_directory": str(base / "pipe"), "log_directory": str(base / "log"), "state_directory": str(base / "state"),
             "daemon": {"state": "started", "devices": {"0": UUID}, "active_thread_percentage": 25.0,
                        "pinned_memory_limit": {"0": 2 * GIB}},
             "sharing": {"gpus": [{"index": 0, "uuid": UUID, "replicas": 4, "memory_per_replica_mib": 20389}]}}
+    (base / "etc" / "plan.json").write_text(plan_file_text(plan))
     config = base / "etc" / "metrics.json"
-    config.write_text(json.dumps({"textfile_directory": str(base / "textfile"), "timeout": 5, "plan": plan}))
+    config.write_text(json.dumps({"textfile_directory": str(base / "textfile"), "timeout": 5,
+                                  "plan_file": str(base / "etc" / "plan.json")}))
     ports = {"node": free_port(), "prometheus": free_port()}
     (base / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -322,7 +328,11 @@ def test_states_as_prometheus_sees_them(host):
     # 6. The collector cannot run the control binary: it says so, and keeps the time of its last success.
     with open(host["config"]) as handle:
         config = json.load(handle)
-    config["plan"]["control_binary"] = str(host["base"] / "bin" / "missing-binary")
+    with open(config["plan_file"]) as handle:
+        plan = json.load(handle)
+    plan["control_binary"] = str(host["base"] / "bin" / "missing-binary")
+    (host["base"] / "etc" / "broken-plan.json").write_text(plan_file_text(plan))
+    config["plan_file"] = str(host["base"] / "etc" / "broken-plan.json")
     broken = host["base"] / "etc" / "broken.json"
     broken.write_text(json.dumps(config))
     rc, out = collect(host, str(broken))

@@ -5,12 +5,13 @@
 
 Installed by the gpulab.mps.mps_metrics role and run by its systemd timer (gpulab-mps-metrics.timer), as root:
 
-    <venv>/bin/python <lib>/gpulab_mps_metrics.py --config /etc/gpulab-mps/metrics.json
+    <venv>/bin/python -I <install>/gpulab_mps_metrics.py --config /etc/gpulab-mps/metrics.json --lib <lib>
 
-It holds no logic of its own: the collection's module_utils, installed beside it under <lib>/ansible_collections/
-gpulab/mps/plugins/module_utils, read the daemon (_mps_control), judge its health (_mps_health), read NVML (_nvml)
-and build and write the series (_mps_metrics: docs/metrics.md). Exit status 0 when every source was read, 1 when
-the file says that something could not be (gpulab_mps_collector_success 0), 2 when nothing could be written.
+It holds no logic of its own: the collection's client, installed by the role gpulab.mps.mps_client under <lib>/
+ansible_collections/gpulab/mps/plugins/module_utils, reads the host's plan (the plan file the configuration names),
+the daemon (_mps_control), judges its health (_mps_health), reads NVML (_nvml) and builds and writes the series
+(_mps_metrics: docs/metrics.md). Exit status 0 when every source was read, 1 when the file says that something
+could not be (gpulab_mps_collector_success 0), 2 when nothing could be written.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--lib", default=os.path.dirname(os.path.abspath(__file__)),
                         help="the directory that holds ansible_collections/gpulab/mps (default: this script's)")
     args = parser.parse_args(argv)
+    sys.dont_write_bytecode = True  # the client's directory holds what the collection wrote, and nothing else
     sys.path.insert(0, args.lib)
     from ansible_collections.gpulab.mps.plugins.module_utils import _mps_metrics
     from ansible_collections.gpulab.mps.plugins.module_utils._nvml import Nvml

@@ -43,7 +43,7 @@ def write_classes(folder, classes, pipe="/tmp/nvidia-mps"):
     os.makedirs(str(folder), exist_ok=True)
     for name, values in qos["classes"].items():
         with open(values["env_file"], "w") as handle:
-            handle.write(_qos.env_file_text(name, values))
+            handle.write(_qos.env_file_text(name, values, qos["directory"]))
     return qos
 
 

@@ -38,4 +38,4 @@ def test_every_module_is_in_a_group_or_says_why_not():
         grouped = set(sum(yaml.safe_load(handle)["action_groups"].values(), []))
     modules = set(n[:-3] for n in os.listdir(os.path.join(ROOT, "plugins", "modules")) if n.endswith(".py"))
     # These take none of the daemon's options: module_defaults of group mps would break them.
-    assert modules - grouped == {"driver_check", "gpu_info", "kind_cluster", "mps_qos_files", "mps_unit"}
+    assert modules - grouped == {"driver_check", "gpu_info", "kind_cluster", "mps_files", "mps_qos_files", "mps_unit"}

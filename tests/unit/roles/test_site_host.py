@@ -166,3 +166,60 @@ def test_a_class_above_the_running_daemons_default_is_refused(lab, tmp_path):
     assert done.returncode != 0
     assert "QoS class(es) batch ask a larger share of the SMs than the running MPS daemon's default active thread " \
         "percentage, 10.0 (read back)" in " ".join(done.stdout.split())
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# A systemctl that records its calls and remembers what it was asked: enable, start, stop, disable.
+here=$(dirname "$0")
+echo "$*" >> "$here/calls"
+case "$1" in
+  show)
+    active=inactive; enabled=disabled
+    [ -e "$here/active" ] && active=active
+    [ -e "$here/enabled" ] && enabled=enabled
+    printf 'LoadState=loaded\\nActiveState=%s\\nSubState=dead\\nUnitFileState=%s\\nMainPID=0\\n' "$active" "$enabled"
+    printf 'ExecMainStartTimestampMonotonic=0\\nNRestarts=0\\n';;
+  start) touch "$here/active";;
+  enable) touch "$here/enabled";;
+esac
+exit 0
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes root's files (in temporary directories): root only, as CI runs")
+def test_under_systemd_the_host_gets_the_client_and_a_unit_that_calls_it(lab, tmp_path, monkeypatch):
+    """The systemd path of mps_host (molecule runs it under a real systemd): the client and the plan file first
+    (mps_client), then the unit rendered from the plan by mps_unit - the entry point for everything it asks of MPS,
+    no shell line, no PIDFile= - then the same again changes nothing. systemctl is a recording fake; the daemon is
+    started by mps_daemon (the fake starts nothing)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (bindir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (bindir, os.environ["PATH"]))
+    base = str(tmp_path)
+    paths = {"mps_host_service_manager": "systemd", "mps_host_unit_directory": base + "/system",
+             "mps_host_tmpfiles_directory": base + "/tmpfiles.d", "gpulab_mps_lib_directory": base + "/lib",
+             "gpulab_mps_config_directory": base + "/etc"}
+    first = site(lab, **paths)
+    assert first.returncode == 0, first.stdout[-4000:]
+    unit = (tmp_path / "system" / "nvidia-mps.service").read_text()
+    python = json.loads((tmp_path / "etc" / "plan.json").read_text())["host"]["python"]
+    client = "%s -I %s/lib/gpulab_mps.py --plan %s/etc/plan.json" % (python, base, base)
+    assert "ExecStartPre=%s check-directories" % client in unit.splitlines()
+    assert "ExecStop=%s --timeout 30 stop" % client in unit.splitlines()
+    assert "/bin/sh" not in unit and "\nPIDFile=" not in unit
+    dropin = (tmp_path / "system" / "nvidia-mps.service.d" / "gpulab-defaults.conf").read_text()
+    assert "ExecStartPost=%s --timeout 30 apply-defaults" % client in dropin.splitlines()
+    assert (tmp_path / "tmpfiles.d" / "gpulab-nvidia-mps.conf").read_text().splitlines()[1:] == [
+        "d %s 0755 root root -" % lab["pipe"], "d %s 0755 root root -" % lab["log"]]
+    assert json.loads((tmp_path / "etc" / "plan.json").read_text())["daemon"]["service_name"] == "nvidia-mps"
+    calls = (bindir / "calls").read_text().splitlines()
+    assert calls.index("daemon-reload") < calls.index("start nvidia-mps.service")
+    # What the unit runs, run as it runs it: the directories are trusted, the defaults in force.
+    for action in ("check-directories", "apply-defaults"):
+        done = subprocess.run([python, "-I", base + "/lib/gpulab_mps.py", "--plan", base + "/etc/plan.json", action],
+                              capture_output=True, text=True, cwd="/", timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    second = site(lab, **paths)
+    assert second.returncode == 0 and recap(second)["changed"] == 0, second.stdout[-4000:]

@@ -49,6 +49,32 @@ def test_unit_restarts_the_daemon_on_failure(host):
     assert "CUDA_MPS_PIPE_DIRECTORY=%s" % PIPE in unit_text
 
 
+LIB = "/usr/local/lib/gpulab-mps"
+PLAN = "/etc/gpulab-mps/plan.json"
+
+
+def test_the_unit_asks_mps_only_through_the_collections_entry_point(host):
+    """Issue 20: the unit's shell lines (echo ... | binary, a trust check in sh) were extra doors to MPS, and its
+    PIDFile= was the file MPS makes writable by every user."""
+    text = host.check_output("systemctl cat %s", UNIT)
+    assert "/bin/sh" not in text and "echo" not in text
+    assert not [line for line in text.splitlines() if line.startswith("PIDFile=")]
+    client = "/usr/bin/python3 -I %s/gpulab_mps.py --plan %s" % (LIB, PLAN)
+    assert "ExecStartPre=%s check-directories" % client in text
+    assert "ExecStartPost=%s --timeout 30 apply-defaults" % client in text
+    assert "ExecStop=%s --timeout 30 stop" % client in text
+    assert unit_property(host, "Type") == "forking" and unit_property(host, "GuessMainPID") == "yes"
+
+
+def test_the_client_and_the_plan_are_roots_and_the_entry_point_answers(host):
+    for path, mode in ((LIB, 0o755), (LIB + "/gpulab_mps.py", 0o644), (PLAN, 0o644), ("/etc/gpulab-mps", 0o755)):
+        entry = host.file(path)
+        assert entry.user == "root" and entry.mode == mode and not entry.is_symlink, path
+    status = host.run("/usr/bin/python3 -I %s/gpulab_mps.py --plan %s status", LIB, PLAN)
+    assert status.rc == 0 and "gpulab.mps:" in status.stdout, status.stdout + status.stderr
+    assert not host.run("find %s -name __pycache__", LIB).stdout.strip()
+
+
 def test_pipe_and_log_directories(host):
     pipe = host.file(PIPE)
     assert pipe.is_directory and pipe.user == "root"
@@ -157,6 +183,8 @@ def test_metrics_textfile_says_what_runs_here(host):
     host.check_output("systemctl start gpulab-mps-metrics.service")
     prom = host.file(PROM)
     assert prom.is_file and prom.user == "root" and prom.mode == 0o644
+    textfile = host.file(os.path.dirname(PROM))
+    assert textfile.is_directory and not textfile.is_symlink and textfile.user == "root" and textfile.mode == 0o755
     text = prom.content_string
     assert prom_value(text, "gpulab_mps_control_daemon_up") == 1
     assert prom_value(text, "gpulab_mps_healthy") == 1

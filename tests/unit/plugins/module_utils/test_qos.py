@@ -62,7 +62,7 @@ def test_a_pinned_limit_covers_every_device_a_client_may_number():
     ({"pinned_memory_limit": "90G"}, "90G is more than the 81559 MiB of the smallest GPU"),
     ({"pinned_memory_limit": {"0": "1G"}}, "must be one size"),
     ({"active_thread_precentage": 10}, "qos_classes.c: unknown setting active_thread_precentage (known: "),
-    ({"description": "two\nlines"}, "qos_classes.c.description must be one line of text"),
+    ({"description": "two\nlines"}, "qos_classes.c.description must be one line of printable text"),
     ("fast", "qos_classes.c must be a dict of"),
 ])
 def test_bad_class_settings_are_named(settings, message):
@@ -122,3 +122,20 @@ def test_pod_env_of_a_class():
         _qos.pod_env(plan, "gold")
     with pytest.raises(_qos.QosError, match="it has none"):
         _qos.pod_env({}, "batch")
+
+
+@pytest.mark.parametrize("name", ["batch\n", "batch\nLD_PRELOAD", "../escape", "Batch"])
+def test_a_class_name_that_is_not_a_plain_word_is_refused(name):
+    """Regression: the name's check ended in `$`, which Python lets match before a final newline: "batch\\n" passed
+    and named the file "batch\\n.env"."""
+    qos, errors, _warnings = _qos.qos_plan({name: {"client_priority": 1}}, "/etc/q", GPUS, daemon(), None)
+    assert errors and "qos class name %r" % name in errors[0] and name not in qos["classes"]
+
+
+@pytest.mark.parametrize("description", ["bulk\rLD_PRELOAD=/tmp/x.so", "a\u2028b", "tab\there", "esc\x1b[0m", "a\\"])
+def test_a_description_the_class_file_cannot_carry_is_refused(description):
+    """The plan refuses what the file could not carry as one comment line (_formats.comment_line): a carriage return
+    ends a line for systemd's EnvironmentFile=, a backslash escapes the line end in its comments."""
+    _qos_plan, errors, _warnings = _qos.qos_plan({"batch": {"description": description}}, "/etc/q", GPUS, daemon(),
+                                                 None)
+    assert errors and "qos_classes.batch.description must be one line of printable text" in errors[0]
