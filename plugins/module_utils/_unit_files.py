@@ -103,11 +103,13 @@ def daemon_files(plan, timeout):
     client = entry_point(plan)
     where = "%s.service" % name
 
+    # Mode, user and group "-": made root's 0755 when missing, and an existing directory is left as it is (a "d" line
+    # with them given would chown and chmod a directory another user made first; the unit's check then refuses it).
     tmpfiles = [_marked("the pipe and log directories of %s, made by systemd-tmpfiles at boot, before any user could "
-                        "make them, and at every start of the unit (role gpulab.mps.mps_host). Age -: never cleaned."
-                        % where, "tmpfiles")]
+                        "make them, and at every start of the unit (role gpulab.mps.mps_host), root's 0755 when "
+                        "missing; an existing one is never adopted. Age -: never cleaned." % where, "tmpfiles")]
     for directory in list(dict.fromkeys([pipe, log])):
-        tmpfiles.append(tmpfiles_line("d", directory, "0755", "root", "root", "-", "pipe/log directory"))
+        tmpfiles.append(tmpfiles_line("d", directory, "-", "-", "-", "-", "pipe/log directory"))
 
     unit = [_marked("%s, the NVIDIA MPS control daemon of %s (role gpulab.mps.mps_host)." % (where, pipe), "unit"),
             "# Rendered by gpulab.mps.mps_unit from the host's plan, every value checked for this format; changes",

@@ -132,7 +132,10 @@ def test_the_unit_calls_the_one_entry_point_and_nothing_else(run_module, fake_cl
         "ExecStop=%s --timeout 30 stop" % client,
         "TimeoutStopSec=60", "Restart=on-failure", "RestartSec=2", "[Install]", "WantedBy=multi-user.target"]
     assert lines(host["dropin"]) == ["[Service]", "ExecStartPost=%s --timeout 30 apply-defaults" % client]
-    assert lines(host["tmpfiles"]) == ["d /run/nvidia-mps 0755 root root -", "d /var/log/nvidia-mps 0755 root root -"]
+    # Regression: "d ... 0755 root root" made systemd-tmpfiles chown and chmod a pipe directory another user had made
+    # first, at every start of the unit, so the unit's trust check passed on it. With "-" it is made when missing
+    # and never adopted.
+    assert lines(host["tmpfiles"]) == ["d /run/nvidia-mps - - - -", "d /var/log/nvidia-mps - - - -"]
     for path in ("unit", "dropin", "tmpfiles"):
         text = host[path].read_text()
         assert "/bin/sh" not in text and "PIDFile" not in text.replace("No PIDFile=", "") and "echo" not in text
