@@ -372,8 +372,8 @@ def install_collector(base, plan, timeout):
     """The collector's layout under base (root's 0755): the module_utils the role lists, the script, the
     configuration (the plan, a textfile directory, the timeout). Returns {"config", "textfile", "script"}."""
     import yaml
-    with open(os.path.join(ROOT, "roles", "mps_metrics", "vars", "main.yml")) as handle:
-        files = yaml.safe_load(handle)["__mps_metrics_module_utils"]
+    with open(os.path.join(ROOT, "roles", "mps_client", "vars", "main.yml")) as handle:
+        files = yaml.safe_load(handle)["__mps_client_module_utils"]
     lib = os.path.join(base, "lib")
     module_utils = os.path.join(lib, "ansible_collections", "gpulab", "mps", "plugins", "module_utils")
     os.makedirs(module_utils, 0o755)
@@ -385,8 +385,11 @@ def install_collector(base, plan, timeout):
     os.makedirs(etc, 0o755)
     os.makedirs(textfile, 0o755)
     config = os.path.join(etc, "metrics.json")
+    with open(os.path.join(etc, "plan.json"), "w") as handle:
+        json.dump(plan, handle)
     with open(config, "w") as handle:
-        json.dump({"textfile_directory": textfile, "timeout": timeout, "plan": plan}, handle)
+        json.dump({"textfile_directory": textfile, "timeout": timeout, "plan_file": os.path.join(etc, "plan.json")},
+                  handle)
     return {"config": config, "textfile": textfile, "script": script_path}
 
 

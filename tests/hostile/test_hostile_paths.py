@@ -23,9 +23,6 @@ import _hostile as h
 
 pytestmark = h.NEEDS_ROOT
 
-UNIT = "[Unit]\nDescription=NVIDIA MPS control daemon\n\n[Service]\nType=forking\nExecStart=/bin/true\n"
-DROPIN = "[Service]\nExecStartPost=/bin/true\n"
-TMPFILES = "d /run/gpulab-hostile-pipe 0755 root root -\n"
 
 
 @pytest.fixture
@@ -66,7 +63,10 @@ def metrics_role(lab, folder, wheelhouse, **paths):
         "mps_metrics_wheel_directory": wheelhouse,
         "mps_metrics_textfile_directory": os.path.join(lab["base"], "textfile"),
         "mps_metrics_install_directory": os.path.join(lab["base"], "lib"),
-        "mps_metrics_config_directory": os.path.join(lab["base"], "etc")}, **paths)
+        "mps_metrics_config_directory": os.path.join(lab["base"], "etc"),
+        # The client and the plan file (role mps_client) under the lab too, never the host's own directories.
+        "gpulab_mps_lib_directory": os.path.join(lab["base"], "client"),
+        "gpulab_mps_config_directory": os.path.join(lab["base"], "client-etc")}, **paths)
     return h.playbook(play, inventory, variables, folder)
 
 
@@ -184,12 +184,20 @@ def test_unit_files_are_not_written_where_another_user_planted(intruder, sticky,
         h.as_user(intruder, "import os; os.mkdir(%r, 0o755)" % tmpfiles)
     bindir, calls = fake_systemctl(str(tmp_path))
     env = dict(os.environ, PATH=bindir + os.pathsep + os.environ["PATH"])
-    files = [{"path": os.path.join(tmpfiles, "gpulab-nvidia-mps.conf"), "content": TMPFILES},
-             {"path": os.path.join(units, "nvidia-mps.service"), "content": UNIT},
-             {"path": os.path.join(units, "nvidia-mps.service.d", "gpulab-defaults.conf"), "content": DROPIN}]
+    # The plan names the unit and tmpfiles.d directories (gpulab_mps_* settings, read by preflight), and mps_unit
+    # renders the files from it; the client's entry point and the plan file are in place, as mps_client leaves them.
+    lib, etc = os.path.join(root_dir, "lib"), os.path.join(root_dir, "etc")
+    os.makedirs(lib, 0o755)
+    os.makedirs(etc, 0o755)
+    lab = {"pipe": "/run/gpulab-hostile-pipe", "log": "/run/gpulab-hostile-log", "state": os.path.join(root_dir, "state")}
+    plan = h.plan_for(lab, str(tmp_path), unit_directory=units, tmpfiles_directory=tmpfiles, lib_directory=lib,
+                      config_directory=etc, service_manager="systemd")
+    for path in (os.path.join(lib, "gpulab_mps.py"), os.path.join(etc, "plan.json")):
+        with open(path, "w") as handle:
+            handle.write("# the client's file\n")
     watched = [sticky, root_dir]
     before = h.tree(*watched)
-    done = h.run_module("mps_unit", {"name": "nvidia-mps", "files": files}, str(tmp_path), env=env)
+    done = h.run_module("mps_unit", {"plan": plan}, str(tmp_path), env=env)
     assert h.tree(*watched) == before, "mps_unit wrote where %s: %s" % (planted, h.summary(done))
     assert h.owner_and_mode(private) == (0, 0o700)
     assert done.get("failed"), h.summary(done)
