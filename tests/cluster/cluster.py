@@ -48,6 +48,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 
 import hostclean
@@ -326,6 +328,7 @@ class Cluster(object):
         self.netns_inode = None
         self.teardown_seconds = None
         self.teardown_log = []
+        self.import_error = None
         self.t0 = None
 
     # helpers
@@ -384,7 +387,7 @@ class Cluster(object):
             self.preflight()
             self.start()
         except BaseException:
-            self.__exit__(None, None, None)
+            self.__exit__(*sys.exc_info())
             raise
         return self
 
@@ -460,16 +463,28 @@ class Cluster(object):
         self.wait_for("containerd answers", lambda: self.ctr("version", check=False).returncode == 0, 30,
                       containerd, step=0.1)
         self.mark("containerd up")
-        for tar in self.images:
-            self.ctr("images", "import", tar, timeout=180)
-        self.mark("images imported")
-        # 6. the kubelet
+        # 6. the kubelet, while the images are imported (the first one, the pause image, before it starts)
+        if self.images:
+            self.ctr("images", "import", self.images[0], timeout=180)
+        importer = threading.Thread(target=self.import_images, args=(self.images[1:],), daemon=True)
+        importer.start()
         with open(os.path.join(layout.state, "kubelet.json"), "w") as handle:
             handle.write(kubelet_config(layout))
         kubelet = self.start_daemon("kubelet", kubelet_argv(layout, self.bins["kubelet"]))
         self.wait_for("node %s Ready" % layout.node_name, lambda: node_ready(
             self.kubectl_json("get", "node", layout.node_name, timeout=15)), 120, kubelet, step=0.3)
         self.mark("node Ready")
+        importer.join(300)
+        if self.import_error or importer.is_alive():
+            raise LaneError("importing the images failed: %s" % (self.import_error or "not done in 300 s"))
+        self.mark("images imported")
+
+    def import_images(self, tars):
+        try:
+            for tar in tars:
+                self.ctr("images", "import", tar, timeout=180)
+        except Exception as error:  # noqa: BLE001 - reported by start()
+            self.import_error = "%s: %s" % (type(error).__name__, error)
 
     def apiserver_ready(self):
         pki = self.layout.pki

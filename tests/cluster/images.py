@@ -18,7 +18,8 @@ Each image is one layer in a docker-archive tar (`manifest.json`, the config, `l
   the library at /opt/nvml-mock/usr/lib64/ with `libnvidia-ml.so.1` linked from /usr/lib/x86_64-linux-gnu (where
   the NVIDIA container runtime would inject the real one) and the lane's GPU profile at /opt/nvml-mock/config/
   config.yaml (the mock finds it from the library's own path; `MOCK_NVML_CONFIG` is not needed, so the pod spec
-  stays as rendered).
+  stays as rendered); and a stand-in `nvidia-smi` that answers the `-c` (compute mode) calls of the plugin's
+  mps-control-daemon and changes nothing.
 
 Host files are copied with the symlinks of their path (Debian's merged /usr: /lib -> usr/lib), owned by root.
 The pure parts (ldd parsing, the layer's entries, the archive's manifest, the mock's GPU profile) are tested in
@@ -263,6 +264,29 @@ def tools_tree(standin_control, busybox="/bin/busybox", python="/usr/bin/python3
     return tree
 
 
+NVIDIA_SMI_STANDIN = r"""#!/bin/sh
+# gpulab.mps cluster lane: STAND-IN for nvidia-smi (there is no GPU; the NVIDIA runtime would inject the real one).
+# The plugin's mps-control-daemon runs `nvidia-smi -i <uuid> -c EXCLUSIVE_PROCESS` at start and `-c DEFAULT` at stop:
+# this answers as the real one does and changes nothing. Anything else: not supported here, exit 3.
+echo "gpulab stand-in nvidia-smi: $*" >&2
+gpu=all mode=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -i|--id) gpu=$2; shift ;;
+    -c|--compute-mode) mode=$2; shift ;;
+  esac
+  shift
+done
+if [ -n "$mode" ]; then
+  echo "Set compute mode to $mode for GPU $gpu."
+  echo "All done."
+  exit 0
+fi
+echo "gpulab stand-in nvidia-smi: only -c is answered here" >&2
+exit 3
+"""
+
+
 def device_plugin_tree(tools, binaries, nvml_library, nvml_profile_text):
     """tools + the released plugin binaries in /usr/bin + the mock NVML as the node's driver library.
     binaries: {name in /usr/bin: host path}."""
@@ -276,6 +300,7 @@ def device_plugin_tree(tools, binaries, nvml_library, nvml_profile_text):
     for library in shared_libraries(elves + [nvml_library]):
         tree.host_path(library)
     tree.symlink("usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", MOCK_ROOT + "/usr/lib64/libnvidia-ml.so.1")
+    tree.data("usr/bin/nvidia-smi", NVIDIA_SMI_STANDIN, 0o755)
     return tree
 
 
