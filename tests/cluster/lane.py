@@ -246,6 +246,18 @@ def sharing_summary(config):
     return out
 
 
+def share_commands(gpus, memory_mib, replicas):
+    """What the plugin's mps-control-daemon must send its MPS daemon: total // replicas MiB per device, 100 //
+    replicas % of the threads (upstream v0.20.0, as MPS-FACTS.md records it from the H200)."""
+    return ["set_default_device_pinned_mem_limit %d %dM" % (i, memory_mib // replicas) for i in range(gpus)] + [
+        "set_default_active_thread_percentage %d" % (100 // replicas)]
+
+
+def daemon_commands(log):
+    """The set_default_* commands an MPS daemon logged (`Cmd:...` lines of its control log), each once, sorted."""
+    return sorted(set(re.findall(r"Cmd:(set_default_\S+(?: \S+)*)", log)))
+
+
 def split_manifests(text):
     import yaml
     return [doc for doc in yaml.safe_load_all(text) if doc]
@@ -549,9 +561,8 @@ class Lane(object):
         """Owner plugin: the plugin's mps-control-daemon gave the MPS daemon (the stand-in) the replicas' share."""
         text = self.plugin_logs(c, namespace, "mps-control-daemon", "mps-control-daemon-ctr") or ""
         share = self.args.gpu_memory_mib // self.args.replicas
-        want = ["set_default_device_pinned_mem_limit %d %dM" % (i, share) for i in range(self.args.gpus)] + [
-            "set_default_active_thread_percentage %d" % (100 // self.args.replicas)]
-        seen = sorted(set(re.findall(r"Cmd:(set_default_\S+(?: \S+)*)", text)))
+        want = share_commands(self.args.gpus, self.args.gpu_memory_mib, self.args.replicas)
+        seen = daemon_commands(text)
         self.need("the plugin's mps-control-daemon set the replicas' share on the MPS daemon (%d MiB, %d %%)" % (
             share, 100 // self.args.replicas), all(w in seen for w in want), seen, want)
 
