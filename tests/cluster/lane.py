@@ -650,6 +650,23 @@ class Lane(object):
         visible = dict(line.split("=", 1) for line in env if "=" in line).get("NVIDIA_VISIBLE_DEVICES")
         self.need("a pod asking for 1 %s runs with one GPU's UUID (Allocate through the real kubelet)" % RESOURCE,
                   ready.returncode == 0 and visible in uuids, {"env": env, "wait": (ready.stdout + ready.stderr).strip()})
+        if self.args.owner == "plugin":
+            # Where /dev/shm comes from (a fact for the record: the MPS shm is a tmpfs the daemon's init container
+            # mounts at <mps root>/shm; a container that started before it sees the directory under it).
+            facts = self.results.setdefault("facts", {})
+            facts["/dev/shm of the pod given 1 replica"] = c.kubectl(
+                "exec", "gpu-one", "--", "sh", "-c", "stat -f -c %T /dev/shm; grep ' /dev/shm ' /proc/mounts",
+                check=False).stdout.strip()
+            namespace = next(o["metadata"]["name"] for o in self.objects if o["kind"] == "Namespace")
+            pods = [p["metadata"]["name"] for p in c.kubectl_json("get", "pods", "-n", namespace)["items"]
+                    if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "device-plugin"]
+            for pod in pods[:1]:
+                facts["/dev/shm of the plugin container"] = c.kubectl(
+                    "exec", "-n", namespace, pod, "-c", "nvidia-device-plugin-ctr", "--", "sh", "-c",
+                    "stat -f -c %T /dev/shm; grep ' /dev/shm ' /proc/mounts", check=False).stdout.strip()
+            facts["host mounts under the MPS root"] = [m[0] + " " + m[1] for m in hostclean.parse_mountinfo(
+                _read("/proc/self/mountinfo") or "") if m[0].startswith("/run/nvidia/")]
+            self.log("facts: %s" % json.dumps(facts))
         deadline = time.time() + 30
         two = {}
         while time.time() < deadline:
@@ -706,6 +723,8 @@ class Lane(object):
                                                          o.get("message", "")[:500]))
         for a in r["adaptations"]:
             lines.append("  adapted: %s (%s)" % (a["done"], a["output"] or "exit %s" % a["exit"]))
+        for key, value in sorted((r.get("facts") or {}).items()):
+            lines.append("seen: %s: %s" % (key, json.dumps(value)))
         if r["timings"]:
             lines += ["", "timings (s): " + "; ".join("%s %s" % kv for kv in r["timings"].items())]
         for key in ("setup_error", "stopped_at"):
