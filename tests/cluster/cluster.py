@@ -33,7 +33,8 @@ controller-manager, the API server, then etcd; new mounts under the lane's paths
 kubepods cgroups removed, the namespace deleted (and the /run/netns self-mount that `ip netns add` made), the
 kernel settings the kubelet changed put back, and what the lane created in /run, /var/lib, /var/log, /etc, /opt
 removed. Then hostclean.compare() checks the host against the snapshot taken before anything started: a
-difference raises HostNotClean (after the teardown), with one line per difference.
+difference of the lane's kind raises HostNotClean (after the teardown), with one line per difference; what other
+users of the machine changed meanwhile is kept apart in Cluster.others.
 
 The pure parts (the configs, the argv of each daemon, the certificates, the kubeconfigs) are functions of a Layout
 and are tested on the CPU in tests/unit/cluster/.
@@ -325,6 +326,7 @@ class Cluster(object):
         self.before = None
         self.after = None
         self.problems = None
+        self.others = None
         self.netns_inode = None
         self.teardown_seconds = None
         self.teardown_log = []
@@ -398,7 +400,9 @@ class Cluster(object):
         finally:
             self.teardown_seconds = round(time.time() - started, 2)
             self.after = hostclean.snapshot()
-            self.problems = hostclean.compare(self.before, self.after, self.netns_inode, self.layout.markers())
+            self.others = []
+            self.problems = hostclean.compare(self.before, self.after, self.netns_inode, self.layout.markers(),
+                                              others=self.others)
         if self.problems and kind is None:
             raise HostNotClean(self.problems)
         return False

@@ -11,9 +11,11 @@ tests/unit/cluster/) says, one sentence each, what differs. Only differences cou
 
 What is read: the mount table (/proc/self/mountinfo: mount point, file system, source, root); the entries of the
 directories the daemons write into (/run, /run/netns, /var/lib, /var/log, /etc, /opt); the top-level cgroups of
-every hierarchy; the kernel settings the kubelet sets; the host's nftables ruleset (its digest); and processes:
-a process counts as the lane's when it is new and runs in the lane's network namespace, in a kubepods cgroup, or
-names one of the lane's paths on its command line.
+every hierarchy; the kernel settings the kubelet sets; the host's nftables ruleset (its digest, and its lines that
+name the lane's addresses or chains); and processes: a process counts as the lane's when it is new and runs in the
+lane's network namespace, in a kubepods cgroup, or names one of the lane's paths on its command line. The machine is
+shared: a new file or firewall rule that is not of the lane's kind (LANE_NAME, LANE_NFT) is reported apart, as
+another user's, and does not fail the check.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.pa
 # Directories whose entries are compared (new or missing names).
 WATCHED_DIRS = ("/run", "/run/netns", "/var/lib", "/var/log", "/etc", "/opt")
 CGROUP_ROOT = "/sys/fs/cgroup"
+# The machine is shared: another engineer's run may add /etc/gpulab-mps or start a Docker engine (its firewall
+# rules) while the lane runs. A difference counts against the lane when it is of a kind the lane makes (a name of
+# Kubernetes, containerd, CNI, netns, the NVIDIA plugin's paths; a firewall line with the lane's addresses or chains);
+# every other difference is listed apart ("others") and does not fail the check.
+LANE_NAME = re.compile(r"kube|containerd|cni|netns|cdi|nvidia|runc|crictl|etcd|xtables|gpulab-cluster-lane|"
+                       r"^pods$|^containers$")
+LANE_NFT = re.compile(r"gpulab|KUBE-|10\.96\.0\.|10\.123\.0\.|10\.124\.0\.")
 
 
 def sysctl_path(name):
@@ -122,13 +131,22 @@ def processes():
     return found
 
 
-def nft_digest():
-    """SHA-256 of the host's `nft list ruleset` (None when nft is not there): the lane's rules live in its netns."""
+def nft_ruleset():
+    """The host's `nft list ruleset` (None when nft is not there or may not read it): the lane's rules live in its
+    netns, and so do the kubelet's."""
     try:
         proc = subprocess.run(["nft", "list", "ruleset"], capture_output=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return hashlib.sha256(proc.stdout).hexdigest() if proc.returncode == 0 else None
+    return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
+
+
+def nft_summary(ruleset):
+    """{"sha256": digest of the whole ruleset, "lane": [its lines that name the lane's addresses or chains]}."""
+    if ruleset is None:
+        return {"sha256": None, "lane": []}
+    return {"sha256": hashlib.sha256(ruleset.encode()).hexdigest(),
+            "lane": sorted(line.strip() for line in ruleset.splitlines() if LANE_NFT.search(line))}
 
 
 def snapshot(with_processes=True):
@@ -138,7 +156,7 @@ def snapshot(with_processes=True):
         "dirs": dict((d, list_dir(d)) for d in WATCHED_DIRS),
         "cgroups": cgroup_tops(),
         "sysctls": read_sysctls(),
-        "nft": nft_digest(),
+        "nft": nft_summary(nft_ruleset()),
         "processes": dict((str(pid), info) for pid, info in processes().items()) if with_processes else {},
     }
 
@@ -152,11 +170,24 @@ def lane_process(info, netns_inode, markers):
     return any(marker and marker in (info.get("cmdline") or "") for marker in markers)
 
 
-def compare(before, after, netns_inode=None, markers=()):
+def lane_name(path):
+    """Whether a file name is of the kind the lane (Kubernetes, containerd, CNI, ip netns) makes."""
+    return bool(LANE_NAME.search(os.path.basename(path.rstrip("/")) or path))
+
+
+def compare(before, after, netns_inode=None, markers=(), others=None):
     """Sentences, one per difference between two snapshots that the lane can have made; [] when the host is clean.
 
-    markers: strings (paths, a socket) that only the lane's processes have on their command line."""
+    markers: strings (paths, a socket) that only the lane's processes have on their command line.
+    others: a list that receives the differences that are not of the lane's kind (LANE_NAME, LANE_NFT), if given:
+    what another user of the machine changed meanwhile."""
     problems = []
+    others = others if others is not None else []
+
+    def dir_difference(path, names, sentence):
+        for name in names:
+            (problems if lane_name(path) or lane_name(name) else others).append(sentence % (path, name))
+
     old_mounts, new_mounts = list(map(tuple, before["mounts"])), list(map(tuple, after["mounts"]))
     for mount in new_mounts:
         if mount in old_mounts:
@@ -168,15 +199,13 @@ def compare(before, after, netns_inode=None, markers=()):
     for path in sorted(set(before["dirs"]) | set(after["dirs"])):
         was, now = before["dirs"].get(path), after["dirs"].get(path)
         if was is None and now is not None:
-            problems.append("%s exists now and did not before (holds %s)" % (path, ", ".join(now[:8]) or "nothing"))
+            (problems if lane_name(path) else others).append(
+                "%s exists now and did not before (holds %s)" % (path, ", ".join(now[:8]) or "nothing"))
         elif was is not None and now is None:
-            problems.append("%s is gone and was there before" % path)
+            (problems if lane_name(path) else others).append("%s is gone and was there before" % path)
         elif was is not None:
-            added, removed = sorted(set(now) - set(was)), sorted(set(was) - set(now))
-            if added:
-                problems.append("new in %s: %s" % (path, ", ".join(added)))
-            if removed:
-                problems.append("gone from %s: %s" % (path, ", ".join(removed)))
+            dir_difference(path, sorted(set(now) - set(was)), "new in %s: %s")
+            dir_difference(path, sorted(set(was) - set(now)), "gone from %s: %s")
     for hierarchy in sorted(set(before["cgroups"]) | set(after["cgroups"])):
         added = sorted(set(after["cgroups"].get(hierarchy) or []) - set(before["cgroups"].get(hierarchy) or []))
         if added:
@@ -184,9 +213,13 @@ def compare(before, after, netns_inode=None, markers=()):
     for name in sorted(before["sysctls"]):
         if before["sysctls"][name] != after["sysctls"].get(name):
             problems.append("sysctl %s is %s, was %s" % (name, after["sysctls"].get(name), before["sysctls"][name]))
-    if before.get("nft") != after.get("nft"):
-        problems.append("the host's nftables ruleset changed (sha256 %s, was %s)" % (
-            (after.get("nft") or "none")[:12], (before.get("nft") or "none")[:12]))
+    nft_before, nft_after = before.get("nft") or {}, after.get("nft") or {}
+    for line in sorted(set(nft_after.get("lane") or []) - set(nft_before.get("lane") or [])):
+        problems.append("the host's firewall has a rule of the lane's: %s" % line)
+    if nft_before.get("sha256") != nft_after.get("sha256") and set(nft_after.get("lane") or []) <= set(
+            nft_before.get("lane") or []):
+        others.append("the host's nftables ruleset changed, with nothing of the lane's in it (sha256 %s, was %s)" % (
+            (nft_after.get("sha256") or "none")[:12], (nft_before.get("sha256") or "none")[:12]))
     old = dict((pid, info["start"]) for pid, info in before["processes"].items())
     for pid, info in sorted(after["processes"].items(), key=lambda kv: int(kv[0])):
         if old.get(pid) == info["start"]:

@@ -100,6 +100,9 @@ def parse_args(argv=None):
     parser.add_argument("--replicas", type=int, default=20)
     parser.add_argument("--gpus", type=int, default=4)
     parser.add_argument("--gpu-memory-mib", type=int, default=32601, help="per GPU (seed 004: 31.84 GiB)")
+    parser.add_argument("--without-nvidia-handler", action="store_true",
+                        help="give containerd no runtime handler nvidia (to see what a node without the NVIDIA "
+                             "runtime says to runtimeClassName: nvidia)")
     parser.add_argument("--plugin-timeout", type=int, default=240,
                         help="seconds for the rendered device plugin to bring the node's resources to the plan")
     return parser.parse_args(argv)
@@ -159,6 +162,7 @@ def check(results, name, ok, seen, expected=None, note=None):
 # kind of observation, and a pattern of its text. An observation that matches none is a new disagreement.
 KNOWN_FINDINGS = (
     ("F1", "event", r"FailedCreate.*RuntimeClass \"nvidia\"|runtimeclass\.node\.k8s\.io \"nvidia\" not found"),
+    ("F1", "event", r"no runtime for \"nvidia\" is configured"),
     # Not about the objects: the lane's cluster has no DNS service (its kubelet names no clusterDNS).
     ("E1", "event", r"^MissingClusterDNS "),
     # Not about the objects: mountPropagation Bidirectional needs the host path on a shared mount; systemd makes
@@ -411,7 +415,7 @@ class Lane(object):
     def run_cluster(self):
         bins = dict((name, self.found["kube_bin:%s" % name]) for name in (
             "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"))
-        layout = cluster_mod.Layout()
+        layout = cluster_mod.Layout(runtime_handlers=() if self.args.without_nvidia_handler else ("nvidia",))
         self.layout = layout
         self.cluster = cluster_mod.Cluster(layout, bins, self.logs, images=[i["tar"] for i in self.images.values()],
                                            log=self.log)
@@ -426,7 +430,7 @@ class Lane(object):
                     self.device_plugin(c)
                 finally:
                     self.collect(c)
-                    self.results["timings"]["teardown started after"] = round(time.time() - started, 2)
+                    self.results["timings"]["cluster up until the teardown"] = round(time.time() - started, 2)
         except cluster_mod.HostNotClean:
             pass
         except cluster_mod.LaneError as error:
@@ -438,6 +442,7 @@ class Lane(object):
             self.results["timings"]["teardown"] = c.teardown_seconds
             self.results["teardown_log"] = c.teardown_log
             self.results["host_problems"] = c.problems
+            self.results["host_other_changes"] = c.others
             self.results["timings"].update(("cluster: " + k, v) for k, v in c.timings.items())
             if c.problems is not None:
                 check(self.checks, "the host is as the lane found it (processes, mounts, netns, cgroups, state "
@@ -523,7 +528,8 @@ class Lane(object):
             timings["device plugin registered, after apply"] = round(registered - apply_started, 2)
         if reached:
             timings["%s: %s on the node, after apply" % (RESOURCE, want[RESOURCE])] = round(reached - apply_started, 2)
-            timings["%s: %s on the node, from an empty cluster" % (RESOURCE, want[RESOURCE])] = round(reached - t0, 2)
+            timings["%s: %s on the node, from an empty cluster (the smoke checks in between)" % (
+                RESOURCE, want[RESOURCE])] = round(reached - t0, 2)
         status = c.kubectl_json("get", "node", node)
         gaps = _device_plugin.resource_gaps(status, want)
         self.results["node_resources"] = {"capacity": status["status"].get("capacity"),
@@ -605,8 +611,11 @@ class Lane(object):
             proc = c.kubectl("apply", "-f", "-", input=json.dumps(runtime_class), check=False)
             self.results["adaptations"].append({
                 "what": "runtimeclass", "done": "applied RuntimeClass nvidia (handler nvidia) as the kind_cluster "
-                "role's cluster_ready stage renders it (_kind.runtime_class); the lane's containerd has a handler "
-                "nvidia that is plain runc", "exit": proc.returncode, "output": (proc.stdout + proc.stderr).strip()})
+                "role's cluster_ready stage renders it (_kind.runtime_class); %s" % (
+                    "the lane's containerd has a handler nvidia that is plain runc" if "nvidia" in
+                    self.layout.runtime_handlers else "the lane's containerd has NO handler nvidia "
+                    "(--without-nvidia-handler)"),
+                "exit": proc.returncode, "output": (proc.stdout + proc.stderr).strip()})
             self.log("adapted: RuntimeClass nvidia applied (%s)" % (proc.stdout + proc.stderr).strip())
         for observation in self.results["observations"]:
             match = SHARED_MOUNT_RE.search(observation.get("message", ""))
@@ -723,6 +732,9 @@ class Lane(object):
                                                          o.get("message", "")[:500]))
         for a in r["adaptations"]:
             lines.append("  adapted: %s (%s)" % (a["done"], a["output"] or "exit %s" % a["exit"]))
+        if r.get("host_other_changes"):
+            lines.append("changed on the host during the run, not of the lane's kind (another user's?): %s" % "; ".join(
+                r["host_other_changes"]))
         for key, value in sorted((r.get("facts") or {}).items()):
             lines.append("seen: %s: %s" % (key, json.dumps(value)))
         if r["timings"]:

@@ -35,7 +35,7 @@ BEFORE = {
     "dirs": {"/run": ["lock", "shm"], "/run/netns": None, "/var/lib": ["dpkg"], "/var/log": ["apt"]},
     "cgroups": {"/sys/fs/cgroup/cpu": ["user.slice"], "/sys/fs/cgroup/unified": []},
     "sysctls": {"vm.overcommit_memory": "0", "kernel.panic": "1", "kernel.panic_on_oops": "0"},
-    "nft": "aaaa",
+    "nft": {"sha256": "aaaa", "lane": []},
     "processes": {"1": {"start": 10, "cmdline": "/sbin/init", "netns": 111, "kubepods": False},
                   "500": {"start": 900, "cmdline": "python3 editor.py", "netns": 111, "kubepods": False}},
 }
@@ -78,29 +78,55 @@ def test_a_mount_counted_twice_needs_both_gone():
 
 def test_directories_made_and_entries_added_or_removed():
     dirs = {"/run": ["containerd", "lock"], "/run/netns": ["cni-1234"], "/var/lib": ["dpkg", "kubelet"],
-            "/var/log": None}
+            "/var/log": ["apt", "pods"]}
     assert hostclean.compare(BEFORE, after(dirs=dirs)) == [
         "new in /run: containerd",
-        "gone from /run: shm",
         "/run/netns exists now and did not before (holds cni-1234)",
         "new in /var/lib: kubelet",
-        "/var/log is gone and was there before",
+        "new in /var/log: pods",
     ]
 
 
+def test_what_another_user_changed_meanwhile_is_apart():
+    """Seen 2026-12-04: another engineer's hostile-user tests made /etc/gpulab-mps during a lane run."""
+    before = after(dirs=dict(BEFORE["dirs"], **{"/etc": ["hosts"]}))
+    others = []
+    problems = hostclean.compare(before, after(dirs={"/run": ["lock"], "/run/netns": None, "/var/lib": ["dpkg"],
+                                                     "/var/log": None, "/etc": ["gpulab-mps", "hosts"]}),
+                                 others=others)
+    assert problems == []
+    assert others == ["new in /etc: gpulab-mps", "gone from /run: shm", "/var/log is gone and was there before"]
+
+
 def test_cgroups_sysctls_and_the_firewall():
+    rule = "ip daddr 10.96.0.1 tcp dport 443 dnat to 10.123.0.1:6443"
     problems = hostclean.compare(BEFORE, after(
         cgroups={"/sys/fs/cgroup/cpu": ["kubepods", "user.slice"], "/sys/fs/cgroup/unified": ["kubepods.slice"]},
         sysctls={"vm.overcommit_memory": "1", "kernel.panic": "10", "kernel.panic_on_oops": "1"},
-        nft="bbbb"))
+        nft={"sha256": "bbbb", "lane": [rule]}))
     assert problems == [
         "cgroup left in /sys/fs/cgroup/cpu: kubepods",
         "cgroup left in /sys/fs/cgroup/unified: kubepods.slice",
         "sysctl kernel.panic is 10, was 1",
         "sysctl kernel.panic_on_oops is 1, was 0",
         "sysctl vm.overcommit_memory is 1, was 0",
-        "the host's nftables ruleset changed (sha256 bbbb, was aaaa)",
+        "the host's firewall has a rule of the lane's: " + rule,
     ]
+
+
+def test_a_firewall_changed_by_someone_else_is_apart():
+    others = []
+    assert hostclean.compare(BEFORE, after(nft={"sha256": "cccc", "lane": []}), others=others) == []
+    assert others == ["the host's nftables ruleset changed, with nothing of the lane's in it (sha256 cccc, was aaaa)"]
+
+
+def test_nft_summary_keeps_the_lanes_lines():
+    ruleset = ("table ip filter {\n  chain DOCKER {\n  }\n}\ntable ip gpulab_lane {\n"
+               "  chain output { ip daddr 10.96.0.1 tcp dport 443 dnat to 10.123.0.1:6443 }\n}\n")
+    summary = hostclean.nft_summary(ruleset)
+    assert summary["lane"] == ["chain output { ip daddr 10.96.0.1 tcp dport 443 dnat to 10.123.0.1:6443 }",
+                               "table ip gpulab_lane {"]
+    assert hostclean.nft_summary(None) == {"sha256": None, "lane": []}
 
 
 @pytest.mark.parametrize("info, reported", [
