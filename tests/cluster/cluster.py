@@ -648,13 +648,16 @@ class Cluster(object):
                 self.note("umount %s" % point)
 
     def remove_cgroups(self):
+        removed = 0
         for hierarchy, names in hostclean.cgroup_tops().items():
             for name in names:
                 if name.startswith("kubepods") and name not in (self.before["cgroups"].get(hierarchy) or []):
                     for root, dirs, _files in os.walk(os.path.join(hierarchy, name), topdown=False):
                         for directory in dirs:
-                            _rmdir(os.path.join(root, directory))
-                    _rmdir(os.path.join(hierarchy, name))
+                            removed += _rmdir(os.path.join(root, directory))
+                    removed += _rmdir(os.path.join(hierarchy, name))
+        if removed:
+            self.note("removed %d kubepods cgroup(s) the kubelet made" % removed)
 
     def delete_netns(self):
         if os.path.lexists(self.layout.netns_path):
@@ -710,8 +713,9 @@ def _kill(pid):
 def _rmdir(path):
     try:
         os.rmdir(path)
+        return 1
     except OSError:
-        pass
+        return 0
 
 
 def _unlink(path):
