@@ -46,6 +46,7 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,6 +64,13 @@ REMOVABLE = {
     "/etc": ("cni",),
     "/opt": ("cni", "containerd"),
 }
+
+
+BEFORE_FILE = "host-before.json"   # in Layout.state: what the host was, for a teardown after the lane was killed
+# The lane's daemons, in start order, as their command lines begin (`recover` adopts them by pid).
+DAEMONS = (("etcd", r"^etcd --name lane "), ("kube-apiserver", r"^\S*kube-apiserver "),
+           ("kube-controller-manager", r"^\S*kube-controller-manager "), ("kube-scheduler", r"^\S*kube-scheduler "),
+           ("containerd", r"^containerd --config "), ("kubelet", r"^\S*kubelet --config="))
 
 
 class LaneError(RuntimeError):
@@ -310,6 +318,43 @@ def node_ready(node):
 
 # --- the cluster ------------------------------------------------------------------------------------------------
 
+class Adopted(object):
+    """A daemon of a lane that was killed, found by its pid: what Cluster.stop() needs of a Popen."""
+
+    def __init__(self, pid, args):
+        self.pid = pid
+        self.args = args
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                with open("/proc/%d/stat" % self.pid) as handle:
+                    state = handle.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = None
+            if state in (None, "Z", "X"):
+                self.returncode = "gone"
+        return self.returncode
+
+    def send_signal(self, signum):
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout=None):
+        deadline = time.time() + (timeout if timeout is not None else 3600)
+        while self.poll() is None:
+            if time.time() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.1)
+        return self.returncode
+
+
 class Cluster(object):
     """The running cluster (a context manager: teardown and the host check always run on the way out)."""
 
@@ -331,6 +376,7 @@ class Cluster(object):
         self.teardown_seconds = None
         self.teardown_log = []
         self.import_error = None
+        self.graceful = True       # pods deleted through the API first (not when recovering a killed lane)
         self.t0 = None
 
     # helpers
@@ -395,6 +441,10 @@ class Cluster(object):
 
     def __exit__(self, kind, value, traceback):
         started = time.time()
+        # SIGTERM or ^C during the teardown would leave the host half undone: they wait until it is over.
+        masked = threading.current_thread() is threading.main_thread()
+        if masked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
             self.teardown()
         finally:
@@ -403,9 +453,38 @@ class Cluster(object):
             self.others = []
             self.problems = hostclean.compare(self.before, self.after, self.netns_inode, self.layout.markers(),
                                               others=self.others)
+            if masked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         if self.problems and kind is None:
             raise HostNotClean(self.problems)
         return False
+
+    def save_before(self):
+        with open(os.path.join(self.layout.state, BEFORE_FILE), "w") as handle:
+            json.dump({"before": self.before, "netns_inode": self.netns_inode, "started": self.t0}, handle)
+
+    def recover(self):
+        """The teardown and the host check of a lane that was killed (SIGKILL, a lost session): its record of the
+        host (Layout.state/host-before.json) and its daemons found by their command lines."""
+        path = os.path.join(self.layout.state, BEFORE_FILE)
+        try:
+            with open(path) as handle:
+                record = json.load(handle)
+        except (OSError, ValueError) as error:
+            raise LaneError("no record of the host before the lane (%s: %s): nothing to recover from" % (path, error))
+        self.before, self.netns_inode = record["before"], record.get("netns_inode")
+        self.graceful = False
+        found = {}
+        for pid, info in sorted(hostclean.processes().items()):
+            if not any(marker in info["cmdline"] for marker in self.layout.markers()):
+                continue
+            for name, pattern in DAEMONS:
+                if re.match(pattern, info["cmdline"]) and name not in found:
+                    found[name] = Adopted(pid, info["cmdline"].split())
+        self.procs = [(name, found[name]) for name, _pattern in DAEMONS if name in found]
+        self.note("recovering: found %s" % (", ".join("%s (pid %d)" % (n, p.pid) for n, p in self.procs) or
+                                             "no daemon of the lane running"))
+        return self.__exit__(None, None, None)
 
     def preflight(self):
         """Refuse to start over something that is already there (another kubelet, an earlier lane left behind)."""
@@ -415,8 +494,9 @@ class Cluster(object):
         in_the_way = [p for p in (layout.kubelet_root, layout.state, layout.data, layout.netns_path)
                       if os.path.lexists(p)]
         if in_the_way:
-            raise LaneError("%s already exist(s): another kubelet or an earlier lane run that was not torn down; "
-                            "remove it first (nothing was started)" % ", ".join(in_the_way))
+            raise LaneError("%s already exist(s): another kubelet, or a lane run that was killed before its teardown "
+                            "(`python tests/cluster/lane.py --recover` tears that one down and checks the host); "
+                            "nothing was started" % ", ".join(in_the_way))
         for tool in ("ip", "nsenter", "openssl", "curl", "nft", "etcd", "containerd", "ctr", "runc"):
             if not shutil.which(tool):
                 raise LaneError("%s is not on PATH: the lane needs iproute2, util-linux, openssl, curl, nftables and "
@@ -435,8 +515,10 @@ class Cluster(object):
         for sub in ("pki", "cni/net.d", "containerd"):
             os.makedirs(os.path.join(layout.state, sub), mode=0o700, exist_ok=True)
         # 1. the namespace
+        self.save_before()
         self.run(["ip", "netns", "add", layout.netns])
         self.netns_inode = os.stat(layout.netns_path).st_ino
+        self.save_before()
         self.run(["ip", "-n", layout.netns, "link", "set", "lo", "up"])
         self.run(["ip", "-n", layout.netns, "addr", "add", "%s/32" % layout.node_ip, "dev", "lo"])
         self.run(["nft", "-f", "-"], input=nft_rules(layout), netns=True)
@@ -556,7 +638,6 @@ class Cluster(object):
         return any(n == name and p.poll() is None for n, p in self.procs)
 
     def teardown(self):
-        layout = self.layout
         steps = [self.delete_workloads, lambda: self.stop("kubelet", 30), self.remove_containers,
                  lambda: self.stop("containerd", 20), self.kill_shims,
                  lambda: self.stop("kube-scheduler"), lambda: self.stop("kube-controller-manager"),
@@ -568,12 +649,11 @@ class Cluster(object):
                 step()
             except Exception as error:  # noqa: BLE001 - every step runs; the host check says what is left
                 self.note("%s failed: %s: %s" % (getattr(step, "__name__", "a step"), type(error).__name__, error))
-        del layout
 
     def delete_workloads(self):
         """Everything with pods, deleted through the API while the kubelet runs (it stops the sandboxes, their
         networks and mounts); the DaemonSets first so that nothing comes back."""
-        if not (self.alive("kubelet") and self.alive("kube-apiserver")):
+        if not (self.graceful and self.alive("kubelet") and self.alive("kube-apiserver")):
             return
         namespaces = [n["metadata"]["name"] for n in self.kubectl_json("get", "namespaces")["items"]
                       if n["metadata"]["name"] not in ("default", "kube-system", "kube-public", "kube-node-lease")]

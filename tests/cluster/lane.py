@@ -5,6 +5,7 @@
 
     python tests/cluster/lane.py --kube-bin DIR --dp-bin DIR --nvml-mock DIR --out OUT [--keep-going]   # as root
     make cluster-lane KUBE_BIN=DIR DP_BIN=DIR NVML_MOCK=DIR [OUT=dir]
+    python tests/cluster/lane.py --recover      # after a lane that was killed (SIGKILL) before its teardown
 
 The project builds none of the binaries; each folder holds what a user takes from a release (BINARIES below names
 every file and where it comes from), plain or gzipped as NAME.gz. binaries.take() (tests/gpu/device_plugin) checks
@@ -38,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,7 +96,9 @@ def parse_args(argv=None):
     parser.add_argument("--nvml-mock", default="", help="NVIDIA's mock NVML: usr/lib64/libnvidia-ml.so.1 and its "
                         "H100 profile as config/config.yaml")
     parser.add_argument("--sha256", help="a sha256sum-format file of the binaries (paths relative to their folder)")
-    parser.add_argument("--out", required=True, help="where summary.txt, results.json and logs/ go")
+    parser.add_argument("--out", help="where summary.txt, results.json and logs/ go (required but with --recover)")
+    parser.add_argument("--recover", action="store_true",
+                        help="only tear down a lane run that was killed before its teardown, and check the host")
     parser.add_argument("--keep-going", action="store_true", help="run every check even after one failed")
     parser.add_argument("--owner", choices=("host", "plugin"), default="host", help="the MPS owner rendered")
     parser.add_argument("--replicas", type=int, default=20)
@@ -105,7 +109,10 @@ def parse_args(argv=None):
                              "runtime says to runtimeClassName: nvidia)")
     parser.add_argument("--plugin-timeout", type=int, default=240,
                         help="seconds for the rendered device plugin to bring the node's resources to the plan")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.out and not args.recover:
+        parser.error("the following arguments are required: --out")
+    return args
 
 
 def missing_folders(args):
@@ -332,7 +339,7 @@ class Lane(object):
             self.run_cluster()
         except Stop as stop:
             self.results["stopped_at"] = str(stop)
-        except Exception as error:  # noqa: BLE001 - the record must be written whatever broke
+        except (Exception, KeyboardInterrupt, SystemExit) as error:  # noqa: BLE001 - the record is always written
             self.results["setup_error"] = "%s: %s\n%s" % (type(error).__name__, error, traceback.format_exc()[-3000:])
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -765,7 +772,10 @@ def _device_plugin_gaps(c, node, want):
 
 
 def binary_line(entry):
-    version = (entry.get("version") or "").strip().splitlines()
+    """path, SHA-256 prefix and the first line of what it printed (of a --help: the line that names the program)."""
+    version = [line.strip() for line in (entry.get("version") or "").strip().splitlines() if line.strip()]
+    if version and version[0] == "NAME:" and len(version) > 1:
+        version = ["no --version; --help: " + version[1]]
     return "%s sha256 %s (%s)" % (entry["path"], entry["sha256"][:12], version[0][:80] if version else "data")
 
 
@@ -787,10 +797,39 @@ def _read(path):
         return None
 
 
+def _terminated(signum, frame):
+    raise SystemExit("stopped by signal %d (the teardown and the host check still run)" % signum)
+
+
+def recover():
+    """Tear down what a killed lane left (its daemons, mounts, netns, cgroups, sysctls, directories) and check the
+    host against the record the lane made before it started."""
+    layout = cluster_mod.Layout()
+    log_dir = tempfile.mkdtemp(prefix="gpulab-cluster-lane-recover-")
+    lane_cluster = cluster_mod.Cluster(layout, {}, log_dir)
+    try:
+        lane_cluster.recover()
+    except cluster_mod.HostNotClean as error:
+        print(str(error))
+        return 1
+    except cluster_mod.LaneError as error:
+        print("cannot recover: %s" % error)
+        return 2
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    print("recovered in %.1f s; the host is as the lane found it%s" % (lane_cluster.teardown_seconds, (
+        " (changed meanwhile, not of the lane's kind: %s)" % "; ".join(lane_cluster.others))
+        if lane_cluster.others else ""))
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.recover:
+        return recover()
     return Lane(args).main()
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)   # a killed lane still tears its cluster down
     sys.exit(main())

@@ -167,3 +167,45 @@ def test_a_lane_that_is_not_root_starts_nothing(monkeypatch, tmp_path):
     with pytest.raises(cluster.LaneError, match="runs as root"):
         lane_cluster.preflight()
     assert not (tmp_path / "state").exists()
+
+
+# The command lines of the lane's daemons as /proc showed them (lane run of 2026-12-04, killed before its teardown).
+CMDLINES = {
+    "etcd": "etcd --name lane --data-dir /var/lib/gpulab-cluster-lane/etcd --listen-client-urls http://127.0.0.1:2379",
+    "kube-apiserver": "/tmp/gpulab-cluster-lane-n4avs9kz/kube_bin/kube-apiserver --etcd-servers=http://127.0.0.1:2379 "
+                      "--tls-cert-file=/run/gpulab-cluster-lane/pki/apiserver.crt",
+    "kube-controller-manager": "/tmp/gpulab-cluster-lane-n4avs9kz/kube_bin/kube-controller-manager "
+                               "--kubeconfig=/run/gpulab-cluster-lane/pki/controller-manager.kubeconfig",
+    "kube-scheduler": "/tmp/gpulab-cluster-lane-n4avs9kz/kube_bin/kube-scheduler "
+                      "--kubeconfig=/run/gpulab-cluster-lane/pki/scheduler.kubeconfig",
+    "containerd": "containerd --config /run/gpulab-cluster-lane/containerd/config.toml",
+    "kubelet": "/tmp/gpulab-cluster-lane-n4avs9kz/kube_bin/kubelet --config=/run/gpulab-cluster-lane/kubelet.json",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CMDLINES))
+def test_recover_knows_each_daemon_by_its_command_line(name):
+    import re
+    matches = [n for n, pattern in cluster.DAEMONS if re.match(pattern, CMDLINES[name])]
+    assert matches == [name]
+    assert any(marker in CMDLINES[name] for marker in LAYOUT.markers())
+
+
+def test_an_adopted_daemon_is_stopped_by_its_pid():
+    import subprocess
+    import time
+    child = subprocess.Popen(["sleep", "60"])
+    adopted = cluster.Adopted(child.pid, ["sleep", "60"])
+    assert adopted.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        adopted.wait(timeout=0.2)
+    adopted.send_signal(15)
+    child.wait(timeout=10)          # reaped here, as init reaps the orphan of a killed lane
+    time.sleep(0.1)
+    assert adopted.wait(timeout=5) == "gone"
+
+
+def test_recover_without_a_record_says_so(tmp_path):
+    lane_cluster = cluster.Cluster(cluster.Layout(state=str(tmp_path / "state")), {}, str(tmp_path))
+    with pytest.raises(cluster.LaneError, match="no record of the host before the lane"):
+        lane_cluster.recover()

@@ -224,3 +224,14 @@ def test_a_run_without_binaries_writes_its_record_and_fails(tmp_path, capsys):
     assert "--kube-bin is not given" in summary and summary.rstrip().splitlines()[-1].startswith("VERDICT: FAIL")
     results = json.loads((out / "results.json").read_text())
     assert results["ok"] is False and results["checks"] == []
+
+
+@pytest.mark.parametrize("version, shown", [
+    ("NVIDIA Device Plugin version v0.20.0\ncommit: 1b826acc", "NVIDIA Device Plugin version v0.20.0"),
+    ("NAME:\n   config-manager - A new cli application\n\nUSAGE:", "no --version; --help: config-manager - A new cli "
+                                                                   "application"),
+    (None, "data"),
+])
+def test_binary_line(version, shown):
+    assert lane.binary_line({"path": "p", "sha256": "ab" * 32, "version": version}) == "p sha256 %s (%s)" % (
+        "ab" * 6, shown)
