@@ -18,7 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 sys.path.insert(0, os.path.join(ROOT, "tests", "cluster"))
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
-import lane  # noqa: E402
+import lane_module  # noqa: E402
+
+lane = lane_module.load()
 import binaries  # noqa: E402  (tests/gpu/device_plugin, put on the path by lane)
 
 # What the real cluster said, verbatim (lane runs of 2026-12-04, summary of docs/evidence/2026-12-04-cluster-lane).

@@ -20,7 +20,9 @@ from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "cluster"))
 
-import lane  # noqa: E402
+import lane_module  # noqa: E402
+
+lane = lane_module.load()
 
 
 @pytest.mark.parametrize("owner", ["host", "plugin"])
