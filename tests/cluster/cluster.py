@@ -482,8 +482,8 @@ class Cluster(object):
                 if re.match(pattern, info["cmdline"]) and name not in found:
                     found[name] = Adopted(pid, info["cmdline"].split())
         self.procs = [(name, found[name]) for name, _pattern in DAEMONS if name in found]
-        self.note("recovering: found %s" % (", ".join("%s (pid %d)" % (n, p.pid) for n, p in self.procs) or
-                                             "no daemon of the lane running"))
+        found_text = ", ".join("%s (pid %d)" % (n, p.pid) for n, p in self.procs)
+        self.note("recovering: found %s" % (found_text or "no daemon of the lane running"))
         return self.__exit__(None, None, None)
 
     def preflight(self):
@@ -715,7 +715,7 @@ class Cluster(object):
         before = [tuple(m) for m in self.before["mounts"]]
         prefixes = (self.layout.kubelet_root, self.layout.state, self.layout.data, "/run/netns/",
                     "/run/containerd", "/run/nvidia", "/var/run/netns/")
-        for _ in range(3):
+        for _attempt in range(3):
             mounts = hostclean.parse_mountinfo(open("/proc/self/mountinfo").read())
             new = [m for m in mounts if m not in before and m[0] not in ("/run/netns", self.layout.netns_path)
                    and (m[0] + "/").startswith(tuple(p if p.endswith("/") else p + "/" for p in prefixes))]
@@ -774,7 +774,7 @@ class Cluster(object):
         before = self.before["dirs"]
         for parent in sorted(REMOVABLE):
             for name in hostclean.list_dir(parent) or []:
-                if removable(before, parent, name) and not (parent, name) == ("/run", "netns"):
+                if removable(before, parent, name) and (parent, name) != ("/run", "netns"):
                     path = os.path.join(parent, name)
                     if os.path.isdir(path) and not os.path.islink(path):
                         shutil.rmtree(path, ignore_errors=True)

@@ -400,7 +400,7 @@ class Lane(object):
         started = time.time()
         self.images = {}
         tools = images.tools_tree(os.path.join(ROOT, "tests", "standins", "nvidia-cuda-mps-control"))
-        dp = dict((name.split("/")[-1], self.found["dp_bin:%s" % name]) for name in (
+        dp = dict((name.rsplit("/", maxsplit=1)[-1], self.found["dp_bin:%s" % name]) for name in (
             "upstream/nvidia-device-plugin", "upstream/mps-control-daemon", "upstream/config-manager"))
         with open(self.profile_path) as handle:
             profile = handle.read()
@@ -454,8 +454,8 @@ class Lane(object):
             if c.problems is not None:
                 check(self.checks, "the host is as the lane found it (processes, mounts, netns, cgroups, state "
                       "directories, sysctls, nftables)", not c.problems, c.problems or "clean")
-            self.log("teardown %.1f s; host %s" % (c.teardown_seconds or 0,
-                                                    "clean" if not c.problems else "NOT CLEAN: %s" % c.problems))
+            state = "clean" if not c.problems else "NOT CLEAN: %s" % c.problems
+            self.log("teardown %.1f s; host %s" % (c.teardown_seconds or 0, state))
 
     def smoke(self, c):
         c.wait_for("serviceaccount default", lambda: c.kubectl("get", "serviceaccount", "default",
@@ -650,6 +650,7 @@ class Lane(object):
             for name in ("a pod asking for 1 %s" % RESOURCE, "a pod asking for 2 %s" % RESOURCE):
                 self.need("%s (not run: the node does not carry the plan)" % name, False, "not run")
             return
+
         def gpu_pod(name, count):
             return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
                     "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "hostNetwork": True,
@@ -691,8 +692,8 @@ class Lane(object):
                 break
             time.sleep(0.5)
         self.need("a pod asking for 2 %s is refused (failRequestsGreaterThanOne)" % RESOURCE,
-                  two.get("phase") == "Failed", {"phase": two.get("phase"), "reason": two.get("reason"),
-                                                "message": two.get("message")})
+                  two.get("phase") == "Failed",
+                  {"phase": two.get("phase"), "reason": two.get("reason"), "message": two.get("message")})
 
     def collect(self, c):
         """What the cluster holds, for the record (before the teardown removes it)."""
@@ -734,9 +735,9 @@ class Lane(object):
             lines += ["", "what the real cluster said about the rendered objects (%d; known findings: "
                       "tests/cluster/FINDINGS.md):" % len(r["observations"])]
             for o in r["observations"]:
-                lines.append("  %s %s %s %s: %s: %s" % (o.get("finding") or "NEW", o["kind"], o["object"],
-                                                         o.get("container") or "", o.get("reason"),
-                                                         o.get("message", "")[:500]))
+                lines.append("  %s %s %s %s: %s: %s" % (
+                    o.get("finding") or "NEW", o["kind"], o["object"], o.get("container") or "", o.get("reason"),
+                    o.get("message", "")[:500]))
         for a in r["adaptations"]:
             lines.append("  adapted: %s (%s)" % (a["done"], a["output"] or "exit %s" % a["exit"]))
         if r.get("host_other_changes"):

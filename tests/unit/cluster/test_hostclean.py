@@ -143,8 +143,8 @@ def test_new_processes_count_only_when_they_are_the_lanes(info, reported):
 
 
 def test_a_reused_pid_is_a_new_process():
-    processes = dict(BEFORE["processes"], **{"500": {"start": 3000, "cmdline": "/usr/bin/etcd", "netns": LANE_NETNS,
-                                                    "kubepods": False}})
+    reused = {"start": 3000, "cmdline": "/usr/bin/etcd", "netns": LANE_NETNS, "kubepods": False}
+    processes = dict(BEFORE["processes"], **{"500": reused})
     assert hostclean.compare(BEFORE, after(processes=processes), LANE_NETNS, MARKERS) == [
         "process left: pid 500 /usr/bin/etcd"]
 
