@@ -333,7 +333,8 @@ class Lane(object):
                 return self.report()
             self.found = found
             self.results["packages"] = package_versions()
-            sys.path.insert(0, collection_path())
+            self.collection_dir = collection_path()
+            sys.path.insert(0, self.collection_dir)
             self.render()
             self.make_images()
             self.run_cluster()
@@ -343,6 +344,8 @@ class Lane(object):
             self.results["setup_error"] = "%s: %s\n%s" % (type(error).__name__, error, traceback.format_exc()[-3000:])
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
+            if getattr(self, "collection_dir", None):
+                shutil.rmtree(self.collection_dir, ignore_errors=True)   # a symlink to the checkout: not followed
         return self.report()
 
     # 1. render
