@@ -28,7 +28,7 @@ WHEELHOUSE ?= wheelhouse
 WHEEL_PYTHON ?= 3.12
 
 .PHONY: help venv collection lab test lint unit hostile render metrics sanity molecule molecule-default molecule-fleet molecule-kind-host \
-	images standins wheelhouse gpu-lane benchmark fleet-scale teardown clean
+	images standins wheelhouse gpu-lane cluster-lane benchmark fleet-scale teardown clean
 
 help:
 	@echo "make lab        run site.yml against $(INVENTORY) (TAGS=..., SKIP_TAGS=..., ANSIBLE_ARGS=...; WHEELS=dir offline)"
@@ -37,6 +37,7 @@ help:
 	@echo "make teardown   undo what the lab created"
 	@echo "make wheelhouse build $(WHEELHOUSE)/ for an air-gapped GPU host (Python $(WHEEL_PYTHON))"
 	@echo "make gpu-lane   the GPU integration lane (on a GPU host; WHEELS=dir to install offline)"
+	@echo "make cluster-lane KUBE_BIN=dir DP_BIN=dir NVML_MOCK=dir   a real single-node Kubernetes here (root; OUT=dir)"
 	@echo "make benchmark  MPS vs time-slicing benchmark (on a GPU host)"
 
 # --- set-up ---------------------------------------------------------------------------------------
@@ -141,6 +142,18 @@ wheelhouse: collection
 
 gpu-lane:
 	tests/gpu/run.sh $(if $(WHEELS),--wheels $(WHEELS))
+
+# --- the cluster lane (a real single-node Kubernetes on this machine; root) --------------------------------------------
+# The binaries are the user's, taken from releases (tests/cluster/lane.py names each file and where it comes from);
+# without them the lane says what is missing and fails. OWNER=plugin renders the plugin's own MPS daemon instead.
+KUBE_BIN ?=
+DP_BIN ?=
+NVML_MOCK ?=
+OUT ?= tests/output/cluster-lane
+OWNER ?= host
+cluster-lane: collection
+	python tests/cluster/lane.py --kube-bin "$(KUBE_BIN)" --dp-bin "$(DP_BIN)" --nvml-mock "$(NVML_MOCK)" \
+	  --out "$(OUT)" --owner "$(OWNER)" $(CLUSTER_LANE_ARGS)
 
 benchmark: collection
 	ansible-playbook playbooks/benchmark.yml -i $(INVENTORY) $(ANSIBLE_ARGS)
