@@ -14,7 +14,7 @@ options:
       - The host's MPS plan, the fact C(preflight_mps_plan) that the C(gpulab.mps.preflight) role sets
         (M(gpulab.mps.mps_plan)) - its control binary, pipe, log and state directories, the daemon's environment,
         devices and defaults are used as they are, already checked, and NVML is not read again.
-      - It overrides O(pipe_directory), O(log_directory), O(control_binary) and O(state_directory). Without it,
+      - It overrides O(pipe_directory), O(log_directory), O(control_binary) and the state directory. Without it,
         those options are checked and resolved by the same code that makes a plan.
     type: dict
   pipe_directory:

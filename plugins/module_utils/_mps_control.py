@@ -524,8 +524,8 @@ class MpsControl(object):
         identity = state.get("identity") or self.daemon_identity(state.get("pid"))
         if control_log and control_log.get("waiting"):
             # A queued client that is gone (it gave up) waits for nothing.
-            control_log = dict(control_log, waiting=dict((pid, c) for pid, c in control_log["waiting"].items()
-                                                          if pid_alive(pid)))
+            live = dict((pid, c) for pid, c in control_log["waiting"].items() if pid_alive(pid))
+            control_log = dict(control_log, waiting=live)
         asked = self.record.shutdowns(identity) if self.record is not None and identity else set()
         if asked and control_log:
             servers = dict((pid, dict(s, requested=True) if pid in asked and s.get("exited") else s)

@@ -245,10 +245,10 @@ def two_users(args):
     seen = {}
     for name, proc in procs:
         try:
-            out, _ = proc.communicate(timeout=60)
+            out, _err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
+            out, _err = proc.communicate()
         seen[name] = {"uid": state["users"][name], "rc": proc.returncode, "said": out.decode("utf-8", "replace")}
     print(json.dumps(seen, indent=1, sort_keys=True))
 
@@ -271,7 +271,7 @@ def stop(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("action", choices=["start", "odd-commands", "fault", "check", "two-users", "stop"])
     parser.add_argument("--state", required=True)
     parser.add_argument("--pipe", default="/tmp/nvidia-mps")

@@ -45,7 +45,7 @@ def main(argv):
         elif words == ["ps"] and scenario.get("ps_rows"):
             rows = b"".join(row.encode("utf-8") + b"\n" for row in scenario["ps_rows"])
             if out.startswith(b"PID"):
-                header, _, rest = out.partition(b"\n")
+                header, _newline, rest = out.partition(b"\n")
                 out = header + b"\n" + rows + rest
             else:
                 out = HEADER + b"\n" + rows

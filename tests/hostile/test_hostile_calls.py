@@ -106,7 +106,7 @@ def test_a_flood_of_output_does_not_go_into_the_collectors_messages(lab, root_di
     binary = flooding_binary(root_dir)
     collector = h.install_collector(os.path.join(root_dir, "metrics"),
                                     h.plan_for(lab, str(tmp_path), control_binary=binary), timeout=TIMEOUT)
-    rc, text, _ = h.run_collector(collector, limit=300)
+    rc, text, _elapsed = h.run_collector(collector, limit=300)
     assert len(text) < 2 * MIB, "the collector printed %.1f MiB (its journal gets all of it)" % (len(text) / float(MIB))
     assert rc == 1, text[:3000]
     assert h.series(collector)["gpulab_mps_collector_success"] == 0

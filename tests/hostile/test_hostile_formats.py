@@ -79,7 +79,7 @@ def test_a_bad_service_name_is_refused_before_anything_is_written(lab, root_dir,
         str(tmp_path), env=dict(os.environ, PATH=bindir + os.pathsep + os.environ["PATH"]))
     out = h.oneline(done.stdout)
     written = {}
-    for folder, _, files in list(os.walk(units)) + list(os.walk(tmpfiles)):
+    for folder, _dirs, files in list(os.walk(units)) + list(os.walk(tmpfiles)):
         for entry in files:
             with open(os.path.join(folder, entry), errors="replace") as handle:
                 written[os.path.join(folder, entry)] = handle.read()

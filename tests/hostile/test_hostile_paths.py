@@ -24,7 +24,6 @@ import _hostile as h
 pytestmark = h.NEEDS_ROOT
 
 
-
 @pytest.fixture
 def private(root_dir):
     """A directory only root may enter, with a secret in it: what a planted link aims at."""
@@ -75,7 +74,7 @@ def metrics_role(lab, folder, wheelhouse, **paths):
     ("mps_metrics_textfile_directory", "his-own-directory"),
     ("mps_metrics_config_directory", "link-to-roots-directory")])
 def test_the_metrics_role_writes_in_no_directory_another_user_planted(lab, intruder, private, wheelhouse, tmp_path,
-                                                                     option, planted):
+                                                                      option, planted):
     """node_exporter's textfile directory sits in a directory of another user (Debian's /var/lib/prometheus is the
     prometheus user's); so, here, does the collector's configuration directory. He plants a link there, in place of
     the directory, to a directory of root's; or makes that directory himself."""
@@ -99,7 +98,7 @@ def test_the_metrics_role_writes_in_no_directory_another_user_planted(lab, intru
 
 
 def test_the_metrics_role_runs_nothing_from_an_install_directory_another_user_made(lab, intruder, sticky, wheelhouse,
-                                                                                 tmp_path):
+                                                                                  tmp_path):
     """The install directory is in a folder everyone may write, and he made it first, with a venv of his own: its
     pip and python only leave a mark of who ran them. Root's role must refuse the directory, run nothing in it, and
     leave it as he made it."""

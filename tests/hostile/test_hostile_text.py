@@ -125,7 +125,7 @@ def test_a_server_in_fault_is_reported_as_it_is(lab, procs, intruder, tmp_path):
 def test_the_collector_counts_the_real_clients(lab, procs, intruder, tmp_path, root_dir):
     setup = hostile_clients(lab, procs, intruder, sorted(ARGV0))
     collector = h.install_collector(os.path.join(root_dir, "metrics"), h.plan_for(lab, str(tmp_path)), timeout=10)
-    rc, text, _ = h.run_collector(collector)
+    rc, text, _elapsed = h.run_collector(collector)
     assert rc == 0, text
     found = h.series(collector)
     assert found["gpulab_mps_collector_success"] == 1, text
@@ -180,7 +180,7 @@ def test_commands_another_user_sends_do_not_change_the_health(lab, procs, intrud
     assert not started.get("failed"), h.summary(started)
     assert started["health"]["healthy"] is True and exits(started["health"]) == [crashed], started["health"]
     collector = h.install_collector(os.path.join(root_dir, "metrics"), h.plan_for(lab, str(tmp_path)), timeout=10)
-    rc, text, _ = h.run_collector(collector)
+    rc, text, _elapsed = h.run_collector(collector)
     assert rc == 0, text
     assert h.series(collector)['gpulab_mps_problems{kind="server_exited"}'] == 1, text
     stopped = h.run_module("mps_daemon", common(lab, state="stopped", force=True, timeout=5), str(tmp_path))

@@ -198,7 +198,8 @@ def test_the_record_is_current(name):
     """Every config loader_cases renders is in the record as the code renders it today, with both loaders' verdicts."""
     mode, owner, config = loader_cases.rendered()[name]
     case = LOADERS["cases"][name]
-    assert case["config"] == json.loads(json.dumps(config)), "the collection renders this case differently from what was recorded (tests/render/fixtures/README.md)"
+    assert case["config"] == json.loads(json.dumps(config)), \
+        "the collection renders this case differently from what was recorded (tests/render/fixtures/README.md)"
     check_with_the_real_loader(mode, owner, config)
 
 

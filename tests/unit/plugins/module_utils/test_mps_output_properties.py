@@ -207,8 +207,9 @@ def _forged_row(rnd, known):
 
     def number():
         return _pick(rnd, [_pick(rnd, names), rnd.randrange(4194305), rnd.randrange(10 ** 12), rnd.randrange(100)])
-    device = _pick(rnd, REAL_DEVICES + ["%s-%08x-%04x-%04x" % (_pick(rnd, ["GPU", "MIG"]), rnd.getrandbits(32),
-                                                              rnd.getrandbits(16), rnd.getrandbits(16))])
+    shapes = ["%s-%08x-%04x-%04x" % (_pick(rnd, ["GPU", "MIG"]), rnd.getrandbits(32), rnd.getrandbits(16),
+                                     rnd.getrandbits(16))]
+    device = _pick(rnd, REAL_DEVICES + shapes)
     return _render_row(number(), rnd.randrange(100), number(), device, _pick(rnd, NAMESPACES), b"forged")
 
 
@@ -216,7 +217,7 @@ def _hostile_name(rnd, blob, known):
     """argv[0] as a hostile client sets it: bytes of the blob, tokens, forged rows, log lines, joined by newlines or
     \\x1e or nothing."""
     pieces = []
-    for _ in range(rnd.randrange(6)):
+    for _turn in range(rnd.randrange(6)):
         kind = rnd.randrange(5)
         if kind == 0:
             start = rnd.randrange(len(blob) + 1)
@@ -242,7 +243,7 @@ def ps_scenarios(draw):
             for row in table]
     taken = set(row[0] for row in rows)
     servers = sorted(set(row[2] for row in table)) + [7, 1234567]
-    for _ in range(rnd.randrange(4)):
+    for _turn in range(rnd.randrange(4)):
         pid = rnd.randrange(1, 4194305)
         if pid not in taken:
             taken.add(pid)
@@ -307,7 +308,7 @@ def _a_users_session(rnd, blob, daemon):
     command = _pick(rnd, [blob, _pick(rnd, TOKEN_BYTES), _pick(rnd, COMMANDS), _pick(rnd, COMMANDS) + blob,
                           blob + _pick(rnd, TOKEN_BYTES) + _logged(daemon, b"Try shutting down server 767")])
     lines = [_logged(_pick(rnd, [daemon, 1, 4242]), b"Cmd:" + command.replace(b"\n", b""))]
-    for _ in range(rnd.randrange(4)):
+    for _turn in range(rnd.randrange(4)):
         kind = rnd.randrange(3)
         if kind == 0:
             answer = _pick(rnd, ANSWERS_LOGGED)
@@ -328,7 +329,7 @@ def control_log_scenarios(draw):
     rnd = draw(st.randoms(use_true_random=True))
     index = rnd.randrange(len(CONTROL_LOGS))
     lines = CONTROL_LOGS[index].split(b"\n")
-    for _ in range(rnd.randrange(1, 7)):
+    for _turn in range(rnd.randrange(1, 7)):
         at = rnd.randrange(len(lines) + 1)
         lines[at:at] = _a_users_session(rnd, draw(st.binary(max_size=40)), DAEMONS[index])
     return index, b"\n".join(lines)
@@ -363,11 +364,11 @@ def forged_log_scenarios(draw):
     lines = CONTROL_LOGS[index].split(b"\n")
     daemon = DAEMONS[index]
     known = [1, 486, 492, 589, 723, 767, 1165, 1460, daemon]
-    for _ in range(rnd.randrange(1, 5)):
+    for _turn in range(rnd.randrange(1, 5)):
         at = rnd.randrange(len(lines) + 1)
         answer = [_logged(daemon, b"Cmd:ps"), _logged(daemon, PS_HEADER),
                   _logged(daemon, _render_row(497, 2, 486, "GPU-058fcf08-fc4a-49f5", "4026531836", b"x"))]
-        for _ in range(rnd.randrange(1, 4)):
+        for _turn in range(rnd.randrange(1, 4)):
             writer, server = _pick(rnd, known + [rnd.randrange(4194305)]), _pick(rnd, known)
             if writer == daemon:
                 writer += 1
@@ -408,7 +409,7 @@ SERVER_LOGS = [
 WANTED = [449, 439, 497, 609, 703]
 CLEAN_SERVER = [(out.parse_server_log(log), out.parse_log_lines(log), out.client_log_entries(log, WANTED))
                 for log in SERVER_LOGS]
-assert all(servers for servers, _, _ in CLEAN_SERVER) and any(s[502]["faults"] for s, _, _ in CLEAN_SERVER if 502 in s)
+assert all(servers for servers, _text, _log in CLEAN_SERVER) and any(s[502]["faults"] for s, _text, _log in CLEAN_SERVER if 502 in s)
 _NAMES_A_CLIENT = re.compile(rb"\{PID: -?\d+, Context ID: \d+\}")
 NOT_LOG_LINE_STARTS = [b"x", b"]", b"\x1e", b"0", b"{", b"\xff", b"Server 1] ", b"\x85[", b"\xe2\x80\xa8["]
 
@@ -421,11 +422,11 @@ def server_log_scenarios(draw):
     index = rnd.randrange(len(SERVER_LOGS))
     lines = SERVER_LOGS[index].split(b"\n")
     naming = [i for i, line in enumerate(lines) if _NAMES_A_CLIENT.search(line)]
-    for _ in range(rnd.randrange(6)):
+    for _turn in range(rnd.randrange(6)):
         i = _pick(rnd, naming)
         added = _pick(rnd, [draw(st.binary(max_size=40)), _pick(rnd, TOKEN_BYTES)])
         lines[i] += _pick(rnd, [b"", b" ", b"\x1e", b"\r", b"\x85"]) + added.replace(b"\n", b"")
-    for _ in range(rnd.randrange(6)):
+    for _turn in range(rnd.randrange(6)):
         at = rnd.randrange(len(lines) + 1)
         lines[at:at] = [(_pick(rnd, NOT_LOG_LINE_STARTS) + draw(st.binary(max_size=40))).replace(b"\n", b"")]
     return index, b"\n".join(lines)
@@ -482,7 +483,7 @@ def _recorded_answers():
 
 
 ANSWERS = _recorded_answers()
-assert len(ANSWERS) >= 40 and sum(1 for _, _, read in ANSWERS if read not in (None, [])) >= 20
+assert len(ANSWERS) >= 40 and sum(1 for _command, _text, read in ANSWERS if read not in (None, [])) >= 20
 
 
 @st.composite
@@ -500,7 +501,7 @@ def answer_scenarios(draw):
     around = _pick(rnd, [b"", b"\n", b"\n\n", b" \n"])
     clean = around + b"\n".join(lines) + around
     dirty = clean
-    for _ in range(rnd.randrange(1, 4)):
+    for _turn in range(rnd.randrange(1, 4)):
         at = rnd.randrange(len(dirty) + 1)
         dirty = dirty[:at] + _pick(rnd, [draw(st.binary(max_size=12)), _pick(rnd, TOKEN_BYTES)]) + dirty[at:]
     return parser, read, clean, dirty
