@@ -97,8 +97,8 @@ def test_the_metrics_role_writes_in_no_directory_another_user_planted(lab, intru
         assert "link" in out, out[-3000:]
 
 
-def test_the_metrics_role_runs_nothing_from_an_install_directory_another_user_made(lab, intruder, sticky, wheelhouse,
-                                                                                  tmp_path):
+def test_the_metrics_role_runs_nothing_from_an_install_directory_another_user_made(
+        lab, intruder, sticky, wheelhouse, tmp_path):
     """The install directory is in a folder everyone may write, and he made it first, with a venv of his own: its
     pip and python only leave a mark of who ran them. Root's role must refuse the directory, run nothing in it, and
     leave it as he made it."""
