@@ -35,7 +35,8 @@ Backends
 - sim: no GPU. A model for testing the harness: launches sleep, and a shared lock file per SM group stands
   for the hardware (one group under time-slicing; SMs / blocks groups under MPS). The client counts as an MPS
   client when CUDA_MPS_PIPE_DIRECTORY holds a daemon (files "control" and the daemon's pid file), as the CUDA
-  driver does, and then registers its PID where the test's fake nvidia-cuda-mps-control lists it.
+  driver does, and then registers its PID where the test's fake nvidia-cuda-mps-control lists it;
+  GPULAB_SIM_NO_MPS=1 makes it a client that silently runs without MPS (as one with a wrong pipe directory does).
 """
 
 from __future__ import annotations
@@ -360,7 +361,8 @@ class SimWorkloads(Workloads):
         self.ms = dict(spin=args.sim_ms, matmul=args.sim_ms * 1.5, copy=args.sim_ms * 0.5)
         pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
         self.mps = (os.path.exists(os.path.join(pipe, "control"))
-                    and os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid")))
+                    and os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid"))
+                    and not os.environ.get("GPULAB_SIM_NO_MPS"))
         self.sim_dir = args.sim_dir or os.path.join(pipe if self.mps else "/tmp", "gpulab-sim-gpu")
         os.makedirs(self.sim_dir, exist_ok=True)
         if self.mps:  # what the fake control's `ps` lists (see tests/unit/benchmarks/fake_mps_control.py)

@@ -85,8 +85,8 @@ def test_the_classes_reach_every_client_and_every_mode_is_measured(tmp_path):
     assert all(r["neighbour_throughput"] > 0 for r in result["rows"] if r["n"])
     # Membership: 3 clients per mode (1 latency + 2 neighbours), none in ps with MPS off, all with MPS on.
     starts = dict((c["mode"], c) for c in result["checks"] if c["when"] == "start")
-    assert starts["ts"]["ok"] and starts["ts"]["in_ps"] == [] and len(starts["ts"]["pids"]) == 3
-    assert starts["mps"]["in_ps"] == starts["mps"]["pids"] and starts["qos"]["in_ps"] == starts["qos"]["pids"]
+    assert starts["ts"]["ok"] and starts["ts"]["listed"] == [] and len(starts["ts"]["pids"]) == 3
+    assert starts["mps"]["listed"] == starts["mps"]["pids"] and starts["qos"]["listed"] == starts["qos"]["pids"]
     # Each client's own report: the batch class's variables reached the neighbours in mode qos and nowhere else,
     # and their blocks stayed within 12 % of the SMs; the latency client has no thread limit.
     qos = [e for e in result["evidence"] if e["mode"] == "qos"]
@@ -124,9 +124,9 @@ def test_a_failed_criterion_fails_the_run(tmp_path):
 
 
 def test_clients_that_silently_run_without_mps_fail_their_mode(tmp_path):
-    """The fake daemon's ps lists nobody: what clients with a wrong pipe directory look like. The qos mode is not
+    """The fake daemon lists nobody: what clients with a wrong pipe directory look like. The qos mode is not
     measured, and the criterion is not judged on what was not measured."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", FAKE_MPS_HIDE="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GPULAB_SIM_NO_MPS="1")
     write_classes(tmp_path / "qos", _qos.DEFAULT_CLASSES)
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, SCRIPT, "--out", str(out), "--qos-dir", str(tmp_path / "qos"),
@@ -135,7 +135,7 @@ def test_clients_that_silently_run_without_mps_fail_their_mode(tmp_path):
     result = json.loads((out / "mps_qos.json").read_text())
     assert done.returncode == 1
     assert [r["mode"] for r in result["rows"] if r["latency"]] == ["ts", "ts"]
-    assert any("are NOT in `ps` of the MPS daemon" in p for p in result["problems"])
+    assert any("are in NO get_client_list of the MPS daemon" in p for p in result["problems"])
     assert result["criterion"]["passed"] is None
     assert_nothing_left(started_pids(result))
 
