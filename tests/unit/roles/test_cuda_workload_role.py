@@ -134,24 +134,26 @@ def test_the_lab_table_holds_both_seeds(lab, tmp_path):
 
 
 def test_a_host_job_runs_in_a_qos_class_of_its_own(lab, tmp_path):
-    """cuda_workload_host_qos_class: every worker gets the class's environment from the plan (what its env file
-    holds), and says so itself; the table says which class."""
-    classes = {"batch": {"active_thread_percentage": 20, "client_priority": 1, "pinned_memory_limit": "8G"}}
-    done = playbook("host", dict(lab, cuda_workload_host_qos_class="batch", gpulab_mps_qos_classes=classes,
+    """cuda_workload_host_qos_class (docs/qos.md, "A host job beside pods", its example class): every worker gets the
+    class's environment from the plan (what its env file holds), and says so itself; the table says which class."""
+    classes = {"latency": {"client_priority": 0},
+               "host-batch": {"active_thread_percentage": 10, "client_priority": 1, "pinned_memory_limit": "4G",
+                              "description": "jobs started on the GPU host beside the cluster's pods"}}
+    done = playbook("host", dict(lab, cuda_workload_host_qos_class="host-batch", gpulab_mps_qos_classes=classes,
                                  cuda_workload_modes=["mps"]))
     assert done.returncode == 0, done.stdout[-4000:]
     report = json.loads((tmp_path / "results" / "localhost" / "seed_experiment.json").read_text())
     seen = [w["result"]["mps_env"] for r in report["runs"] for w in r["workloads"]]
     assert len(seen) == 3 and all(env == {
-        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "20", "CUDA_MPS_CLIENT_PRIORITY": "1",
-        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=8G", "CUDA_MPS_PIPE_DIRECTORY": lab["mps_host_pipe_directory"]}
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "10", "CUDA_MPS_CLIENT_PRIORITY": "1",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=4G", "CUDA_MPS_PIPE_DIRECTORY": lab["mps_host_pipe_directory"]}
         for env in seen)
-    assert ("The workers ran in QoS class batch: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=20 CUDA_MPS_CLIENT_PRIORITY=1 "
-            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=8G.") in done.stdout
+    assert ("The workers ran in QoS class host-batch: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=10 CUDA_MPS_CLIENT_PRIORITY=1 "
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4G.") in done.stdout
     # An unknown class fails before anything runs, naming the known ones.
     done = playbook("host", dict(lab, cuda_workload_host_qos_class="gold", gpulab_mps_qos_classes=classes))
     assert done.returncode != 0
-    assert "no QoS class 'gold' in this host's plan: it has batch" in done.stdout
+    assert "no QoS class 'gold' in this host's plan: it has host-batch, latency" in done.stdout
 
 
 def test_host_variant_fails_on_clients_without_mps(lab):

@@ -21,17 +21,25 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 import sys
 import time
 
 
 def connect():
-    """Whether this worker is an MPS client of the daemon its pipe directory names (registering it there)."""
+    """Whether this worker is an MPS client of the daemon its pipe directory names (registering it there: where the
+    fake nvidia-cuda-mps-control lists clients, or, with FAKE_GPU_STANDIN naming the stand-in daemon's CLI of
+    tests/standins, by attaching itself to that daemon as its standin_attach_client says)."""
     pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "")
     if os.environ.get("GPULAB_SIM_NO_MPS") or not (
             os.path.exists(os.path.join(pipe, "control"))
             and os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid"))):
         return False
+    standin = os.environ.get("FAKE_GPU_STANDIN")
+    if standin:
+        done = subprocess.run([standin], input="standin_attach_client %d\n" % os.getpid(), text=True,
+                              capture_output=True, timeout=30, check=False)
+        return done.returncode == 0
     os.makedirs(os.path.join(pipe, "sim-clients"), exist_ok=True)
     open(os.path.join(pipe, "sim-clients", str(os.getpid())), "w").close()
     return True
