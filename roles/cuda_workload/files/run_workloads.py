@@ -377,19 +377,21 @@ def title(group, runs):
 
 
 def held_back(run):
-    """Why the servers of an MPS run held each client back, in words ("" when nothing did)."""
+    """Why the servers of an MPS run held each client back, in words ("" when nothing did): the limits each server
+    started with, read back from it."""
     reasons = []
     for server, held in sorted((run.get("servers") or {}).items()):
         threads, pinned = held.get("active_thread_percentage"), held.get("pinned_memory_limit")
-        if threads is not None and threads < 100:
-            reasons.append("its server (%s) holds each client to %g %% of the SMs" % (server, threads))
-        if pinned:
-            reasons.append("and to %s of pinned memory" % pinned)
-    return " ".join(reasons)
+        parts = (["%g %% of the SMs" % threads] if threads is not None and threads < 100 else []) + (
+            ["%s of pinned memory" % pinned] if pinned else [])
+        if parts:
+            reasons.append("its server (%s) holds each client to %s" % (server, " and to ".join(parts)))
+    return "; ".join(reasons)
 
 
 def judge(mps, ts, alone_mps, together, run):
-    """The words of an MPS row: the ratio to time-slicing and what it says, plainly where MPS loses."""
+    """The words of an MPS row: the ratio of its aggregate to time-slicing's, and what it says, plainly where MPS
+    loses."""
     if mps is None:
         return "not measured (the run failed)"
     if ts is None:
@@ -404,14 +406,15 @@ def judge(mps, ts, alone_mps, together, run):
             return "x%.2f: even: one client alone gains nothing from MPS" % ratio
         return "x%.2f: MPS faster, even alone" % ratio
     fills = alone_mps is not None and mps / alone_mps < FILLS
-    why = "one worker already fills the GPU, so two at once add little" if fills else "the workers ran side by side"
+    reasons = [r for r in (limits, "one worker already fills the GPU, so two at once add little" if fills else "")
+               if r]
     if ratio < EVEN[0]:
-        return "x%.2f: MPS LOSES: %s" % (ratio, limits or why)
+        return "x%.2f: MPS LOSES%s" % (ratio, ": " + "; ".join(reasons) if reasons else "")
     if ratio <= EVEN[1]:
-        return "x%.2f: even: %s" % (ratio, why if fills else "MPS bought nothing here")
+        return "x%.2f: even: %s" % (ratio, "; ".join(reasons) or "MPS bought nothing here")
     if fills:
-        return "x%.2f: MPS wins a little: time-slicing pays for context switches; %s" % (ratio, why)
-    return "x%.2f: MPS wins: %s" % (ratio, why)
+        return "x%.2f: MPS wins a little: time-slicing pays for context switches; %s" % (ratio, "; ".join(reasons))
+    return "x%.2f: MPS wins: the workers ran side by side" % ratio
 
 
 def seed_table(runs):

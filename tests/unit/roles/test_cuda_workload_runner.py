@@ -373,3 +373,25 @@ def test_a_table_without_time_slicing_or_with_a_failed_run():
     assert rows[0]["says"] == "no time-slicing run to compare with"
     assert rows[1]["aggregate"] is None and rows[1]["says"] == "not measured (the run failed)"
     assert "|  | 2 at once, MPS | 2 of 2 MPS clients | 0.048, 0.048 | - | not measured" in run_workloads.render_table(rows)
+
+
+@pytest.mark.parametrize("held, says", [
+    ({"7": {"active_thread_percentage": 100.0, "pinned_memory_limit": "35G"}},
+     "x0.42: MPS LOSES: its server (7) holds each client to 35G of pinned memory"),
+    ({"7": {"active_thread_percentage": 25.0, "pinned_memory_limit": None}},
+     "x0.42: MPS LOSES: its server (7) holds each client to 25 % of the SMs"),
+    ({}, "x0.42: MPS LOSES"),
+])
+def test_the_reasons_of_a_loss_are_the_limits_the_server_holds(held, says):
+    runs = [run_of("no-mps", [0.028]), run_of("no-mps", [0.053, 0.054]),
+            run_of("mps", [0.129], servers=held), run_of("mps", [0.130, 0.130], servers=held)]
+    rows = run_workloads.seed_table(runs)
+    # Two at once under MPS bring x2 over one alone under MPS: not "fills the GPU"; only the limits are a reason.
+    assert rows[3]["says"] == says
+
+
+def test_even_work_that_fills_the_gpu_says_so():
+    runs = [run_of("no-mps", [0.028]), run_of("no-mps", [0.056, 0.056]), run_of("mps", [0.028]),
+            run_of("mps", [0.055, 0.055])]
+    assert run_workloads.seed_table(runs)[3]["says"] == (
+        "x1.02: even: one worker already fills the GPU, so two at once add little")
