@@ -33,9 +33,14 @@ Backends
 - torch: matmul and copy alike; the spin kernel becomes torch.cuda._sleep (ONE block of one thread per
   launch, so blocks per client = 1).
 - sim: no GPU. A model for testing the harness: launches sleep, and a shared lock file per SM group stands
-  for the hardware (one group under time-slicing; SMs / blocks groups under MPS). The client counts as an MPS
+  for the hardware (one group under time-slicing; SMs / blocks groups under MPS). The noisy-neighbour kernels run on
+  a virtual clock: a latency launch reports what a model of the neighbours that run at that moment says it takes
+  (SimWorkloads.latency_ms), never the time a busy machine took to run it, so that a criterion judged on the
+  simulation passes or fails the same way on an idle and on a loaded machine (a timing only a GPU can show belongs
+  to the GPU lane). The client counts as an MPS
   client when CUDA_MPS_PIPE_DIRECTORY holds a daemon (files "control" and the daemon's pid file), as the CUDA
-  driver does, and then registers its PID where the test's fake nvidia-cuda-mps-control lists it.
+  driver does, and then registers its PID where the test's fake nvidia-cuda-mps-control lists it;
+  GPULAB_SIM_NO_MPS=1 makes it a client that silently runs without MPS (as one with a wrong pipe directory does).
 """
 
 from __future__ import annotations
@@ -136,6 +141,12 @@ class Workloads(object):
 
     def prepare_run(self, name):
         """Poison the output of `name` so that the check after the run proves every launch wrote it."""
+
+    def begin_run(self, name):
+        """A run of `name` begins (the simulated backend marks its fill neighbours running)."""
+
+    def end_run(self, name):
+        """The run of `name` ended."""
 
     def check(self, name):
         return "ok"
@@ -360,7 +371,8 @@ class SimWorkloads(Workloads):
         self.ms = dict(spin=args.sim_ms, matmul=args.sim_ms * 1.5, copy=args.sim_ms * 0.5)
         pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
         self.mps = (os.path.exists(os.path.join(pipe, "control"))
-                    and os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid")))
+                    and os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid"))
+                    and not os.environ.get("GPULAB_SIM_NO_MPS"))
         self.sim_dir = args.sim_dir or os.path.join(pipe if self.mps else "/tmp", "gpulab-sim-gpu")
         os.makedirs(self.sim_dir, exist_ok=True)
         if self.mps:  # what the fake control's `ps` lists (see tests/unit/benchmarks/fake_mps_control.py)
@@ -369,9 +381,8 @@ class SimWorkloads(Workloads):
             with open(os.path.join(clients, str(os.getpid())), "w") as handle:
                 handle.write(os.path.basename(sys.executable))
         self.handles = {}
-        # The noisy-neighbour kernels: SIM_GROUPS lock files stand for groups of SMs under MPS. A fill launch holds
-        # as many groups as its thread percentage allows (all without one), taken in order, so that limited fills
-        # crowd into the first groups; a latency launch takes any one free group. Time-slicing: one lock for all.
+        # The noisy-neighbour kernels run on a VIRTUAL clock (see _qos_launch): what a launch reports is what the model
+        # says it took, so that no result of the simulation depends on how busy the machine running it is.
         self.kernels = {"latency": {"blocks": args.latency_blocks, "iters": args.latency_iters},
                         "fill": {"blocks": args.fill_blocks or args.sim_sms, "iters": args.fill_iters}}
         self.ms.update(latency=args.sim_latency_ms, fill=args.sim_fill_ms)
@@ -380,6 +391,7 @@ class SimWorkloads(Workloads):
             self.threads = min(100.0, float(os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100")))
         except ValueError:
             self.threads = 100.0
+        self.marker = None
 
     SIM_GROUPS = 8
 
@@ -393,28 +405,83 @@ class SimWorkloads(Workloads):
             return None
         return handle
 
-    def _qos_launch(self, name):
-        seconds = self.ms[name] / 1000.0
+    def groups(self):
+        """The SM groups (of SIM_GROUPS) a fill launch of this client occupies: all without MPS or a thread limit,
+        else as many as its thread percentage allows (limited fills crowd into the same first groups)."""
         if not self.mps:
-            handles = [self._lock("qos-ts", True)]
-        elif name == "fill":
-            groups = max(1, int(math.ceil(self.SIM_GROUPS * self.threads / 100.0 - 1e-9)))
-            handles = [self._lock("qos-group%d" % i, True) for i in range(groups)]
-        else:
-            handles = []
-            while not handles:
-                for i in reversed(range(self.SIM_GROUPS)):
-                    handle = self._lock("qos-group%d" % i, False)
-                    if handle:
-                        handles = [handle]
-                        break
-                else:
-                    time.sleep(0.0001)
-        try:
-            time.sleep(seconds)
-        finally:
-            for handle in handles:
-                self.fcntl.flock(handle, self.fcntl.LOCK_UN)
+            return self.SIM_GROUPS
+        return max(1, int(math.ceil(self.SIM_GROUPS * self.threads / 100.0 - 1e-9)))
+
+    def begin_run(self, name):
+        """A fill neighbour says, for the whole of its run, that it runs and how many groups it occupies: a marker
+        file it holds locked (a neighbour that died holds nothing)."""
+        if name != "fill":
+            return
+        path = os.path.join(self.sim_dir, "fill-%d" % os.getpid())
+        self.marker = open(path, "w")
+        self.marker.write("%d\n" % self.groups())
+        self.marker.flush()
+        self.fcntl.flock(self.marker, self.fcntl.LOCK_EX)
+
+    def end_run(self, name):
+        if self.marker is not None:
+            self.fcntl.flock(self.marker, self.fcntl.LOCK_UN)
+            self.marker.close()
+            self.marker = None
+
+    def running_fills(self):
+        """The groups each fill neighbour that runs now occupies, from the markers they hold."""
+        found = []
+        for entry in sorted(os.listdir(self.sim_dir)):
+            if not entry.startswith("fill-"):
+                continue
+            try:
+                handle = open(os.path.join(self.sim_dir, entry))
+            except OSError:
+                continue
+            with handle:
+                try:
+                    self.fcntl.flock(handle, self.fcntl.LOCK_SH | self.fcntl.LOCK_NB)
+                    self.fcntl.flock(handle, self.fcntl.LOCK_UN)
+                    continue  # nobody holds it: that neighbour does not run
+                except OSError:
+                    pass
+                text = handle.read().strip()
+                found.append(int(text) if text.isdigit() else self.SIM_GROUPS)
+        return found
+
+    def latency_ms(self):
+        """What a latency launch takes in the model, from the neighbours that run now:
+        - alone: its own time;
+        - time-slicing (not an MPS client): it waits for every running neighbour's slice (one fill launch each);
+        - MPS: it runs at once where the neighbours leave a group of SMs free (thread-limited neighbours crowd into
+          the same first groups), else it waits for one fill launch to end."""
+        fills = self.running_fills()
+        if not fills:
+            return self.ms["latency"]
+        if not self.mps:
+            return self.ms["latency"] + len(fills) * self.ms["fill"]
+        if max(fills) < self.SIM_GROUPS:
+            return self.ms["latency"]
+        return self.ms["latency"] + self.ms["fill"]
+
+    def _qos_launch(self, name):
+        """One launch of a noisy-neighbour kernel; returns its duration on the virtual clock (ms).
+
+        A fill takes its SM groups (lock files: one for all without MPS) for its time, so that the neighbours' pace is
+        that of a shared GPU; a latency launch takes what latency_ms() says, and sleeps as long only to keep pace."""
+        if name == "fill":
+            handles = [self._lock("qos-ts" if not self.mps else "qos-group%d" % i, True)
+                       for i in range(1 if not self.mps else self.groups())]
+            try:
+                time.sleep(self.ms["fill"] / 1000.0)
+            finally:
+                for handle in handles:
+                    self.fcntl.flock(handle, self.fcntl.LOCK_UN)
+            return self.ms["fill"]
+        took = self.latency_ms()
+        time.sleep(took / 1000.0)
+        return took
 
     def inspect(self):
         share = self.threads if self.mps else 100.0
@@ -472,14 +539,17 @@ def make_workloads(args):
     raise RuntimeError("no usable backend: " + "; ".join(errors))
 
 
+def timed_launch(work, name):
+    """Milliseconds of one launch of `name`, synchronized: submit to completion on the host's clock, or what a
+    backend with a virtual clock says it took (the simulated noisy-neighbour kernels)."""
+    t0 = time.perf_counter()
+    virtual = work.launch(name)
+    return float(virtual) if virtual is not None else (time.perf_counter() - t0) * 1000.0
+
+
 def time_launches(work, name, count):
     """Median milliseconds of `count` launches of `name`, each synchronized."""
-    times = []
-    for _unused in range(count):
-        t0 = time.perf_counter()
-        work.launch(name)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    times.sort()
+    times = sorted(timed_launch(work, name) for _unused in range(count))
     return times[len(times) // 2]
 
 
@@ -528,6 +598,14 @@ def run_command(work, cmd):
     name, start_at, duration = cmd["workload"], float(cmd["start_at"]), float(cmd["duration"])
     max_launches = int(cmd.get("max_launches", 100000))
     work.prepare_run(name)
+    work.begin_run(name)
+    try:
+        return _run_window(work, cmd, name, start_at, duration, max_launches)
+    finally:
+        work.end_run(name)
+
+
+def _run_window(work, cmd, name, start_at, duration, max_launches):
     for _unused in range(int(cmd.get("warmup", 1))):
         work.launch(name)
     # Sleep until just before the start, then spin on the clock: processes start within ~0.1 ms of each other.
@@ -541,9 +619,7 @@ def run_command(work, cmd):
     done, latency, offsets = 0, [], []
     while done < max_launches:
         started = time.time()
-        t0 = time.perf_counter()
-        work.launch(name)
-        latency.append(round((time.perf_counter() - t0) * 1000.0, 4))
+        latency.append(round(timed_launch(work, name), 4))
         offsets.append(round((started - start_at) * 1000.0, 2))
         if time.time() > end_at:
             break  # this launch ended after the window: not counted, so that no client gets a longer window

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import glob
 import json
 import os
 import platform
@@ -61,13 +60,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import mps_bench_report as report  # noqa: E402  (beside this file)
 
-# The collection's parser of the control CLI: beside this script (where playbooks/benchmark.yml ships it), or in
-# the checkout it belongs to (benchmarks/ -> plugins/module_utils).
-for _folder in (HERE, os.path.join(HERE, "..", "plugins", "module_utils")):
-    if os.path.isfile(os.path.join(_folder, "_mps_output.py")):
+# The collection's one client of MPS (_mps_control.MpsControl) and its one parser (_mps_output), from --lib DIR (a
+# directory holding ansible_collections/gpulab/mps: playbooks/benchmark.yml ships one beside the scripts) or from the
+# checkout this file belongs to. gpulab_collection.py (the role cuda_workload's) finds them: beside this script where
+# the playbook ships it, else in the checkout.
+for _folder in (HERE, os.path.join(HERE, "..", "roles", "cuda_workload", "files")):
+    if os.path.isfile(os.path.join(_folder, "gpulab_collection.py")):
         sys.path.insert(0, os.path.abspath(_folder))
         break
-import _mps_output as mps_out  # noqa: E402
+import gpulab_collection  # noqa: E402
+
+gpulab_collection.load(program=__file__)
+from ansible_collections.gpulab.mps.plugins.module_utils import _mps_control as mps_control  # noqa: E402
+from ansible_collections.gpulab.mps.plugins.module_utils import _mps_output as mps_out  # noqa: E402
+from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import (  # noqa: E402
+    DEFAULT_LOG_DIRECTORY, MpsControl, MpsControlError, pid_alive)
+from ansible_collections.gpulab.mps.plugins.module_utils._plan import local_plan  # noqa: E402
+from ansible_collections.gpulab.mps.plugins.module_utils._trust import TrustError, ensure_directory  # noqa: E402
 
 CLIENT = os.path.join(HERE, "mps_bench_client.py")
 PREFIX = "@@gpulab "
@@ -107,159 +116,114 @@ class Console(object):
 
 # --- the MPS control daemon ---------------------------------------------------------------------------------
 
-def find_control_binary(given=None):
-    if given:
-        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
-            raise BenchError("%s is not an executable file (--control-binary)" % given)
-        return os.path.abspath(given)
-    found = shutil.which(mps_out.CONTROL_BINARY, path=os.pathsep.join([os.environ.get("PATH", "")] + list(mps_out.BINARY_DIRECTORIES)))
-    if not found:
-        raise BenchError("%s not found in PATH or %s: install the NVIDIA driver's utilities, or pass "
-                         "--control-binary" % (mps_out.CONTROL_BINARY, ", ".join(list(mps_out.BINARY_DIRECTORIES))))
-    return found
-
-
-def pid_alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (IOError, OSError, IndexError, ValueError):
-        return False
-
-
-def children_of(pid):
-    kids = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                kids.append(int(stat.split("/")[2]))
-        except (IOError, OSError, IndexError, ValueError):
-            continue
-    return kids
-
-
 class Daemon(object):
-    """One MPS control daemon, chosen by its pipe directory; `own` when this script started it.
+    """One MPS control daemon, chosen by its pipe directory; `own` when this script started it (and stops it).
 
-    start_args: what starts it (["-d"]; ["-d", "-M"] for the multi-user server of benchmarks/mps_multiuser.py);
-    dir_mode: of the pipe and log directories it makes (0700; 0755 where clients of other users must reach it).
+    Spoken to only through the collection's client, MpsControl, made from _plan.local_plan: the control binary that
+    find_control_binary finds (--control-binary, else root's and NVIDIA's directories, never the caller's PATH), and
+    the environment of the daemon and of every CLI call built from the plan (the pipe and log directories, the trusted
+    directories of LD_LIBRARY_PATH), never this process's. Nothing here runs the control binary itself.
+
+    multiuser: start it with -M (the multi-user server of benchmarks/mps_multiuser.py); dir_mode: of the pipe and log
+    directories it makes (0700; 0755 where clients of other users must reach it).
     """
 
-    def __init__(self, binary, pipe_dir, log_dir, own, say, start_args=("-d",), dir_mode=0o700):
-        self.binary, self.pipe_dir, self.log_dir, self.own, self.say = binary, pipe_dir, log_dir, own, say
-        self.start_args, self.dir_mode = list(start_args), dir_mode
+    def __init__(self, pipe_dir, log_dir, own, say, control_binary=None, multiuser=False, dir_mode=0o700,
+                 state_dir=None):
+        options = {"pipe_directory": os.path.abspath(pipe_dir),
+                   "log_directory": os.path.abspath(log_dir) if log_dir else DEFAULT_LOG_DIRECTORY,
+                   "state_directory": os.path.abspath(state_dir) if state_dir else None,
+                   "control_binary": os.path.abspath(control_binary) if control_binary else None,
+                   "multiuser_server": multiuser}
+        plan, errors = local_plan(options)
+        if errors:
+            raise BenchError("cannot speak to the MPS control daemon: %s" % "; ".join(errors))
+        self.plan = plan
+        self.control = MpsControl.from_plan(plan)
+        self.own, self.say, self.multiuser, self.dir_mode = own, say, multiuser, dir_mode
         self.pid = None
 
-    def env(self):
-        env = dict(os.environ)
-        env["CUDA_MPS_PIPE_DIRECTORY"] = self.pipe_dir
-        if self.log_dir:
-            env["CUDA_MPS_LOG_DIRECTORY"] = self.log_dir
-        # The control daemon starts nvidia-cuda-mps-server: let it find the server beside itself.
-        env["PATH"] = os.pathsep.join([os.path.dirname(self.binary), env.get("PATH", "")])
-        return env
+    @property
+    def pipe_dir(self):
+        return self.control.pipe_directory
 
-    def command(self, text, timeout=20):
-        """(rc, output) of one command sent on stdin, as `echo text | nvidia-cuda-mps-control`."""
-        try:
-            done = subprocess.run([self.binary], input=text + "\n", capture_output=True, text=True,
-                                  env=self.env(), timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise BenchError("`echo %s | %s` did not answer within %d s (pipe directory %s)"
-                             % (text, self.binary, timeout, self.pipe_dir))
-        return done.returncode, done.stdout + done.stderr
+    @property
+    def log_dir(self):
+        return self.control.log_directory
+
+    @property
+    def binary(self):
+        return self.control.binary
+
+    def start_command(self):
+        return " ".join(self.control.start_argv(self.multiuser))
 
     def answers(self):
-        rc, out = self.command("get_server_list")
-        return rc == 0 and mps_out.NO_DAEMON not in out
-
-    def read_pid(self):
         try:
-            with open(os.path.join(self.pipe_dir, mps_out.PID_FILE)) as handle:
-                return int(handle.read().strip())
-        except (IOError, OSError, ValueError):
-            return None
+            return self.control.is_running()
+        except MpsControlError as exc:
+            raise BenchError("the MPS control daemon in %s: %s" % (self.pipe_dir, exc))
 
     def start(self, timeout=30):
         for path in (self.pipe_dir, self.log_dir):
-            os.makedirs(path, mode=self.dir_mode, exist_ok=True)
-            os.chmod(path, self.dir_mode)  # makedirs' mode is masked by the umask
+            try:
+                ensure_directory(path, os.geteuid(), self.dir_mode)
+            except TrustError as exc:
+                raise BenchError("cannot use %s for the benchmark's MPS daemon: %s" % (path, exc))
         if self.answers():
             raise BenchError("a daemon already answers in %s: not starting another" % self.pipe_dir)
-        # -d daemonizes; its output goes to a file, so that no inherited pipe keeps this call waiting.
-        with open(os.path.join(self.log_dir, "start.out"), "w") as out:
-            proc = subprocess.Popen([self.binary] + self.start_args, env=self.env(), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, close_fds=True)
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise BenchError("`%s %s` did not return within %d s" % (self.binary, " ".join(self.start_args), timeout))
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            self.pid = self.read_pid()
-            if self.pid and self.answers():
-                self.say("MPS control daemon started: pid %d, pipe directory %s" % (self.pid, self.pipe_dir))
-                return
-            time.sleep(0.1)
-        raise BenchError("MPS control daemon in %s did not start (`%s` exit %s): %s; is the NVIDIA driver "
-                         "loaded?" % (self.pipe_dir, " ".join(self.start_args), rc,
-                                      self.log_tail("control.log") or self.log_tail("start.out")))
+        try:
+            rc, out, err = self.control.start_daemon(self.multiuser)
+        except MpsControlError as exc:
+            raise BenchError("MPS control daemon in %s did not start: %s" % (self.pipe_dir, exc))
+        if rc == 0 and self.control.wait(self.answers, timeout):
+            self.pid = self.control.daemon_pid()
+            self.say("MPS control daemon started: pid %s, pipe directory %s (%s)" % (
+                self.pid, self.pipe_dir, self.start_command()))
+            return
+        raise BenchError("MPS control daemon in %s did not start (`%s` exit %s): %s; is the NVIDIA driver loaded?" % (
+            self.pipe_dir, self.start_command(), rc, (out + err).strip() or self.log_tail("control.log")))
 
-    def ps(self):
-        rc, out = self.command("ps")
-        if rc != 0 or mps_out.NO_DAEMON in out:
-            raise BenchError("the MPS control daemon in %s does not answer `ps` (rc %d): %s"
-                             % (self.pipe_dir, rc, out.strip()[:300]))
-        return out
+    def client_lists(self):
+        """{server: [client PIDs]}: get_client_list of every server, the proof of who is an MPS client."""
+        try:
+            return self.control.client_lists()
+        except MpsControlError as exc:
+            raise BenchError("the MPS control daemon in %s does not answer: %s" % (self.pipe_dir, exc))
+
+    def ps(self, lists=None):
+        """`ps` rows, each confirmed by get_client_list (what other users print in it is not a row)."""
+        try:
+            return self.control.ps(lists)
+        except MpsControlError as exc:
+            raise BenchError("the MPS control daemon in %s does not answer `ps`: %s" % (self.pipe_dir, exc))
 
     def stop(self, timeout=20):
-        """Quit this script's own daemon; SIGTERM then SIGKILL it and its servers only if it hangs."""
+        """Quit this script's own daemon (`quit -t`: its servers are forced down after `timeout` s) and wait for it.
+        A daemon that does not go is reported with its PID, never signalled from here."""
         if not self.own:
             return
-        pid = self.pid or self.read_pid()
-        servers = children_of(pid) if pid else []
+        pid = self.pid or self.control.daemon_pid()
         try:
-            self.command("quit", timeout=10)
-        except BenchError as exc:
-            self.say("WARNING: %s" % exc)
-        deadline = time.time() + timeout
-        while pid and pid_alive(pid) and time.time() < deadline:
-            time.sleep(0.1)
-        if pid and pid_alive(pid):
-            self.say("WARNING: MPS control daemon %d did not quit within %d s: terminating it and its servers %s"
-                     % (pid, timeout, servers))
-            for victim in [pid] + servers:
-                _signal(victim, signal.SIGTERM)
-            time.sleep(2)
-            for victim in [pid] + servers:
-                if pid_alive(victim):
-                    _signal(victim, signal.SIGKILL)
-        for server in servers:  # the server exits after its daemon; wait a little for it
-            end = time.time() + 10
-            while pid_alive(server) and time.time() < end:
-                time.sleep(0.1)
+            self.control.quit(force_after=timeout)
+        except MpsControlError as exc:
+            if self.answers():
+                self.say("WARNING: quit: %s" % exc)
+        gone = self.control.wait(lambda: not self.answers() and not (pid and pid_alive(pid)), timeout + 5)
+        if not gone:
+            raise BenchError("the benchmark's MPS control daemon %s in %s did not exit within %d s after quit: stop "
+                             "it by hand (kill %s): %s" % (pid, self.pipe_dir, timeout + 5, pid,
+                                                          self.control.log_tail()))
         self.say("MPS control daemon %s stopped" % (pid or "?"))
 
     def log_tail(self, name, max_bytes=4000):
-        if not self.log_dir:
-            return ""
-        try:
-            with open(os.path.join(self.log_dir, name), "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - max_bytes))
-                return handle.read().decode("utf-8", "replace").strip()
-        except (IOError, OSError):
-            return ""
+        return self.control.read_log(name, max_bytes).strip() if self.log_dir else ""
 
 
-def _signal(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except OSError:
-        pass
+def client_file():
+    """The file of the collection's client this script speaks to MPS through (for the report; the real path, since a
+    temporary collection path is gone after the run)."""
+    return os.path.realpath(mps_control.__file__)
 
 
 # --- NVML: a second witness of who is an MPS client --------------------------------------------------------
@@ -301,36 +265,38 @@ def nvml_processes():
             pass
 
 
-def check_membership(mode, pids, daemon, parse_ps, want_mps, say, client_pipe, wait=10.0, when="start"):
+def check_membership(mode, pids, daemon, want_mps, say, client_pipe, wait=10.0, when="start"):
     """Prove that every client of the pool is (MPS on) or is not (MPS off) a client of MPS.
 
-    Returns {"ok", "in_ps", "missing"/"unexpected", "servers", "nvml", "line"}. MPS on: every PID must be in
-    the daemon's `ps` (polled up to `wait` s: a client registers as its context comes up). MPS off: no PID
-    may be in it, nor in NVML's list of MPS client processes (that catches a client that reached some other
-    daemon); NVML must also see each PID with a context, which shows the check looked at live clients.
+    The proof is each PID in a server's get_client_list (MpsControl.client_lists: output no user controls), never a
+    `ps` row (`ps` prints each client's argv[0] raw, so any client can print rows). Returns {"ok", "listed",
+    "missing"/"unexpected", "servers", "nvml", "line"}. MPS on: every PID must be listed (polled up to `wait` s: a
+    client registers as its context comes up). MPS off: no PID may be listed, nor be in NVML's list of MPS client
+    processes (that catches a client that reached some other daemon); NVML must also see each PID with a context,
+    which shows the check looked at live clients.
     """
     deadline = time.time() + wait
     while True:
-        rows = parse_ps(daemon.ps())
-        listed = set(r["pid"] for r in rows)
-        in_ps = sorted(p for p in pids if p in listed)
-        if not want_mps or len(in_ps) == len(pids) or time.time() >= deadline:
+        lists = daemon.client_lists()
+        server_of = dict((pid, server) for server, clients in sorted(lists.items(), reverse=True) for pid in clients)
+        listed = sorted(p for p in pids if p in server_of)
+        if not want_mps or len(listed) == len(pids) or time.time() >= deadline:
             break
         time.sleep(0.5)
     nvml = nvml_processes()
-    result = {"mode": mode, "when": when, "pids": sorted(pids), "in_ps": in_ps, "servers": sorted(set(
-        r["server"] for r in rows if r["pid"] in pids)), "pipe_directory": daemon.pipe_dir, "nvml": None}
+    result = {"mode": mode, "when": when, "pids": sorted(pids), "listed": listed,
+              "servers": sorted(set(server_of[p] for p in listed)), "pipe_directory": daemon.pipe_dir, "nvml": None}
     problems = []
     if want_mps:
-        missing = sorted(set(pids) - set(in_ps))
+        missing = sorted(set(pids) - set(listed))
         result["missing"] = missing
         if missing:
-            problems.append("%d of %d clients are NOT in `ps` of the MPS daemon in %s (PIDs %s): they run without "
-                            "MPS" % (len(missing), len(pids), daemon.pipe_dir, missing))
+            problems.append("%d of %d clients are in NO get_client_list of the MPS daemon in %s (PIDs %s): they run "
+                            "without MPS" % (len(missing), len(pids), daemon.pipe_dir, missing))
     else:
-        result["unexpected"] = in_ps
-        if in_ps:
-            problems.append("clients %s ARE MPS clients of %s although MPS should be off" % (in_ps, daemon.pipe_dir))
+        result["unexpected"] = listed
+        if listed:
+            problems.append("clients %s ARE MPS clients of %s although MPS should be off" % (listed, daemon.pipe_dir))
     if nvml is not None:
         mps_set = nvml["mps"]
         result["nvml"] = {
@@ -338,16 +304,16 @@ def check_membership(mode, pids, daemon, parse_ps, want_mps, say, client_pipe, w
             "mps_clients": None if mps_set is None else sorted(p for p in pids if p in mps_set),
         }
         if not want_mps and mps_set is not None and set(pids) & mps_set:
-            # The daemon's ps is the proof the mode rests on; NVML is a second witness. If they disagree, say
-            # so loudly, but do not throw the mode away on it.
-            result["witness_disagrees"] = ("NVML lists clients %s as MPS clients although they are not in the "
-                                           "daemon's ps and MPS should be off" % sorted(set(pids) & mps_set))
+            # The daemon's client lists are the proof the mode rests on; NVML is a second witness. If they disagree,
+            # say so loudly, but do not throw the mode away on it.
+            result["witness_disagrees"] = ("NVML lists clients %s as MPS clients although they are in no client list "
+                                           "of the daemon and MPS should be off" % sorted(set(pids) & mps_set))
         if want_mps and mps_set is not None and set(pids) - mps_set:
-            say("note: NVML does not list %s among MPS client processes (the daemon's ps does)"
+            say("note: NVML does not list %s among MPS client processes (the daemon's client lists do)"
                 % sorted(set(pids) - mps_set))
     result["ok"] = not problems
     result["problems"] = problems
-    evidence = "`ps` of %s" % daemon.pipe_dir
+    evidence = "get_client_list of %s" % daemon.pipe_dir
     if result["nvml"] is not None:
         evidence += " and NVML (%d/%d with a context%s)" % (
             len(result["nvml"]["with_context"]), len(pids),
@@ -355,10 +321,10 @@ def check_membership(mode, pids, daemon, parse_ps, want_mps, say, client_pipe, w
             % len(result["nvml"]["mps_clients"]))
     if want_mps:
         result["line"] = "MPS on: %d/%d clients are MPS clients (server %s), by %s" % (
-            len(in_ps), len(pids), ",".join(str(s) for s in result["servers"]) or "-", evidence)
+            len(listed), len(pids), ",".join(str(s) for s in result["servers"]) or "-", evidence)
     else:
         result["line"] = "MPS off: %d/%d clients are NOT MPS clients (pipe directory %s is empty), by %s" % (
-            len(pids) - len(in_ps), len(pids), client_pipe, evidence)
+            len(pids) - len(listed), len(pids), client_pipe, evidence)
     return result
 
 
@@ -566,7 +532,10 @@ def parse_args(argv):
     p.add_argument("--python", default=sys.executable, help="interpreter for the clients (needs cupy or torch)")
     p.add_argument("--pipe-dir", help="use the MPS daemon already running there (else start a private one)")
     p.add_argument("--log-dir", help="with --pipe-dir: that daemon's log directory (for the report)")
-    p.add_argument("--control-binary", help="path of nvidia-cuda-mps-control (default: PATH and NVIDIA's places)")
+    p.add_argument("--control-binary", help="path of nvidia-cuda-mps-control (default: root's and NVIDIA's directories, "
+                                            "as the collection's find_control_binary looks; never PATH)")
+    p.add_argument("--lib", help="a directory holding ansible_collections/gpulab/mps (the collection's client); default: "
+                                 "the checkout this script belongs to")
     p.add_argument("--budget-s", type=float,
                    help="stop adding repeats past this many seconds (default 240; --quick 80); every "
                         "configuration still gets one run")
@@ -697,7 +666,7 @@ def main(argv=None):
         return 2
 
     state = {"runs": [], "checks": [], "problems": [], "probe": None, "daemon": None, "pools": [],
-             "workdir": tempfile.mkdtemp(prefix="gpulab-mps-bench-"), "parser": None, "env": {}}
+             "workdir": tempfile.mkdtemp(prefix="gpulab-mps-bench-"), "client": None, "env": {}}
 
     def on_signal(signum, _frame):
         raise Interrupted("signal %d" % signum)
@@ -740,24 +709,24 @@ def main(argv=None):
 
 def run_benchmark(args, say, state):
     workdir = state["workdir"]
-    parse_ps = mps_out.parse_ps
-    state["parser"] = mps_out.__file__
-    say("ps parser: %s" % mps_out.__file__)
-    binary = find_control_binary(args.control_binary)
+    state["client"] = client_file()
     # The daemon of the "MPS on" mode: this script's own, or the one the caller runs.
     if args.pipe_dir:
-        daemon = Daemon(binary, os.path.abspath(args.pipe_dir), args.log_dir, False, say)
+        daemon = Daemon(args.pipe_dir, args.log_dir, False, say, control_binary=args.control_binary)
+        say("MPS client: %s (%s)" % (MpsControl.__module__, daemon.binary))
         if not daemon.answers():
             raise BenchError("no MPS control daemon answers in %s (--pipe-dir): start it (gpulab.mps.mps_daemon, "
                              "state=started) or leave --pipe-dir out to let this script start its own"
                              % daemon.pipe_dir)
-        others = parse_ps(daemon.ps())
+        others = sorted(set(p for clients in daemon.client_lists().values() for p in clients))
         if others:
             state["problems"].append("the daemon in %s already serves clients %s: they share the GPU with the "
-                                     "benchmark" % (daemon.pipe_dir, [r["pid"] for r in others]))
+                                     "benchmark" % (daemon.pipe_dir, others))
         say("using the MPS daemon that runs in %s" % daemon.pipe_dir)
     else:
-        daemon = Daemon(binary, os.path.join(workdir, "mps-pipe"), os.path.join(workdir, "mps-log"), True, say)
+        daemon = Daemon(os.path.join(workdir, "mps-pipe"), os.path.join(workdir, "mps-log"), True, say,
+                        control_binary=args.control_binary, state_dir=os.path.join(workdir, "mps-state"))
+        say("MPS client: %s (%s)" % (MpsControl.__module__, daemon.binary))
     state["daemon"] = daemon
     # MPS off: an empty directory that no daemon listens on, so the driver runs the client without MPS.
     no_mps = os.path.join(workdir, "no-mps-pipe")
@@ -802,11 +771,11 @@ def run_benchmark(args, say, state):
     for index, mode in enumerate(args.modes):
         # This mode may use an equal share of what is left of the budget.
         share = (args.budget_s - (time.time() - say.t0)) / (len(args.modes) - index)
-        run_mode(args, say, state, mode, daemon, parse_ps, argv, no_mps, share, total_runs)
+        run_mode(args, say, state, mode, daemon, argv, no_mps, share, total_runs)
     say("runs done in %.1f s" % (time.time() - begin))
 
 
-def start_pool(args, say, state, mode, daemon, parse_ps, argv, no_mps):
+def start_pool(args, say, state, mode, daemon, argv, no_mps):
     """A ready pool whose clients passed the membership check, or None (the check failed, recorded)."""
     want_mps = mode == "mps"
     pipe = daemon.pipe_dir if want_mps else no_mps
@@ -818,7 +787,7 @@ def start_pool(args, say, state, mode, daemon, parse_ps, argv, no_mps):
     pool.start(args.start_timeout)
     say("mode %s: %d clients ready in %.1f s (pids %s)" % (mode, size, time.time() - t_pool,
                                                            " ".join(str(p) for p in pool.pids())))
-    membership = check_membership(mode, pool.pids(), daemon, parse_ps, want_mps, say, no_mps, wait=args.ps_wait)
+    membership = check_membership(mode, pool.pids(), daemon, want_mps, say, no_mps, wait=args.ps_wait)
     state["checks"].append(membership)
     say("check: " + membership["line"])
     if membership.get("witness_disagrees"):
@@ -835,9 +804,9 @@ def start_pool(args, say, state, mode, daemon, parse_ps, argv, no_mps):
     return None
 
 
-def run_mode(args, say, state, mode, daemon, parse_ps, argv, no_mps, share, total_runs):
+def run_mode(args, say, state, mode, daemon, argv, no_mps, share, total_runs):
     probe = state["probe"]
-    pool = start_pool(args, say, state, mode, daemon, parse_ps, argv, no_mps)
+    pool = start_pool(args, say, state, mode, daemon, argv, no_mps)
     if pool is None:
         return
     mode_start, failures = time.time(), 0
@@ -870,7 +839,7 @@ def run_mode(args, say, state, mode, daemon, parse_ps, argv, no_mps, share, tota
                         say("mode %s abandoned after %d failed runs" % (mode, failures))
                         return
                     say("restarting the %s clients" % mode)
-                    pool = start_pool(args, say, state, mode, daemon, parse_ps, argv, no_mps)
+                    pool = start_pool(args, say, state, mode, daemon, argv, no_mps)
                     if pool is None:
                         return
                     continue
@@ -890,7 +859,7 @@ def run_mode(args, say, state, mode, daemon, parse_ps, argv, no_mps, share, tota
                     (" (x%.2f of N=1)" % (result["throughput"] / base)) if base else "",
                     result["latency_p50_ms"] or 0, result["latency_worst_client_ms"] or 0,
                     "" if not result["checks_failed"] else " WRONG RESULTS"))
-    final = check_membership(mode, pool.pids(), daemon, parse_ps, mode == "mps", say, no_mps, wait=2.0, when="end")
+    final = check_membership(mode, pool.pids(), daemon, mode == "mps", say, no_mps, wait=2.0, when="end")
     state["checks"].append(final)
     say("check at the end: " + final["line"])
     if not final["ok"]:
@@ -914,8 +883,12 @@ def cleanup(state, say):
     state["pools"] = []
     daemon = state.get("daemon")
     if daemon is not None and daemon.own:
-        if daemon.pid or daemon.read_pid():
-            daemon.stop()
+        if daemon.pid or daemon.control.daemon_pid():
+            try:
+                daemon.stop()
+            except BenchError as exc:
+                state["problems"].append(str(exc))
+                say("WARNING: %s" % exc)
         state["logs"] = {"control": daemon.log_tail("control.log", 200000),
                          "server": daemon.log_tail("server.log", 200000)}
     shutil.rmtree(state["workdir"], ignore_errors=True)
@@ -935,7 +908,7 @@ def build_result(args, state):
         "driver": state["env"].get("driver"), "host": socket.gethostname(), "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
         "command": " ".join(shlex.quote(a) for a in ["python3", "benchmarks/mps_benchmark.py"] + sys.argv[1:]),
-        "ps_parser": state["parser"], "other_gpu_processes_at_start": state["env"].get(
+        "mps_client": state["client"], "other_gpu_processes_at_start": state["env"].get(
             "other_gpu_processes_at_start"),
         "daemon": None if state["daemon"] is None else {
             "pipe_directory": state["daemon"].pipe_dir, "own": state["daemon"].own, "pid": state["daemon"].pid},

@@ -203,28 +203,29 @@ def ready_now(client, timeout=0.2):
 
 
 def snapshot(daemon, users):
-    """What the daemon says runs: servers (with their uid and active thread percentage) and ps."""
-    rc, out = daemon.command("get_server_list")
-    servers = []
+    """What the daemon says runs, asked through the collection's client: servers (with their uid and active thread
+    percentage) and each server's client list (get_client_list: the proof of who is an MPS client)."""
+    control = daemon.control
+    servers, lists = [], {}
     try:
-        listed = mps_out.parse_pid_list(out) if rc == 0 else []
-    except mps_out.OutputError:
-        listed = []
-    for pid in listed:
-        rc, text = daemon.command("get_active_thread_percentage %d" % pid)
+        lists = control.client_lists()
+    except bench.MpsControlError:
+        pass
+    for pid in sorted(lists):
         try:
-            threads = mps_out.parse_percentage(text) if rc == 0 else None
-        except mps_out.OutputError:
+            threads = control.active_thread_percentage(pid)
+        except bench.MpsControlError:
             threads = None
         uid = process_uid(pid)
         user = next((n for n in users.names if not users.as_current and users.uid(n) == uid), None)
         servers.append({"pid": pid, "uid": uid, "user": user or ("root" if uid == 0 else None),
                         "active_thread_percentage": threads})
-    try:
-        ps = mps_out.parse_ps(daemon.ps())
-    except (mps_out.OutputError, bench.BenchError):
-        ps = []
-    return {"servers": servers, "ps": ps}
+    return {"servers": servers, "clients": dict((str(s), c) for s, c in sorted(lists.items()))}
+
+
+def listed(clients, pid):
+    """Whether `pid` is in one of the client lists of a snapshot."""
+    return any(pid in pids for pids in (clients or {}).values())
 
 
 def run_daemon(args, say, state, name, users, workdir, iters):
@@ -232,15 +233,20 @@ def run_daemon(args, say, state, name, users, workdir, iters):
     pipe, log = os.path.join(workdir, name, "pipe"), os.path.join(workdir, name, "log")
     os.makedirs(os.path.join(workdir, name), mode=0o755)
     os.chmod(os.path.join(workdir, name), 0o755)
-    daemon = bench.Daemon(state["binary"], pipe, log, True, say, start_args=DAEMONS[name], dir_mode=0o755)
+    daemon = bench.Daemon(pipe, log, True, say, control_binary=args.control_binary, multiuser=name == "multiuser",
+                          dir_mode=0o755, state_dir=os.path.join(workdir, name, "state"))
     state["daemons"].append(daemon)
     finding = {"daemon": name, "start": "%s %s" % (mps_out.CONTROL_BINARY, " ".join(DAEMONS[name])),
-               "pipe_directory": pipe, "commands": []}
+               "pipe_directory": daemon.pipe_dir, "commands": []}
     daemon.start()
-    finding["commands"].append("CUDA_MPS_PIPE_DIRECTORY=%s CUDA_MPS_LOG_DIRECTORY=%s %s" % (pipe, log, finding["start"]))
-    rc, out = daemon.command("set_default_active_thread_percentage %g" % args.default_threads)
+    finding["commands"].append("CUDA_MPS_PIPE_DIRECTORY=%s CUDA_MPS_LOG_DIRECTORY=%s %s" % (
+        daemon.pipe_dir, daemon.log_dir, finding["start"]))
+    try:
+        held = daemon.control.set_default_active_thread_percentage(args.default_threads)
+    except bench.MpsControlError as exc:
+        held = "refused: %s" % str(exc).splitlines()[0][:200]
     finding["commands"].append("echo set_default_active_thread_percentage %g | %s  -> %s" % (
-        args.default_threads, mps_out.CONTROL_BINARY, out.strip()))
+        args.default_threads, mps_out.CONTROL_BINARY, held))
     user_a, user_b = users.names
     a_env = bench.client_env(pipe)
     b_env = dict(bench.client_env(pipe), CUDA_MPS_ACTIVE_THREAD_PERCENTAGE="%g" % args.b_threads)
@@ -293,7 +299,7 @@ def run_daemon(args, say, state, name, users, workdir, iters):
             overlap_snapshot = snapshot(daemon, users)
         a_result = bench.collect([a], "result", args.a_seconds + 60)[0]
         finding["servers_during"] = overlap_snapshot["servers"]
-        finding["ps_during"] = overlap_snapshot["ps"]
+        finding["clients_during"] = overlap_snapshot["clients"]
         finding["a_launches"] = a_result["count"]
         finding["b_ready_before_a_exit"] = b_ready is not None
         if b_ready is not None:
@@ -321,13 +327,14 @@ def run_daemon(args, say, state, name, users, workdir, iters):
                 b_failed = str(exc).splitlines()[0][:400]
         finding["b_failed"] = b_failed
         finding["alone_ms"] = state["alone_ms"]
-        # Proof that each ran under MPS: its PID in the daemon's ps while it ran (B's after A's exit, if it waited).
+        # Proof that each ran under MPS: its PID in a server's get_client_list while it ran (B's after A's exit, if it
+        # waited); never a ps row, which a client's name can print.
         for who in ("a", "b"):
             seen = finding.get("%s_seen" % who)
             if seen:
-                rows = finding["ps_during"] if who == "a" or finding["b_ready_before_a_exit"] else (
-                    finding.get("after_a") or {}).get("ps", [])
-                finding["%s_mps_client" % who] = any(r["pid"] == seen["pid"] for r in rows)
+                lists = finding["clients_during"] if who == "a" or finding["b_ready_before_a_exit"] else (
+                    finding.get("after_a") or {}).get("clients", {})
+                finding["%s_mps_client" % who] = listed(lists, seen["pid"])
         finding["verdict"], finding["line"] = verdict(finding)
         say("%s: %s" % (finding["start"], finding["line"]))
     finally:
@@ -335,7 +342,10 @@ def run_daemon(args, say, state, name, users, workdir, iters):
         for client in (a, b):
             if client in state["clients"]:
                 state["clients"].remove(client)
-        daemon.stop()
+        try:
+            daemon.stop()
+        except bench.BenchError as exc:
+            state["problems"].append(str(exc))
         state["logs"][name] = {"control": daemon.log_tail("control.log", 100000),
                                "server": daemon.log_tail("server.log", 100000)}
         state["daemons"].remove(daemon)
@@ -359,7 +369,8 @@ def parse_args(argv):
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--backend", default="auto", choices=["auto", "cupy", "torch", "sim"])
     p.add_argument("--python", default=sys.executable)
-    p.add_argument("--control-binary")
+    p.add_argument("--control-binary", help="path of nvidia-cuda-mps-control (default: root's and NVIDIA's directories)")
+    p.add_argument("--lib", help="a directory holding ansible_collections/gpulab/mps (default: this script's checkout)")
     p.add_argument("--start-timeout", type=float, default=90.0)
     p.add_argument("--b-wait", type=float, default=30.0, help="seconds B may take to start once A's client is gone")
     p.add_argument("--deadline-s", type=float, default=140.0, help="hard stop: clean up (users, daemons) and report")
@@ -403,7 +414,6 @@ def main(argv=None):
     signal.alarm(int(args.deadline_s))
     status = 0
     try:
-        state["binary"] = bench.find_control_binary(args.control_binary)
         users.create()
         for user in args.users:
             cache = os.path.join(workdir, "cache-%s" % user)
@@ -460,7 +470,10 @@ def main(argv=None):
             signal.signal(sig, signal.SIG_IGN)  # the cleanup is bounded; let it finish
         bench.stop_clients(state["clients"], grace=2.0)
         for daemon in list(state["daemons"]):
-            daemon.stop()
+            try:
+                daemon.stop()
+            except bench.BenchError as exc:
+                state["problems"].append(str(exc))
         try:
             users.remove()
         except Exception as exc:  # never leave the cleanup half done silently
@@ -482,7 +495,7 @@ def build_result(args, state):
             "sm_count"), "backend": state.get("backend"), "host": socket.gethostname(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
             "command": " ".join(shlex.quote(a) for a in ["python3", "benchmarks/mps_multiuser.py"] + sys.argv[1:]),
-            "control_binary": state.get("binary"), "users": args.users, "as_current_user": args.as_current_user},
+            "mps_client": bench.client_file(), "users": args.users, "as_current_user": args.as_current_user},
         "config": {"a_seconds": args.a_seconds, "blocks": args.blocks, "launch_ms": args.launch_ms,
                    "alone_ms": state.get("alone_ms"), "default_threads": args.default_threads,
                    "b_threads": args.b_threads},
@@ -538,8 +551,10 @@ def render_markdown(result):
         for server in f.get("servers_during") or []:
             out.append("- server while A ran: pid %s, uid %s (%s), active thread percentage %s" % (
                 server["pid"], server["uid"], server["user"], server["active_thread_percentage"]))
-        if f.get("ps_during"):
-            out.append("- ps while A ran: %s" % "; ".join("pid %(pid)s server %(server)s" % r for r in f["ps_during"]))
+        if f.get("clients_during"):
+            out.append("- client lists while A ran (get_client_list): %s" % "; ".join(
+                "server %s: %s" % (server, ", ".join(str(p) for p in pids) or "none")
+                for server, pids in sorted(f["clients_during"].items())))
     if result["problems"]:
         out += ["", "## Problems", ""] + ["- " + p for p in result["problems"]]
     out.append("")

@@ -51,6 +51,7 @@ import mps_benchmark as bench  # noqa: E402  (beside this file: the daemon, the 
 import mps_qos_report as report  # noqa: E402
 
 mps_out = bench.mps_out
+MpsControlError = bench.MpsControlError
 CLASS_VARIABLES = ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_CLIENT_PRIORITY", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
 _ENV_LINE_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>[^\s'\"]*)$")
 CLASS_MODES = ("prio", "threads", "qos")
@@ -208,7 +209,10 @@ def parse_args(argv):
     p.add_argument("--python", default=sys.executable, help="interpreter for the clients (needs cupy or torch)")
     p.add_argument("--pipe-dir", help="use the MPS daemon already running there (else start a private one)")
     p.add_argument("--log-dir", help="with --pipe-dir: that daemon's log directory (server.log, for the evidence)")
-    p.add_argument("--control-binary", help="path of nvidia-cuda-mps-control (default: PATH and NVIDIA's places)")
+    p.add_argument("--control-binary", help="path of nvidia-cuda-mps-control (default: root's and NVIDIA's directories, "
+                                            "as the collection's find_control_binary looks; never PATH)")
+    p.add_argument("--lib", help="a directory holding ansible_collections/gpulab/mps (the collection's client); default: "
+                                 "the checkout this script belongs to")
     p.add_argument("--budget-s", type=float, default=200.0, help="stop adding repeats past this many seconds")
     p.add_argument("--deadline-s", type=float, help="hard stop: clean up and report (default budget + 120)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds for a pool of clients to be ready")
@@ -269,7 +273,7 @@ def main(argv=None):
         print("cannot create --out %s: %s" % (args.out, exc), file=sys.stderr)
         return 2
     state = {"runs": [], "checks": [], "problems": [], "notes": [], "probe": None, "daemon": None, "pools": [],
-             "workdir": tempfile.mkdtemp(prefix="gpulab-mps-qos-"), "parser": mps_out.__file__, "env": {},
+             "workdir": tempfile.mkdtemp(prefix="gpulab-mps-qos-"), "client": bench.client_file(), "env": {},
              "evidence": [], "daemon_evidence": [], "classes": {}, "pids": {}}
 
     def on_signal(signum, _frame):
@@ -298,7 +302,7 @@ def main(argv=None):
         signal.alarm(0)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # cleanup is bounded (timeouts); let it finish
-        server_log = given_server_log(args)
+        server_log = given_server_log(args, state)
         bench.cleanup(state, say)
     if state["probe"] is None:
         write_log(args, say)
@@ -314,22 +318,18 @@ def main(argv=None):
     return status
 
 
-def given_server_log(args):
-    """server.log of the daemon given with --pipe-dir/--log-dir (this script's own is read at its cleanup)."""
-    if not (args.pipe_dir and args.log_dir):
+def given_server_log(args, state):
+    """server.log of the daemon given with --pipe-dir/--log-dir, read through the client (this script's own daemon's
+    is read at its cleanup)."""
+    daemon = state.get("daemon")
+    if not (args.pipe_dir and args.log_dir) or daemon is None or daemon.own:
         return None
-    try:
-        with open(os.path.join(args.log_dir, "server.log"), "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - (4 << 20)))
-            return handle.read().decode("utf-8", "replace")
-    except (IOError, OSError):
-        return None
+    return daemon.control.read_log("server.log") or None
 
 
 def run_benchmark(args, say, state):
     workdir = state["workdir"]
-    say("ps parser: %s" % mps_out.__file__)
+    say("MPS client: %s" % state["client"])
     if set(args.modes) & set(CLASS_MODES):
         state["classes"] = load_classes(args.qos_dir, [args.latency_class, args.batch_class])
         for name, cls in sorted(state["classes"].items()):
@@ -337,19 +337,19 @@ def run_benchmark(args, say, state):
                 cls["environment"].items())) or "no MPS variable"))
         for mode in args.modes:
             mode_environment(mode, state["classes"], args)  # refuse a mode the classes cannot make, before anything
-    binary = bench.find_control_binary(args.control_binary)
     if args.pipe_dir:
-        daemon = bench.Daemon(binary, os.path.abspath(args.pipe_dir), args.log_dir, False, say)
+        daemon = bench.Daemon(args.pipe_dir, args.log_dir, False, say, control_binary=args.control_binary)
         if not daemon.answers():
             raise bench.BenchError("no MPS control daemon answers in %s (--pipe-dir): start it (gpulab.mps.mps_daemon, "
                                    "state=started) or leave --pipe-dir out" % daemon.pipe_dir)
-        others = mps_out.parse_ps(daemon.ps())
+        others = sorted(set(p for clients in daemon.client_lists().values() for p in clients))
         if others:
             state["problems"].append("the daemon in %s already serves clients %s: they share the GPU with the "
-                                     "benchmark" % (daemon.pipe_dir, [r["pid"] for r in others]))
+                                     "benchmark" % (daemon.pipe_dir, others))
         say("using the MPS daemon that runs in %s" % daemon.pipe_dir)
     else:
-        daemon = bench.Daemon(binary, os.path.join(workdir, "mps-pipe"), os.path.join(workdir, "mps-log"), True, say)
+        daemon = bench.Daemon(os.path.join(workdir, "mps-pipe"), os.path.join(workdir, "mps-log"), True, say,
+                              control_binary=args.control_binary, state_dir=os.path.join(workdir, "mps-state"))
     state["daemon"] = daemon
     for name, cls in state["classes"].items():
         if cls["pipe_directory"] and cls["pipe_directory"] != daemon.pipe_dir:
@@ -387,24 +387,25 @@ def run_benchmark(args, say, state):
 
 
 def daemon_facts(daemon):
-    """What the daemon says of its defaults and servers: sentences, each read by the collection's parser."""
-    lines = []
+    """What the daemon says of its defaults and servers: sentences, each asked through the collection's client."""
+    control = daemon.control
 
-    def ask(command, parser):
-        rc, out = daemon.command(command)
+    def ask(call, *arguments):
         try:
-            return parser(out) if rc == 0 else None, out.strip()
-        except mps_out.OutputError:
-            return None, out.strip()
+            return call(*arguments)
+        except MpsControlError as exc:
+            return "unreadable (%s)" % str(exc).splitlines()[0][:200]
 
-    threads, raw = ask("get_default_active_thread_percentage", mps_out.parse_percentage)
-    lines.append("default active thread percentage: %s" % (threads if threads is not None else repr(raw)))
-    priority, raw = ask("get_default_client_priority", mps_out.parse_client_priority)
-    lines.append("default client priority: %s" % (priority if priority is not None else repr(raw)))
-    servers, raw = ask("get_server_list", mps_out.parse_pid_list)
-    for server in servers or []:
-        value, raw = ask("get_active_thread_percentage %d" % server, mps_out.parse_percentage)
-        lines.append("server %d: active thread percentage %s" % (server, value if value is not None else repr(raw)))
+    lines = ["default active thread percentage: %s" % ask(control.default_active_thread_percentage),
+             "default client priority: %s" % ask(control.query, "get_default_client_priority",
+                                                 mps_out.parse_client_priority)]
+    try:
+        servers = control.server_list()
+    except MpsControlError as exc:
+        servers = []
+        lines.append("servers: unreadable (%s)" % str(exc).splitlines()[0][:200])
+    for server in servers:
+        lines.append("server %d: active thread percentage %s" % (server, ask(control.active_thread_percentage, server)))
     return lines
 
 
@@ -434,8 +435,7 @@ def run_mode(args, say, state, mode, daemon, no_mps, sim_dir, share):
     say("mode %s: %d clients ready in %.1f s (latency %d, neighbours %s)" % (
         mode, size + 1, time.time() - started, pool.pids()[0], " ".join(str(p) for p in pool.pids()[1:])))
     state["pids"][mode] = pool.pids()
-    membership = bench.check_membership(mode, pool.pids(), daemon, mps_out.parse_ps, want_mps, say, no_mps,
-                                        wait=args.ps_wait)
+    membership = bench.check_membership(mode, pool.pids(), daemon, want_mps, say, no_mps, wait=args.ps_wait)
     state["checks"].append(membership)
     say("check: " + membership["line"])
     if membership.get("witness_disagrees"):
@@ -495,8 +495,7 @@ def run_mode(args, say, state, mode, daemon, no_mps, sim_dir, share):
             say("[%s N=%d rep %d] latency p50 %s p99 %s max %s ms (%s launches); neighbours %.1f launches/s" % (
                 mode, n, rep, report._fmt(lat.get("p50_ms"), 3), report._fmt(lat.get("p99_ms"), 3),
                 report._fmt(lat.get("max_ms"), 3), lat.get("count", 0), record["result"]["neighbour_throughput"]))
-    final = bench.check_membership(mode, pool.pids(), daemon, mps_out.parse_ps, want_mps, say, no_mps, wait=2.0,
-                                   when="end")
+    final = bench.check_membership(mode, pool.pids(), daemon, want_mps, say, no_mps, wait=2.0, when="end")
     state["checks"].append(final)
     say("check at the end: " + final["line"])
     if not final["ok"]:
@@ -542,7 +541,7 @@ def build_result(args, state, server_log):
         "host": socket.gethostname(), "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
         "command": " ".join(shlex.quote(a) for a in ["python3", "benchmarks/mps_qos_benchmark.py"] + sys.argv[1:]),
-        "ps_parser": state["parser"],
+        "mps_client": state["client"],
         "daemon": None if daemon is None else {"pipe_directory": daemon.pipe_dir, "own": daemon.own, "pid": daemon.pid},
     }
     runs = [dict((k, v) for k, v in r.items() if k != "latency_ms") for r in state["runs"]]

@@ -9,7 +9,8 @@
 #    the checkout's own .venv.
 # 2. Runs tests/gpu/lane.yml: the modules against the real driver and MPS.
 # 3. Runs site.yml's host stages twice on localhost and checks that the second run changes nothing,
-#    timing both (cold and warm); runs the sample workloads (--tags host,workload: cuda_workload_python auto);
+#    timing both (cold and warm); does the seeds' experiment (--tags host,workload: cuda_workload_python auto; its
+#    table in OUT/workload/<host>/seed_experiment.md and .json);
 #    sets new defaults through site.yml (must change, then not), rolls fleet.yml out to this one host,
 #    runs teardown.yml (no daemon may answer after it), and runs the benchmark playbook (--quick).
 # Everything it prints also goes to OUT/gpu-lane.log (default build/gpu-lane).
@@ -70,10 +71,12 @@ start=$(date +%s%N); "${site[@]}" | tee "$out/site-cold.log"; cold=$(( ($(date +
 step "site.yml host stages, warm (must change nothing)"
 start=$(date +%s%N); "${site[@]}" | tee "$out/site-warm.log"; warm=$(( ($(date +%s%N) - start) / 1000000 ))
 recap=$(recap_of "$out/site-warm.log")
-step "site.yml sample workloads under the lab's daemon (--tags host,workload)"
+step "site.yml: the seeds' experiment under the lab's daemon (--tags host,workload), its table last"
+rm -rf build/workload
 ansible-playbook site.yml -i inventories/lab --tags host,workload \
   | tee "$out/site-workload.log" || true  # judged by its recap below
 workload_recap=$(recap_of "$out/site-workload.log")
+cp -r build/workload "$out/workload" 2>/dev/null || echo "no table written (build/workload)"
 
 step "site.yml with new defaults (50 %, 8G, idle servers restarted): must change, then must not"
 defaults=(-e mps_host_default_active_thread_percentage=50 -e mps_host_default_pinned_memory_limit=8G

@@ -3,7 +3,8 @@
 #   lane          tests/gpu/run.sh: the modules against the real driver and MPS, site.yml cold and warm,
 #                 the sample workloads and the benchmark playbook (--quick) through Ansible (~4 min)
 #   pod_boundary  tests/gpu/pod_boundary.sh: which of hostIPC, pipe mount, /dev/shm a pod needs (~2 min)
-#   workloads     benchmarks/sample_workloads.sh: the seed workloads with and without MPS (~30 s)
+#   workloads     benchmarks/seed_experiment.py: the seeds' experiment of `make lab` against a daemon of its own
+#                 (matmul workers and kernel pair, alone and at once, time-slicing and MPS; its table) (~1 min)
 #   benchmark     benchmarks/mps_benchmark.py: MPS against time-slicing (~3-4 min; --quick ~1 min)
 #   lab_speed     benchmarks/lab_speed.sh: make lab cold (offline install), then site.yml --tags host warm x3 (~2 min)
 # Each step has its own time limit and starts and stops its own MPS daemon; a failing step does not stop the
@@ -37,7 +38,7 @@ for step in ${steps//,/ }; do
     lane) timeout 450 tests/gpu/run.sh "${wheels[@]}" --out "$out/work/lane"; rc=$?
           note "lane: exit $rc; $(grep -E '^site.yml --tags host' "$out/work/lane/gpu-lane.log" 2>/dev/null)" ;;
     pod_boundary) timeout 200 tests/gpu/pod_boundary.sh "$out/work/pod_boundary"; note "pod boundary: exit $?" ;;
-    workloads) timeout 120 bash benchmarks/sample_workloads.sh "$out/work/workloads"; note "workloads: exit $?" ;;
+    workloads) timeout 240 python3 benchmarks/seed_experiment.py --out "$out/work/workloads"; note "workloads: exit $?" ;;
     benchmark) timeout 400 python3 benchmarks/mps_benchmark.py "${quick[@]}" --out "$out/work/benchmark"
                note "benchmark: exit $?" ;;
     lab_speed) timeout 300 benchmarks/lab_speed.sh "${wheels[@]}" --out "$out/work/lab_speed" | tee "$out/work/lab_speed.txt"
@@ -53,6 +54,7 @@ rm -rf "$out/work"
 for step in ${steps//,/ }; do
   case "$step" in
     pod_boundary) echo; echo "=== pod boundary"; tar -xzOf "$out/pod_boundary.tar.gz" pod_boundary/summary.txt 2>/dev/null ;;
+    workloads) echo; echo "=== the seeds' experiment"; tar -xzOf "$out/workloads.tar.gz" workloads/seed_experiment.md 2>/dev/null ;;
     benchmark) echo; echo "=== benchmark"; tar -xzOf "$out/benchmark.tar.gz" benchmark/mps_benchmark.md 2>/dev/null | head -60 ;;
     lab_speed) echo; echo "=== lab speed"; tar -xzOf "$out/lab_speed.tar.gz" lab_speed/summary.txt 2>/dev/null ;;
   esac

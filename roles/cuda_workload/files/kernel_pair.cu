@@ -5,7 +5,8 @@
 //   nvcc -O2 -o kernel_pair kernel_pair.cu
 //   kernel_pair --kernel add|scale [--n N] [--blocks B] [--threads T] [--iterations I] [--device D] [--handshake]
 //
-// Prints one line per iteration ("iteration 3: 0.123 ms") and, last, "RESULT {json}". With --handshake it
+// Prints one line per iteration ("iteration 3: 0.123 ms") and, last, "RESULT {json}" (with the wall clock at the
+// start and the end of the timed launches: started_at, ended_at). With --handshake it
 // prints "READY <pid>" once its CUDA context exists, then waits for a line on stdin before the first launch,
 // so that a runner can prove it is an MPS client before it works. Every CUDA call is checked; the output is
 // poisoned (all bits set: NaN) before each launch and every element is compared with the host's result.
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#include <time.h>
 #include <unistd.h>
 #include <cuda_runtime.h>
 
@@ -40,6 +42,15 @@ static long long arg_value(int argc, char **argv, const char *name, long long fa
         if (strcmp(argv[i], name) == 0)
             return atoll(argv[i + 1]);
     return fallback;
+}
+
+// The wall clock (seconds since the epoch), shared by the workers of one host: the runner's aggregate of workers side
+// by side is measured from the first one's start to the last one's end.
+static double wall_seconds()
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
 }
 
 static bool has_flag(int argc, char **argv, const char *name)
@@ -102,6 +113,7 @@ int main(int argc, char **argv)
     }
 
     std::vector<float> ms(iterations);
+    const double started = wall_seconds();
     for (int it = 0; it < iterations; ++it) {
         CHECK(cudaMemset(dc, 0xff, bytes));  // all bits set is a NaN: an element the kernel skips shows
         CHECK(cudaEventRecord(start));
@@ -116,6 +128,7 @@ int main(int argc, char **argv)
         printf("iteration %d: %.3f ms\n", it, ms[it]);
         fflush(stdout);
     }
+    const double ended = wall_seconds();
     CHECK(cudaMemcpy(out.data(), dc, bytes, cudaMemcpyDeviceToHost));
     long long wrong = 0;
     for (long long i = 0; i < n; ++i) {
@@ -128,7 +141,8 @@ int main(int argc, char **argv)
            kernel.c_str(), (int)getpid(), prop.name, prop.multiProcessorCount, blocks, threads, n);
     for (int it = 0; it < iterations; ++it)
         printf("%s%.4f", it ? ", " : "", ms[it]);
-    printf("], \"wrong_elements\": %lld, \"check\": \"%s\"}\n", wrong, wrong ? "wrong results" : "ok");
+    printf("], \"started_at\": %.6f, \"ended_at\": %.6f, \"wrong_elements\": %lld, \"check\": \"%s\"}\n",
+           started, ended, wrong, wrong ? "wrong results" : "ok");
     fflush(stdout);
     cudaFree(da);
     cudaFree(db);

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,6 +54,7 @@ def with_cupy(args):
         return 0
     start, stop = cupy.cuda.Event(), cupy.cuda.Event()
     times = []
+    started = time.time()
     for it in range(args.iterations):
         c.fill(float("nan"))
         start.record()
@@ -64,12 +66,14 @@ def with_cupy(args):
         stop.synchronize()
         times.append(cupy.cuda.get_elapsed_time(start, stop))
         print("iteration %d: %.3f ms" % (it, times[-1]), flush=True)
+    ended = time.time()
     want = a + b if args.kernel == "add" else cupy.float32(3.0) * a
     wrong = int(cupy.count_nonzero(c != want))
     name = props["name"]
     result(kernel=args.kernel, implementation="cupy", device=name.decode() if isinstance(name, bytes) else name,
            sm_count=int(props["multiProcessorCount"]), blocks=args.blocks, threads=args.threads, n=args.n,
-           ms=[round(t, 4) for t in times], wrong_elements=wrong, check="ok" if wrong == 0 else "wrong results")
+           ms=[round(t, 4) for t in times], started_at=started, ended_at=ended, wrong_elements=wrong,
+           check="ok" if wrong == 0 else "wrong results")
     return 0 if wrong == 0 else 1
 
 
@@ -88,6 +92,7 @@ def with_torch(args):
         return 0
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
+    started = time.time()
     for it in range(args.iterations):
         c.fill_(float("nan"))
         start.record()
@@ -99,11 +104,12 @@ def with_torch(args):
         stop.synchronize()
         times.append(start.elapsed_time(stop))
         print("iteration %d: %.3f ms" % (it, times[-1]), flush=True)
+    ended = time.time()
     want = a + b if args.kernel == "add" else a * 3.0
     wrong = int((c != want).sum())
     result(kernel=args.kernel, implementation="torch", device=props.name, sm_count=props.multi_processor_count,
-           blocks=None, threads=None, n=args.n, ms=[round(t, 4) for t in times], wrong_elements=wrong,
-           check="ok" if wrong == 0 else "wrong results")
+           blocks=None, threads=None, n=args.n, ms=[round(t, 4) for t in times], started_at=started, ended_at=ended,
+           wrong_elements=wrong, check="ok" if wrong == 0 else "wrong results")
     return 0 if wrong == 0 else 1
 
 

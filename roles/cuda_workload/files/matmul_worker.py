@@ -10,8 +10,10 @@ expected to make it faster: that is the point of the comparison.
     matmul_worker.py [--size 4096] [--iterations 10] [--device 0] [--handshake] [--backend auto|torch|cupy]
 
 Prints one line per iteration ("iteration 3: 2.812 ms, 48.9 TFLOP/s") and, last, "RESULT {json}". Each
-iteration is timed with CUDA events around the product after a warm-up (cuBLAS handle and kernels loaded);
-the first rows of the result are checked against float64 on the host.
+iteration is timed with CUDA events around the product after a warm-up (cuBLAS handle and kernels loaded); the
+RESULT also gives the wall clock at the start and the end of the timed iterations (started_at, ended_at: what the
+runner's aggregate of workers side by side is measured with). The first rows of the result are checked against
+float64 on the host.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 
 def result(**fields):
@@ -137,17 +140,19 @@ def main():
             return 0
         flop = 2.0 * args.size ** 3
         times = []
+        started = time.time()  # the wall clock, shared by the workers of one host: the runner's aggregate
         for it in range(args.iterations):
             work.poison()
             times.append(work.timed())
             print("iteration %d: %.3f ms, %.1f TFLOP/s" % (it, times[-1], flop / (times[-1] * 1e-3) / 1e12),
                   flush=True)
+        ended = time.time()
         rel = work.rel_error(8)
         # float32 on the SIMT units lands far under 1e-3; TF32 tensor cores near 3e-4 (if someone enabled them).
         check = "ok" if rel < 5e-3 else "relative error %.3g against float64" % rel
         result(implementation=work.name, device=work.device_name, size=args.size, ms=[round(t, 4) for t in times],
                tflops_median=round(flop / (sorted(times)[len(times) // 2] * 1e-3) / 1e12, 2),
-               relative_error=rel, check=check)
+               relative_error=rel, started_at=started, ended_at=ended, check=check)
         return 0 if check == "ok" else 1
     except Exception as exc:
         result(check="error", error="%s: %s" % (type(exc).__name__, exc))

@@ -10,8 +10,9 @@ client table; the queries gpulab.mps.mps_daemon, mps_info and the benchmarks mak
 set, 100% threads, client priority 0). Its clients are the simulated benchmark clients (mps_bench_client.py --backend sim), which
 register their PID in <pipe>/sim-clients/ when they find a daemon, as the CUDA driver connects to one.
 
-Fault injection (environment of the fake): FAKE_MPS_HIDE=1 makes `ps` list no client (clients that silently
-run without MPS); FAKE_MPS_NO_QUIT=1 makes the daemon ignore `quit` (a hung daemon, to be killed).
+The collection's client runs it with an environment of its own (built from the plan, never the caller's), so no
+fault is injected through the fake's environment: a client that silently runs without MPS is a simulated client with
+GPULAB_SIM_NO_MPS=1 (it does not register), as a real one whose pipe directory is wrong does not connect.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def serve(pipe):
     log("Starting control daemon using socket %s/control" % pipe)
     quit_marker = os.path.join(pipe, "fake-quit")
     while True:
-        if os.path.exists(quit_marker) and not os.environ.get("FAKE_MPS_NO_QUIT"):
+        if os.path.exists(quit_marker):
             break
         time.sleep(0.05)
     for name in (PID_FILE, "fake-quit"):
@@ -111,7 +112,7 @@ def main(argv):
         if not command:
             continue
         log("Cmd:" + command)
-        listed = [] if os.environ.get("FAKE_MPS_HIDE") else clients(pipe)
+        listed = clients(pipe)
         if command == "get_server_list":
             if listed:
                 print(pid + 1)

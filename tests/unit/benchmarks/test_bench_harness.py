@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,12 +81,13 @@ def test_both_modes_measured_checked_and_cleaned_up(tmp_path):
     assert len(result["runs"]) == 2 * 2 * 2 * 2
     # The membership checks, at the start and at the end of each mode, over the 4 clients of the pool.
     starts = dict((c["mode"], c) for c in result["checks"] if c["when"] == "start")
-    assert starts["ts"]["ok"] and starts["ts"]["in_ps"] == [] and len(starts["ts"]["pids"]) == 4
-    assert starts["mps"]["ok"] and starts["mps"]["in_ps"] == starts["mps"]["pids"]
+    assert starts["ts"]["ok"] and starts["ts"]["listed"] == [] and len(starts["ts"]["pids"]) == 4
+    assert starts["mps"]["ok"] and starts["mps"]["listed"] == starts["mps"]["pids"]
     assert set(starts["ts"]["pids"]).isdisjoint(starts["mps"]["pids"])
     assert [c["ok"] for c in result["checks"]] == [True] * 4
     assert result["problems"] == []
-    assert result["environment"]["ps_parser"] == os.path.join(ROOT, "plugins", "module_utils", "_mps_output.py")
+    # The one client of the collection spoke to the daemon (from the checkout, through a temporary collection path).
+    assert result["environment"]["mps_client"] == os.path.join(ROOT, "plugins", "module_utils", "_mps_control.py")
     # The summary table comes last, after the cleanup messages.
     tail = [line for line in done.stdout.rstrip().splitlines() if not line.startswith("note: PNG not written")]
     first = max(i for i, line in enumerate(tail) if line.startswith("MPS benchmark: simulated GPU"))
@@ -102,15 +104,15 @@ def test_both_modes_measured_checked_and_cleaned_up(tmp_path):
 
 
 def test_clients_that_silently_run_without_mps_fail_the_mps_mode(tmp_path):
-    """The fake daemon's ps lists nobody: exactly what a client whose pipe directory is wrong looks like."""
-    done, result, _out = run_bench(tmp_path, "--ps-wait", "1", env={"FAKE_MPS_HIDE": "1"})
+    """The fake daemon lists nobody: exactly what a client whose pipe directory is wrong looks like."""
+    done, result, _out = run_bench(tmp_path, "--ps-wait", "1", env={"GPULAB_SIM_NO_MPS": "1"})
     assert done.returncode == 1
     mps = [c for c in result["checks"] if c["mode"] == "mps"]
     assert len(mps) == 1 and not mps[0]["ok"] and len(mps[0]["missing"]) == 4
-    assert any("are NOT in `ps` of the MPS daemon" in p for p in result["problems"])
+    assert any("are in NO get_client_list of the MPS daemon" in p for p in result["problems"])
     assert all(r["ts"] is not None and r["mps"] is None for r in result["rows"])
     assert "mode mps is not measured" in done.stdout
-    assert "PROBLEM: 4 of 4 clients are NOT in `ps`" in done.stdout.splitlines()[-1]
+    assert "PROBLEM: 4 of 4 clients are in NO get_client_list" in done.stdout.splitlines()[-1]
     assert_nothing_left(started_pids(result))
 
 
@@ -250,16 +252,42 @@ def read_transcript(name):
     return "\n".join(line for line in lines if not line.startswith("$ ") and not line.startswith("[exit"))
 
 
-def test_collection_parser_found_from_a_bare_checkout():
+def test_the_collection_client_is_found_from_a_bare_checkout():
     """On the GPU host the script runs from a checkout without `make collection`: it imports the collection's one
-    parser of the control CLI (plugins/module_utils/_mps_output.py), and has none of its own."""
-    code = ("import sys; sys.path.insert(0, %r); import mps_benchmark as b; print(b.mps_out.__file__)"
-            % os.path.join(ROOT, "benchmarks"))
+    client (plugins/module_utils/_mps_control.py) and one parser through a temporary collection path, and has no door
+    to MPS of its own."""
+    code = ("import os, sys; sys.path.insert(0, %r); import mps_benchmark as b; "
+            "print(b.mps_control.__file__, os.path.realpath(b.mps_control.__file__)); "
+            "print(os.path.realpath(b.mps_out.__file__))" % os.path.join(ROOT, "benchmarks"))
     env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONPATH")
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=30,
                           cwd="/", check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [os.path.join(ROOT, "plugins", "module_utils", "_mps_output.py")]
+    client, real, parser = done.stdout.split()
+    assert "/ansible_collections/gpulab/mps/plugins/module_utils/" in client
+    assert real == os.path.join(ROOT, "plugins", "module_utils", "_mps_control.py")
+    assert parser == os.path.join(ROOT, "plugins", "module_utils", "_mps_output.py")
+    assert not os.path.exists(client.split("/ansible_collections/")[0])  # the temporary collection path is gone
+
+
+def test_a_lib_directory_is_used_when_given(tmp_path):
+    """--lib DIR: the collection's client from DIR/ansible_collections/gpulab/mps (where mps_client installs it, or the
+    copy the benchmark playbook ships), not from the checkout; a DIR without it stops the script, saying so."""
+    lib = tmp_path / "lib"
+    utils = lib / "ansible_collections" / "gpulab" / "mps" / "plugins"
+    shutil.copytree(os.path.join(ROOT, "plugins", "module_utils"), str(utils / "module_utils"))
+    code = "import mps_benchmark as b; print(b.client_file())"
+    env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONPATH")
+    env["PYTHONPATH"] = os.path.join(ROOT, "benchmarks")
+    done = subprocess.run([sys.executable, "-S", "-c", code, "--lib", str(lib)], capture_output=True, text=True,
+                          env=env, timeout=30, cwd="/", check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(utils / "module_utils" / "_mps_control.py")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "mps_benchmark.py"), "--lib",
+                           str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode != 0
+    assert "--lib %s does not hold ansible_collections/gpulab/mps/plugins/module_utils/_mps_control.py" % tmp_path \
+        in done.stderr
 
 
 def test_recorded_ps_gives_the_client_pid():
@@ -268,20 +296,15 @@ def test_recorded_ps_gives_the_client_pid():
 
 
 class FakeDaemon(object):
-    """Stands for Daemon: `ps` answers with a recorded-format table of the given PIDs."""
+    """Stands for Daemon: its servers' client lists (get_client_list) name the given PIDs."""
 
     pipe_dir = "/tmp/pipe-of-test"
 
     def __init__(self, pids):
         self.pids = pids
 
-    def ps(self):
-        if not self.pids:
-            return "Server not found\n"
-        head = "PID       ID        SERVER         DEVICE                    NAMESPACE      COMMAND        \n"
-        row = "%-9d %-9d %-14d %-25s %-14s %-15s\n"
-        return head + "".join(row % (p, i + 1, 486, "GPU-058fcf08-fc4a-49f5", "4026531836", "python3")
-                              for i, p in enumerate(self.pids))
+    def client_lists(self):
+        return {486: list(self.pids)} if self.pids else {}
 
 
 @pytest.mark.parametrize("want_mps, listed, nvml_mps, ok, disagrees", [
@@ -289,19 +312,19 @@ class FakeDaemon(object):
     (True, [11], {11, 12}, False, False),          # 12 silently runs without MPS: the mode is refused
     (True, [11, 12], set(), True, False),          # NVML does not list them: a note, not a failure
     (False, [], set(), True, False),
-    (False, [12], set(), False, False),            # an "MPS off" client in the daemon's ps
+    (False, [12], set(), False, False),            # an "MPS off" client in the daemon's client list
     (False, [], {12}, True, True),                 # only NVML says so: reported, the mode still runs
 ])
 def test_membership_check(monkeypatch, want_mps, listed, nvml_mps, ok, disagrees):
     monkeypatch.setattr(bench, "nvml_processes", lambda: {"compute": {11, 12}, "mps": nvml_mps, "driver": "580"})
     notes = []
-    result = bench.check_membership("mps" if want_mps else "ts", [11, 12], FakeDaemon(listed),
-                                    bench.mps_out.parse_ps, want_mps, notes.append, "/tmp/empty", wait=0)
+    result = bench.check_membership("mps" if want_mps else "ts", [11, 12], FakeDaemon(listed), want_mps,
+                                    notes.append, "/tmp/empty", wait=0)
     assert result["ok"] is ok
     assert bool(result.get("witness_disagrees")) is disagrees
-    assert result["in_ps"] == sorted(listed)
+    assert result["listed"] == sorted(listed)
     if want_mps and not ok:
-        assert result["problems"] == ["1 of 2 clients are NOT in `ps` of the MPS daemon in /tmp/pipe-of-test "
+        assert result["problems"] == ["1 of 2 clients are in NO get_client_list of the MPS daemon in /tmp/pipe-of-test "
                                       "(PIDs [12]): they run without MPS"]
     if want_mps and ok:
         assert result["line"].startswith("MPS on: 2/2 clients are MPS clients (server 486)")
@@ -311,6 +334,20 @@ def test_membership_check(monkeypatch, want_mps, listed, nvml_mps, ok, disagrees
 
 def test_membership_check_without_nvml(monkeypatch):
     monkeypatch.setattr(bench, "nvml_processes", lambda: None)
-    result = bench.check_membership("mps", [11], FakeDaemon([11]), bench.mps_out.parse_ps, True, print, "/e", wait=0)
+    result = bench.check_membership("mps", [11], FakeDaemon([11]), True, print, "/e", wait=0)
     assert result["ok"] and result["nvml"] is None
-    assert result["line"].endswith("by `ps` of /tmp/pipe-of-test")
+    assert result["line"].endswith("by get_client_list of /tmp/pipe-of-test")
+
+
+def test_a_ps_row_is_no_proof(monkeypatch):
+    """A client's argv[0] can print a whole `ps` row naming any PID (the H200 did print them): the proof is the
+    server's client list, which no user writes. A daemon whose ps would show PID 12 but whose lists do not is not
+    taken to serve 12."""
+
+    class Forged(FakeDaemon):
+        def ps(self, lists=None):
+            return [{"pid": 12, "server": 486, "namespace": "4026531836", "command": "forged"}]
+
+    monkeypatch.setattr(bench, "nvml_processes", lambda: None)
+    result = bench.check_membership("mps", [11, 12], Forged([11]), True, print, "/e", wait=0)
+    assert not result["ok"] and result["missing"] == [12]

@@ -40,10 +40,11 @@ def test_benchmark_playbook_with_fakes(tmp_path):
     fetched = tmp_path / "fetched" / "localhost"
     assert {"mps_benchmark.json", "mps_benchmark.md", "mps_benchmark.log"} <= set(os.listdir(str(fetched)))
     result = json.loads((fetched / "mps_benchmark.json").read_text())
-    # The daemon the playbook started was used (not one of the script's own), and the collection's parser
-    # was found beside the copied script.
+    # The daemon the playbook started was used (not one of the script's own), through the collection's client that
+    # the playbook shipped for --lib.
     assert result["environment"]["daemon"] == {"pipe_directory": str(tmp_path / "pipe"), "own": False, "pid": None}
-    assert result["environment"]["ps_parser"] == str(tmp_path / "run" / "_mps_output.py")
+    assert result["environment"]["mps_client"] == str(
+        tmp_path / "run" / "lib" / "ansible_collections" / "gpulab" / "mps" / "plugins" / "module_utils" / "_mps_control.py")
     assert [(c["mode"], c["ok"]) for c in result["checks"] if c["when"] == "start"] == [("ts", True), ("mps", True)]
     # ... and stopped again: no pid file left in its pipe directory.
     assert not (tmp_path / "pipe" / "nvidia-cuda-mps-control.pid").exists()
@@ -81,7 +82,7 @@ def test_the_qos_kind_measures_the_classes_the_host_has(tmp_path):
     assert {"mps_qos.json", "mps_qos.md", "mps_qos.log"} <= set(os.listdir(str(fetched)))
     result = json.loads((fetched / "mps_qos.json").read_text())
     assert result["environment"]["daemon"] == {"pipe_directory": str(tmp_path / "pipe"), "own": False, "pid": None}
-    assert result["environment"]["ps_parser"] == str(tmp_path / "run" / "_mps_output.py")
+    assert result["environment"]["mps_client"].startswith(str(tmp_path / "run" / "lib" / "ansible_collections"))
     assert result["classes"]["batch"]["path"] == str(tmp_path / "qos" / "batch.env")
     assert [(c["mode"], c["ok"]) for c in result["checks"] if c["when"] == "start"] == [("ts", True), ("qos", True)]
     neighbours = [e for e in result["evidence"] if e["mode"] == "qos" and e["role"] != "latency"]

@@ -25,13 +25,13 @@ from fake_exec import executable  # noqa: E402
 CONTROL = executable(os.path.join(STANDINS, "nvidia-cuda-mps-control"), "nvidia-cuda-mps-control-standin")
 
 
-def site(lab, check=False, playbook=None, **extra):
+def site(lab, check=False, playbook=None, env=None, **extra):
     """site.yml --tags host (or another playbook, all of it) with the lab's variables."""
     binary = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
     argv = [binary, "-i", lab["inventory"]] + (playbook or [os.path.join(ROOT, "site.yml"), "--tags", "host"]) + [
         "-e", json.dumps(dict(lab["vars"], **extra))] + (["--check"] if check else [])
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               PYTHONPATH=STANDINS, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+               PYTHONPATH=STANDINS, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", **(env or {}))
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -223,3 +223,40 @@ def test_under_systemd_the_host_gets_the_client_and_a_unit_that_calls_it(lab, tm
         assert done.returncode == 0, done.stderr
     second = site(lab, **paths)
     assert second.returncode == 0 and recap(second)["changed"] == 0, second.stdout[-4000:]
+
+
+def test_make_lab_ends_with_the_seeds_table(lab, tmp_path):
+    """`make lab`'s host and workload stages on this CPU: the stand-in daemon of tests/standins (its clients attached
+    through its test hook by the simulated workers of tests/unit/roles/fakes/fake_gpu.py, as the CUDA driver would),
+    a fake nvcc and a python3 with "PyTorch". The play ends with the seeds' table, readable as it is printed, each
+    worker proven by the daemon's client lists, and writes it as markdown and JSON on the controller."""
+    fakes = os.path.join(ROOT, "tests", "unit", "roles", "fakes")
+    workload = {"cuda_workload_python": executable(os.path.join(fakes, "fake_gpu.py"), "python3"),
+                "cuda_workload_nvcc": executable(os.path.join(fakes, "fake_nvcc.py"), "nvcc"),
+                "cuda_workload_directory": str(tmp_path / "workloads"),
+                "cuda_workload_results_directory": str(tmp_path / "results"),
+                "cuda_workload_matmul_iterations": 3, "cuda_workload_kernel_pair_iterations": 3,
+                "cuda_workload_timeout": 60}
+    done = site(lab, playbook=[os.path.join(ROOT, "site.yml"), "--tags", "host,workload"],
+                env={"FAKE_GPU_STANDIN": CONTROL}, **workload)
+    assert done.returncode == 0, done.stdout[-5000:]
+    # The last task of the play is the table, printed as a block (the YAML callback), one row a line.
+    last = done.stdout[done.stdout.rindex("TASK ["):done.stdout.index("PLAY RECAP")]
+    assert "What MPS bought on this host (the seeds' experiment)" in last and "msg: |-" in last
+    rows = [line.strip() for line in last.splitlines() if line.strip().startswith("| ")]
+    assert rows[0] == ("| workload | run | proven by get_client_list | seconds per worker | aggregate | "
+                       "MPS / time-slicing |")
+    assert [row.split(" | ")[1:3] for row in rows[1:]] == [
+        ["1 alone, time-slicing", "not an MPS client"], ["1 alone, MPS", "an MPS client"],
+        ["2 at once, time-slicing", "0 of 2 MPS clients"], ["2 at once, MPS", "2 of 2 MPS clients"]] * 2
+    # What the daemon holds (site.yml's defaults here), read back through the client, under the table.
+    assert "The daemon's defaults: 50 % of the SMs per client, pinned memory 1G on device 0." in last
+    results = tmp_path / "results" / "localhost"
+    report = json.loads((results / "seed_experiment.json").read_text())
+    assert report["ok"] and report["daemon"]["pipe_directory"] == lab["pipe"]
+    assert [len(report["runs"]), sorted(os.listdir(str(results)))] == [8, ["seed_experiment.json",
+                                                                           "seed_experiment.md"]]
+    # The MPS workers were clients of a server of the lab's daemon, which held them to its defaults.
+    servers = [r["servers"] for r in report["runs"] if r["mode"] == "mps"]
+    assert all(s and all(v["active_thread_percentage"] == 50.0 for v in s.values()) for s in servers)
+

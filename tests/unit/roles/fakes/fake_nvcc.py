@@ -1,24 +1,15 @@
-"""A fake nvcc for the cuda_workload role tests: `nvcc [flags] -o OUT SRC` writes OUT, a stand-in kernel_pair
-that speaks the same protocol (READY, wait for a line, iterations, RESULT) and connects to the fake MPS daemon the
-way the CUDA driver does (only when CUDA_MPS_PIPE_DIRECTORY holds a live daemon). FAKE_NVCC_FAIL=1 fails the build."""
+"""A fake nvcc for the cuda_workload role tests: `nvcc [flags] -o OUT SRC` writes OUT, a stand-in kernel_pair that
+speaks the same protocol (READY, wait for a line, iterations, RESULT) on the simulated GPU of fake_gpu.py (it connects
+to the fake MPS daemon the way the CUDA driver does, and runs beside the other kernel of the pair under MPS, in turns
+under time-slicing). FAKE_NVCC_FAIL=1 fails the build."""
 import os
 import sys
 
 PROGRAM = r'''#!%s
-import json, os, sys
-pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "")
-if os.path.exists(os.path.join(pipe, "control")) and os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid")):
-    os.makedirs(os.path.join(pipe, "sim-clients"), exist_ok=True)
-    open(os.path.join(pipe, "sim-clients", str(os.getpid())), "w").close()
-kernel = sys.argv[sys.argv.index("--kernel") + 1]
-if "--handshake" in sys.argv:
-    print("READY %%d" %% os.getpid(), flush=True)
-    if not sys.stdin.readline():
-        sys.exit(0)
-for i in range(3):
-    print("iteration %%d: %%.3f ms" %% (i, 0.5), flush=True)
-print("RESULT " + json.dumps({"workload": "kernel_pair", "kernel": kernel, "pid": os.getpid(),
-                              "implementation": "cuda-c", "check": "ok"}), flush=True)
+import sys
+sys.path.insert(0, %r)
+import fake_gpu
+sys.exit(fake_gpu.main("kernel_pair", sys.argv[1:]))
 '''
 
 if os.environ.get("FAKE_NVCC_FAIL"):
@@ -31,5 +22,5 @@ if not source.endswith(".cu") or not os.path.exists(source):
     print("nvcc fatal: no input file %s" % source, file=sys.stderr)
     sys.exit(1)
 with open(out, "w") as handle:
-    handle.write(PROGRAM % sys.executable)
+    handle.write(PROGRAM % (sys.executable, os.path.dirname(os.path.abspath(__file__))))
 os.chmod(out, 0o755)
