@@ -6,7 +6,14 @@
 #   workloads     benchmarks/seed_experiment.py: the seeds' experiment of `make lab` against a daemon of its own
 #                 (matmul workers and kernel pair, alone and at once, time-slicing and MPS; its table) (~1 min)
 #   benchmark     benchmarks/mps_benchmark.py: MPS against time-slicing (~3-4 min; --quick ~1 min)
-#   lab_speed     benchmarks/lab_speed.sh: make lab cold (offline install), then site.yml --tags host warm x3 (~2 min)
+#   lab_speed     benchmarks/lab_speed.sh: make lab cold (offline install; it ends with the seeds' table), then
+#                 site.yml --tags host warm x3, then make teardown (~3 min)
+#   readback      site.yml --tags host as make lab leaves it, then the daemon's defaults read back raw through the CLI
+#   hostile       tests/gpu/hostile.yml: clients with hostile names as root and two users, odd commands, then mps_info,
+#                 mps_daemon (apply, FAULT recovery, forced stop) and the collector; two users 1 s apart (~2 min)
+#   replica_share site.yml --tags host with the Kubernetes stages planned here (gpulab_kubernetes true): the daemon
+#                 holds the replicas' share, read back raw; then make teardown
+#   dp_lane       tests/gpu/device_plugin/lane.py --bin .dp-bin: the released device plugin binaries from a folder
 # Each step has its own time limit and starts and stops its own MPS daemon; a failing step does not stop the
 # next. Results go to OUT as one archive per step (<step>.tar.gz) and summary.txt, printed last.
 #
@@ -43,6 +50,29 @@ for step in ${steps//,/ }; do
                note "benchmark: exit $?" ;;
     lab_speed) timeout 300 benchmarks/lab_speed.sh "${wheels[@]}" --out "$out/work/lab_speed" | tee "$out/work/lab_speed.txt"
                note "lab speed: exit ${PIPESTATUS[0]}"; mv "$out/work/lab_speed.txt" "$out/work/lab_speed/summary.txt" ;;
+    readback|replica_share)
+          mkdir -p "$out/work/$step"
+          export PATH="$PWD/.venv-offline/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
+          extra=(); [ "$step" = replica_share ] && extra=(-e gpulab_kubernetes=true)
+          timeout 200 ansible-playbook site.yml -i inventories/lab --tags host "${extra[@]}" >"$out/work/$step/site-host.log" 2>&1
+          note "$step: site.yml --tags host ${extra[*]}: exit $? $(grep -E '^localhost +:' "$out/work/$step/site-host.log" | sed 's/  */ /g')"
+          note "$step: $(grep -oE '(No replica limits|Replica limits)[^.]*\.' "$out/work/$step/site-host.log" | head -1)"
+          for c in get_default_active_thread_percentage "get_default_device_pinned_mem_limit 0" get_server_list; do
+            note "$step: echo $c | nvidia-cuda-mps-control -> [$(echo "$c" | CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps timeout 20 nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')]"
+          done
+          note "$step: daemon $(pgrep -a -f 'nvidia-cuda-mps-control -d' | head -1)"
+          if [ "$step" = replica_share ]; then
+            timeout 120 make teardown WHEELS="${wheels[1]}" >"$out/work/$step/teardown.log" 2>&1; note "$step: teardown exit $?"
+          fi ;;
+    hostile)
+          mkdir -p "$out/work/hostile"
+          export PATH="$PWD/.venv-offline/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
+          timeout 300 ansible-playbook tests/gpu/hostile.yml -i inventories/lab >"$out/work/hostile/hostile.log" 2>&1
+          note "hostile: exit $? $(grep -E '^localhost +:' "$out/work/hostile/hostile.log" | sed 's/  */ /g')" ;;
+    dp_lane)
+          timeout 300 python3 tests/gpu/device_plugin/lane.py --bin .dp-bin --out "$out/work/dp_lane" \
+            >"$out/work/dp_lane.log" 2>&1; rc=$?; mv "$out/work/dp_lane.log" "$out/work/dp_lane/stdout.log" 2>/dev/null
+          note "dp_lane: exit $rc; $(grep -E '^VERDICT|^binaries' "$out/work/dp_lane/summary.txt" 2>/dev/null | tr '\n' ' ')" ;;
     *) note "unknown step $step" ;;
   esac
   [ -d "$out/work/$step" ] && tar -C "$out/work" -czf "$out/$step.tar.gz" "$step"
