@@ -63,17 +63,21 @@ while not os.path.exists(stop):
 """
 
 
-def find_python(standin):
+def find_python(standin, given=None):
     """A python3 that another user may run and, unless this is a rehearsal, that imports CuPy."""
-    for path in ("/opt/torch/.venv/bin/python3", "/usr/bin/python3", sys.executable):
+    tried = []
+    for path in [given] if given else ("/opt/torch/.venv/bin/python3", "/usr/local/bin/python3", "/usr/bin/python3",
+                                       sys.executable):
         if not os.path.exists(path):
+            tried.append("%s: missing" % path)
             continue
         probe = ["-c", "import os"] if standin else ["-c", "import cupy"]
-        done = subprocess.run(["runuser", "-u", "nobody", "--", path] + probe, capture_output=True, timeout=60,
-                              check=False)
+        done = subprocess.run(["runuser", "-u", "nobody", "--", path] + probe, capture_output=True, timeout=120,
+                              check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp"}, cwd="/")
         if done.returncode == 0:
             return path
-    raise SystemExit("no python3 with CuPy that every user may run: give --client-python")
+        tried.append("%s: %s" % (path, done.stderr.decode("utf-8", "replace").strip()[-300:]))
+    raise SystemExit("no python3 with CuPy that every user may run (give --client-python): " + "; ".join(tried))
 
 
 def run(argv, **kwargs):
@@ -131,15 +135,22 @@ def control(state, command, uid=None):
     return run([state["binary"]], input=command + "\n", env=env, **kwargs)
 
 
-def client_env(state):
+def client_env(state, uid=None):
+    """A CUDA client's environment: the pipe directory, and a CuPy kernel cache and HOME of its user's own (the
+    throwaway users have no home directory)."""
     env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=state["pipe"])
     env.pop("CUDA_VISIBLE_DEVICES", None)
+    cache = os.path.join(state["cache"], str(0 if uid is None else uid))
+    if not os.path.isdir(cache):
+        os.mkdir(cache, 0o700)
+        os.chown(cache, 0 if uid is None else uid, -1)
+    env.update(HOME=cache, CUPY_CACHE_DIR=cache)
     return env
 
 
 def start_client(state, name, argv0, uid=None, faulty=False):
     args = ["1" if state["standin"] else "0", state["stop_file"], state["trigger_file"] if faulty else ""]
-    proc = spawn(argv0, ["-c", CLIENT] + args, uid=uid, env=client_env(state))
+    proc = spawn(argv0, ["-c", CLIENT] + args, uid=uid, env=client_env(state, uid))
     if not wait_ready(proc):
         raise SystemExit("client %s did not become ready: %s" % (name, proc.stdout.read()[-2000:]))
     if state["standin"]:
@@ -158,7 +169,11 @@ def server_of(state, pid):
 
 def start(args):
     state = {"pipe": args.pipe, "binary": args.binary, "standin": args.standin, "clients": {}, "victims": {},
-             "stop_file": args.state + ".stop", "trigger_file": args.state + ".fault", "users": make_users()}
+             "stop_file": args.state + ".stop", "trigger_file": args.state + ".fault", "users": make_users(),
+             "cache": args.state + ".cache"}
+    if os.path.isdir(state["cache"]):
+        subprocess.run(["rm", "-rf", state["cache"]], check=False, timeout=60)
+    os.mkdir(state["cache"], 0o711)
     for path in (state["stop_file"], state["trigger_file"]):
         if os.path.exists(path):
             os.unlink(path)
@@ -239,7 +254,8 @@ def two_users(args):
     t0 = time.time()
     procs = []
     for number, name in enumerate(USERS):
-        procs.append((name, spawn(b"python3", ["-c", code, str(t0)], uid=state["users"][name], env=client_env(state))))
+        procs.append((name, spawn(b"python3", ["-c", code, str(t0)], uid=state["users"][name],
+                                  env=client_env(state, state["users"][name]))))
         if number == 0:
             time.sleep(1.0)
     seen = {}
@@ -267,6 +283,7 @@ def stop(args):
     for name in USERS:
         run(["pkill", "-KILL", "-u", name])
         run(["userdel", name])
+    run(["rm", "-rf", state.get("cache") or args.state + ".cache"])
     print("stopped %d processes, removed %s" % (len(pids), ", ".join(USERS)))
 
 
@@ -284,7 +301,7 @@ def main(argv=None):
     global PYTHON
     if args.action in ("start", "two-users"):
         standin = args.standin or (args.action == "two-users" and load(args.state)["standin"])
-        PYTHON = args.client_python or find_python(standin)
+        PYTHON = find_python(standin, args.client_python)
     if os.geteuid() != 0:
         raise SystemExit("run as root: it makes two users and runs their clients")
     {"start": start, "odd-commands": odd_commands, "fault": fault, "check": check, "two-users": two_users,

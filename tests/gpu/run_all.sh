@@ -35,6 +35,8 @@ done
 cd "$(dirname "$0")/../.." || exit 2
 mkdir -p "$out/work"
 export PYTHONUNBUFFERED=1 PATH="/usr/local/nvidia/bin:$PATH"
+# The host's python3 (with CuPy and PyTorch on the GPU machine), before a step puts the lab's venv first on PATH.
+PY=$(command -v python3)
 summary="$out/summary.txt"
 : > "$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -67,10 +69,11 @@ for step in ${steps//,/ }; do
     hostile)
           mkdir -p "$out/work/hostile"
           export PATH="$PWD/.venv-offline/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
-          timeout 300 ansible-playbook tests/gpu/hostile.yml -i inventories/lab >"$out/work/hostile/hostile.log" 2>&1
+          timeout 300 ansible-playbook tests/gpu/hostile.yml -i inventories/lab -e hostile_client_python="$PY" \
+            >"$out/work/hostile/hostile.log" 2>&1
           note "hostile: exit $? $(grep -E '^localhost +:' "$out/work/hostile/hostile.log" | sed 's/  */ /g')" ;;
     dp_lane)
-          timeout 300 python3 tests/gpu/device_plugin/lane.py --bin .dp-bin --out "$out/work/dp_lane" \
+          timeout 300 "$PY" tests/gpu/device_plugin/lane.py --bin .dp-bin --out "$out/work/dp_lane" \
             >"$out/work/dp_lane.log" 2>&1; rc=$?; mv "$out/work/dp_lane.log" "$out/work/dp_lane/stdout.log" 2>/dev/null
           note "dp_lane: exit $rc; $(grep -E '^VERDICT|^binaries' "$out/work/dp_lane/summary.txt" 2>/dev/null | tr '\n' ' ')" ;;
     *) note "unknown step $step" ;;
