@@ -27,6 +27,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 USERS = ("gpulab-h20a", "gpulab-h20b")
@@ -72,8 +73,16 @@ def find_python(standin, given=None):
             tried.append("%s: missing" % path)
             continue
         probe = ["-c", "import os"] if standin else ["-c", "import cupy"]
-        done = subprocess.run(["runuser", "-u", "nobody", "--", path] + probe, capture_output=True, timeout=120,
-                              check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp"}, cwd="/")
+        nobody = pwd.getpwnam("nobody")
+        cache = tempfile.mkdtemp(prefix="gpulab-h20-probe-")
+        os.chown(cache, nobody.pw_uid, nobody.pw_gid)
+        try:
+            # CuPy makes its kernel cache under HOME when it is imported: nobody's home does not exist.
+            done = subprocess.run([path] + probe, capture_output=True, timeout=120, check=False, cwd="/",
+                                  user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+                                  env={"PATH": "/usr/bin:/bin", "HOME": cache, "CUPY_CACHE_DIR": cache})
+        finally:
+            subprocess.run(["rm", "-rf", cache], check=False, timeout=60)
         if done.returncode == 0:
             return path
         tried.append("%s: %s" % (path, done.stderr.decode("utf-8", "replace").strip()[-300:]))
