@@ -125,15 +125,18 @@ def spawn(argv0, args, uid=None, env=None, out=None):
                             start_new_session=True, **kwargs)
 
 
-def wait_ready(proc, seconds=90):
+def wait_ready(proc, seconds=120):
+    """(ready, what it printed): a client is ready once it prints "ready <pid>"."""
     deadline = time.time() + seconds
+    said = []
     while time.time() < deadline:
         line = proc.stdout.readline().decode("utf-8", "replace")
+        said.append(line)
         if line.startswith("ready"):
-            return True
+            return True, "".join(said)
         if not line and proc.poll() is not None:
-            return False
-    return False
+            return False, "".join(said) + "[exit %s]" % proc.returncode
+    return False, "".join(said) + "[not ready after %d s]" % seconds
 
 
 def control(state, command, uid=None):
@@ -160,8 +163,9 @@ def client_env(state, uid=None):
 def start_client(state, name, argv0, uid=None, faulty=False):
     args = ["1" if state["standin"] else "0", state["stop_file"], state["trigger_file"] if faulty else ""]
     proc = spawn(argv0, ["-c", CLIENT] + args, uid=uid, env=client_env(state, uid))
-    if not wait_ready(proc):
-        raise SystemExit("client %s did not become ready: %s" % (name, proc.stdout.read()[-2000:]))
+    ready, said = wait_ready(proc)
+    if not ready:
+        raise SystemExit("client %s (%s) did not become ready: %s" % (name, PYTHON, said[-3000:]))
     if state["standin"]:
         control(state, "standin_attach_client %d 0 %d" % (proc.pid, 0 if uid is None else uid))
     state["clients"][name] = {"pid": proc.pid, "uid": 0 if uid is None else uid, "argv0": repr(argv0)}
