@@ -31,8 +31,11 @@ import tempfile
 import time
 
 USERS = ("gpulab-h20a", "gpulab-h20b")
-# The clients' Python: one with CuPy that every user may run (the GPU host's /opt/torch venv), chosen by --client-python.
+# The clients' Python: one with CuPy that every user may run (the GPU host's /opt/torch venv), chosen by --client-python,
+# and its sys.path: a client's argv[0] is its own (a name with no slash makes Python look for its prefix on PATH, and a
+# venv's site-packages would be lost), so the clients get the path of the chosen interpreter in PYTHONPATH.
 PYTHON = None
+PYTHON_PATH = ""
 
 CLIENT = r"""
 import os, sys, time
@@ -116,6 +119,8 @@ def make_users():
 
 def spawn(argv0, args, uid=None, env=None, out=None):
     """A process whose argv[0] is `argv0` (bytes: any, as a client chooses it), as `uid`."""
+    if env is not None and PYTHON_PATH:
+        env = dict(env, PYTHONPATH=PYTHON_PATH)
     launcher = ("import os, sys; os.execv(sys.argv[1], [bytes.fromhex(sys.argv[2])] + sys.argv[3:])")
     argv = [PYTHON, "-c", launcher, PYTHON, argv0.hex()] + list(args)
     kwargs = {}
@@ -311,10 +316,12 @@ def main(argv=None):
     parser.add_argument("--standin", action="store_true", help="a CPU rehearsal against the stand-in daemon")
     parser.add_argument("--client-python", help="a python3 with CuPy that any user may run (default: found)")
     args = parser.parse_args(argv)
-    global PYTHON
+    global PYTHON, PYTHON_PATH
     if args.action in ("start", "two-users"):
         standin = args.standin or (args.action == "two-users" and load(args.state)["standin"])
         PYTHON = find_python(standin, args.client_python)
+        PYTHON_PATH = subprocess.run([PYTHON, "-c", "import sys; print(':'.join(p for p in sys.path if p))"],
+                                     capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     if os.geteuid() != 0:
         raise SystemExit("run as root: it makes two users and runs their clients")
     {"start": start, "odd-commands": odd_commands, "fault": fault, "check": check, "two-users": two_users,
