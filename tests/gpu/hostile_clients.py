@@ -60,6 +60,8 @@ while not os.path.exists(stop):
         k(((1 << 16) // 256,), (256,), (x, cp.int32(1 << 16))); cp.cuda.runtime.deviceSynchronize()
     except Exception as exc:
         print("ERROR %s: %s" % (type(exc).__name__, exc), flush=True)
+        with open(os.path.join(os.environ["CUPY_CACHE_DIR"], "error-%d" % os.getpid()), "w") as handle:
+            handle.write("%s: %s\n" % (type(exc).__name__, exc))
         while not os.path.exists(stop):   # a service that logs its error and keeps its process
             time.sleep(0.2)
         sys.exit(3)
@@ -254,8 +256,15 @@ def alive(pid):
 
 def check(args):
     state = load(args.state)
+    errors = {}
+    for name, client in state["clients"].items():
+        path = os.path.join(state["cache"], str(client["uid"]), "error-%d" % client["pid"])
+        if os.path.exists(path):
+            with open(path) as handle:
+                errors[name] = handle.read().strip()
     print(json.dumps({"victims": dict((n, alive(p)) for n, p in state["victims"].items()),
                       "clients": dict((n, alive(c["pid"])) for n, c in state["clients"].items()),
+                      "errors": errors,
                       "client_pids": sorted(c["pid"] for c in state["clients"].values()),
                       "server": state["server"]}, sort_keys=True))
 
