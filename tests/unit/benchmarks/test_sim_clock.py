@@ -62,8 +62,11 @@ def gpu(tmp_path, monkeypatch):
         handle.close()
 
 
-def latencies(work, duration=0.05):
-    cmd = {"cmd": "run", "workload": "latency", "start_at": client.time.time(), "duration": duration, "warmup": 0}
+def latencies(work, launches=3):
+    """The latencies of a few launches. The window is long and the launches few, so that a busy machine (a launch
+    of 7 ms that takes 50) still counts them: with a 50 ms window the time-slicing case counted none under load."""
+    cmd = {"cmd": "run", "workload": "latency", "start_at": client.time.time(), "duration": 30.0, "warmup": 0,
+           "max_launches": launches}
     result = client.run_command(work, cmd)
     assert result["count"] >= 1
     return set(result["latency_ms"])
