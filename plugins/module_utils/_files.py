@@ -190,27 +190,34 @@ class _Directory(object):
 
     def replace(self, name, content, mode):
         """Write `content` to a new file made here with O_EXCL | O_NOFOLLOW, then rename it over `name`."""
-        temp = ".%s.gpulab-%s" % (name[:64], secrets.token_hex(8))
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.fd)
-        try:
-            try:
-                view = memoryview(content)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            try:
-                os.unlink(temp, dir_fd=self.fd)
-            except OSError:
-                pass
-            raise
+        replace_file(self.fd, name, content, mode)
 
     def unlink(self, name):
         os.unlink(name, dir_fd=self.fd)
+
+
+def replace_file(dir_fd, name, content, mode):
+    """Write `content` (bytes) as `name` in the directory open as `dir_fd`: to a new file made there with
+    O_EXCL | O_NOFOLLOW, then renamed over `name`, so that a link or file planted at `name` is replaced, never
+    followed or written through. The one way root's files are written (Directory.replace, the metrics collector)."""
+    temp = ".%s.gpulab-%s" % (name[:64], secrets.token_hex(8))
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(temp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
 
 
 def _entry_problem(path, st):

@@ -25,6 +25,7 @@ import os
 import stat
 import time
 
+from ansible_collections.gpulab.mps.plugins.module_utils._files import replace_file
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_cli import PlanFileError, load_plan
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_control import MpsControl
 from ansible_collections.gpulab.mps.plugins.module_utils._mps_health import DIED, RUNNING, STOPPED, UNRESPONSIVE
@@ -334,29 +335,8 @@ class Textfile(object):
     def write(self, registry):
         from prometheus_client import generate_latest
 
-        data = generate_latest(registry)
-        temp = ".%s.%d" % (TEXTFILE_NAME, os.getpid())
-        try:
-            os.unlink(temp, dir_fd=self.fd)  # left by a run of this PID that was killed: the directory is root's
-        except FileNotFoundError:
-            pass
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=self.fd)
-        try:
-            try:
-                os.fchmod(fd, 0o644)  # node_exporter reads it as its own user
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, TEXTFILE_NAME, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            try:
-                os.unlink(temp, dir_fd=self.fd)
-            except OSError:
-                pass
-            raise
+        # node_exporter reads it as its own user: 0644.
+        replace_file(self.fd, TEXTFILE_NAME, generate_latest(registry), 0o644)
 
 
 def run(config_path, nvml=None, clock=time.time):
