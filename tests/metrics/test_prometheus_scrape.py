@@ -235,7 +235,7 @@ def problems(host):
 
 
 NO_PROBLEM = {"daemon_not_running": 0, "daemon_died": 0, "daemon_unresponsive": 0, "server_fault": 0,
-              "server_exited": 0}
+              "server_exited": 0, "client_waiting": 0}
 
 
 def test_states_as_prometheus_sees_them(host):
