@@ -26,7 +26,7 @@ shaped like the device plugin's pod on the real cluster of tests/cluster (2026-1
 unschedulable. Every state change is appended, with a wall-clock time, to the
 JSON-lines --journal file, so that tests can check what happened in which order.
 
-  fake_kube_api.py --port-file F --journal J [--cordoned N ...] NODE...
+  fake_kube_api.py --port-file F --journal J [--cordoned N ...] [--shm-pod N ...] NODE...
 
 It writes the port it listens on to --port-file, and stops after --lifetime seconds (default 900)
 or on SIGTERM. Bounded: loopback only, one thread, no persistence.
@@ -74,8 +74,9 @@ def pod_doc(key):
     pod = STATE["pods"][key]
     namespace, name = key
     spec = {"nodeName": pod["node"], "containers": [{"name": "c", "image": "none"}]}
-    if OWNER_VOLUMES[pod["owner"]]:
-        spec["volumes"] = OWNER_VOLUMES[pod["owner"]]
+    volumes = pod.get("volumes", OWNER_VOLUMES[pod["owner"]])
+    if volumes:
+        spec["volumes"] = volumes
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "uid": "uid-%s-%s" % key,
                          "labels": dict(OWNER_LABELS[pod["owner"]]),
@@ -207,6 +208,9 @@ def main(argv):
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--journal", required=True)
     parser.add_argument("--cordoned", action="append", default=[])
+    parser.add_argument("--shm-pod", action="append", default=[],
+                        help="NODE: also runs `shm-<node>`, a ReplicaSet pod with /dev/shm a memory emptyDir (the "
+                             "collection's MPS pods' shape), which a drain refuses without delete_emptydir_data")
     parser.add_argument("--lifetime", type=float, default=900)
     parser.add_argument("nodes", nargs="+")
     args = parser.parse_args(argv)
@@ -215,6 +219,9 @@ def main(argv):
         STATE["nodes"][name] = {"unschedulable": name in args.cordoned, "version": 1}
         STATE["pods"][("default", "work-" + name)] = {"node": name, "owner": "ReplicaSet"}
         STATE["pods"][("kube-system", "ds-" + name)] = {"node": name, "owner": "DaemonSet"}
+        if name in args.shm_pod:
+            STATE["pods"][("default", "shm-" + name)] = {"node": name, "owner": "ReplicaSet", "volumes": [
+                {"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
     server = HTTPServer(("127.0.0.1", 0), Handler)
     server.timeout = 0.5
     server.stopping = False

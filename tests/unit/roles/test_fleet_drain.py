@@ -36,11 +36,11 @@ def drain_task():
     return dict((k, v) for k, v in task.items() if k not in ("when", "delegate_to", "become"))
 
 
-@pytest.fixture
-def api(tmp_path):
+def start_api(tmp_path, *extra):
     port_file, journal = tmp_path / "port", tmp_path / "journal.jsonl"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "standins", "fake_kube_api.py"),
-                             "--port-file", str(port_file), "--journal", str(journal), "--lifetime", "120", "node-a"])
+                             "--port-file", str(port_file), "--journal", str(journal), "--lifetime", "120"]
+                            + list(extra) + ["node-a"])
     deadline = time.time() + 20
     while not port_file.exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -50,6 +50,12 @@ def api(tmp_path):
         "clusters": [{"name": "standin", "cluster": {"server": "http://127.0.0.1:%s" % port_file.read_text().strip()}}],
         "users": [{"name": "standin", "user": {"token": "standin"}}],
         "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin"}}]}))
+    return proc, kubeconfig, journal
+
+
+@pytest.fixture
+def api(tmp_path):
+    proc, kubeconfig, journal = start_api(tmp_path)
     yield kubeconfig, journal
     proc.terminate()
     proc.wait(10)
@@ -80,3 +86,67 @@ def test_the_drain_evicts_the_workload_and_never_touches_the_daemonset_pod(tmp_p
     assert done.returncode == 0, done.stdout[-3000:]
     assert "cannot delete Pods with local storage" not in done.stdout
     assert events(journal) == [("cordon", None), ("evict", "default/work-node-a")]
+
+
+# --- fleet.yml itself, on this machine against the stand-ins (the MPS daemon emulator, the NVML module, the API) ---
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
+from fake_exec import executable  # noqa: E402
+
+STANDINS = os.path.join(ROOT, "tests", "standins")
+CONTROL = executable(os.path.join(STANDINS, "nvidia-cuda-mps-control"), "nvidia-cuda-mps-control-standin")
+
+
+@pytest.fixture
+def fleet_lab(tmp_path):
+    proc, kubeconfig, journal = start_api(tmp_path, "--shm-pod", "node-a")
+    pipe, log = str(tmp_path / "mps" / "pipe"), str(tmp_path / "mps" / "log")
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("gpu_nodes:\n  hosts:\n    localhost:\n")
+    lab = {"journal": journal, "summary": str(tmp_path / "summary.json"), "inventory": str(inventory), "pipe": pipe,
+           "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                    "preflight_control_binary": CONTROL, "mps_host_pipe_directory": pipe, "mps_host_log_directory": log,
+                    "mps_host_state_directory": str(tmp_path / "state"), "mps_host_service_manager": "direct",
+                    "gpulab_mps_qos_directory": str(tmp_path / "qos"), "mps_dialtone_client_check": False,
+                    "fleet_kubernetes_node": "node-a", "fleet_kubeconfig": str(kubeconfig),
+                    "fleet_health_settle": 0, "fleet_drain_timeout": 10,
+                    "fleet_summary_file": str(tmp_path / "summary.json")}}
+    yield lab
+    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=pipe, CUDA_MPS_LOG_DIRECTORY=log)
+    subprocess.run([CONTROL], input="quit\n", text=True, capture_output=True, env=env, timeout=30, check=False)
+    proc.terminate()
+    proc.wait(10)
+
+
+def fleet(lab, **extra):
+    binary = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", PYTHONPATH=STANDINS)
+    done = subprocess.run([binary, "-i", lab["inventory"], os.path.join(ROOT, "playbooks", "fleet.yml"),
+                           "-e", json.dumps(dict(lab["vars"], **extra))], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    with open(lab["summary"]) as handle:
+        (node,) = json.load(handle)["nodes"]
+    return done, node
+
+
+def test_a_drain_refused_for_a_pod_with_an_emptydir_is_reported_at_the_drain_and_not_cordoned(fleet_lab):
+    """The collection's MPS pods have /dev/shm as a memory emptyDir: without fleet_drain_delete_emptydir_data the
+    drain is refused before any eviction (as kubectl drain), k8s_drain puts the node back, and the summary says so.
+    Regression: it said `failed at apply ... - the Kubernetes node stays cordoned`, with MPS `not running`."""
+    done, node = fleet(fleet_lab)
+    assert done.returncode == 2, done.stdout[-3000:]
+    assert (node["result"], node["step"]) == ("failed", "drain"), node
+    assert "cannot delete Pods with local storage: default/shm-node-a." in node["reason"], node
+    assert node["kubernetes"].startswith("not cordoned"), node
+    assert node["mps"] == "not read", node
+    assert "stays cordoned" not in done.stdout
+    assert events(fleet_lab["journal"]) == [("cordon", None), ("uncordon", None)]
+
+
+def test_with_emptydir_data_allowed_the_node_is_drained_changed_and_uncordoned(fleet_lab):
+    done, node = fleet(fleet_lab, fleet_drain_delete_emptydir_data=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (node["result"], node["kubernetes"]) == ("ok", "drained and uncordoned"), node
+    seen = events(fleet_lab["journal"])
+    assert (seen[0], seen[-1]) == (("cordon", None), ("uncordon", None))
+    assert sorted(seen[1:-1]) == [("evict", "default/shm-node-a"), ("evict", "default/work-node-a")]
