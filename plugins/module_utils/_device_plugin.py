@@ -417,7 +417,7 @@ def _config_manager(name, config_name, oneshot, process_to_signal=""):
 
 def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWNER_PLUGIN,
               name_pattern=DEFAULT_NAME_PATTERN, image=None, namespace=DEFAULT_NAMESPACE,
-              name=DEFAULT_NAME, runtime_class="nvidia", mps_root=MPS_ROOT, image_pull_policy="IfNotPresent",
+              name=DEFAULT_NAME, runtime_class=None, mps_root=MPS_ROOT, image_pull_policy="IfNotPresent",
               fail_requests_greater_than_one=True, enable_memory_limit=True, priority_class="system-node-critical",
               tolerations=None):
     """Every object the device plugin needs, in apply order (a list of dicts).
@@ -428,7 +428,9 @@ def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWN
     named by the node label nvidia.com/device-plugin.config), its default values (mps.enableHostPID
     true: the MPS daemon runs with hostPID, which the chart sets since v0.18.0 so that the MPS server
     finds its own pid) and migStrategy none (so no NVIDIA_MIG_MONITOR_DEVICES, which the chart adds only
-    for a MIG strategy other than none).
+    for a MIG strategy other than none). runtime_class: the RuntimeClass the pods name, none by default (the upstream
+    chart's runtimeClassName null: the nodes' default runtime); name one only where the cluster has it (F1 of
+    tests/cluster/FINDINGS.md: the API server rejects every pod that names a missing one).
     """
     config = plugin_config(gpus, mode, replicas, per_gpu_replicas, owner, name_pattern,
                            fail_requests_greater_than_one, enable_memory_limit)
