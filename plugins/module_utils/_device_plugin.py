@@ -632,6 +632,44 @@ def node_labels(mode, owner):
     }
 
 
+# The node labels the collection added (absent before it labelled the node), comma-separated: the teardown removes
+# those, and leaves a label the node already had (nvidia.com/gpu.present from Kind or GPU feature discovery, say).
+ANNOTATION_ADDED_LABELS = "gpulab.mps/added-labels"
+# What a node labelled before that annotation existed loses at the teardown (the labels of the collection's own making).
+LEGACY_REMOVED_LABELS = (LABEL_MPS_CAPABLE, LABEL_CONFIG, LABEL_OWNER)
+
+
+def node_label_patch(node, labels):
+    """The merge patch that gives a Node (as k8s_info returns it) the plan's labels, and records in the annotation
+    ANNOTATION_ADDED_LABELS those it did not carry before (kept from earlier runs: a label the collection added stays
+    the collection's)."""
+    meta = (node or {}).get("metadata") or {}
+    have = meta.get("labels") or {}
+    recorded = [k for k in ((meta.get("annotations") or {}).get(ANNOTATION_ADDED_LABELS) or "").split(",") if k]
+    added = sorted(set(recorded) | set(k for k in labels if k not in have))
+    patch = {"metadata": {"labels": dict(labels)}}
+    if added:
+        patch["metadata"]["annotations"] = {ANNOTATION_ADDED_LABELS: ",".join(added)}
+    return patch
+
+
+def node_label_removal(node):
+    """The merge patch that takes the collection's labels off a Node: the ones it added (its annotation), and the MPS
+    owner label, which is the collection's alone; then the annotation. A node without the annotation (labelled by an
+    older version) loses LEGACY_REMOVED_LABELS. A label the node had before the collection stays."""
+    meta = (node or {}).get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if ANNOTATION_ADDED_LABELS in annotations:
+        keys = set(k for k in (annotations[ANNOTATION_ADDED_LABELS] or "").split(",") if k) | {LABEL_OWNER}
+    else:
+        keys = set(LEGACY_REMOVED_LABELS)
+    have = meta.get("labels") or {}
+    patch = {"metadata": {"labels": dict((k, None) for k in sorted(keys) if k in have)}}
+    if ANNOTATION_ADDED_LABELS in annotations:
+        patch["metadata"]["annotations"] = {ANNOTATION_ADDED_LABELS: None}
+    return patch
+
+
 def _quantity(value):
     """An integer count from a node's capacity/allocatable string ("8", "8k" is not a GPU count)."""
     try:
