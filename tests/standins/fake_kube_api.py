@@ -15,6 +15,7 @@ real Kubernetes JSON shapes (v1 Node, Pod, PodList, Eviction, Status, discovery 
   GET  /api/v1/pods?fieldSelector=spec.nodeName=X   the pods of a node (&labelSelector=...: of those, the matching)
   GET  /api/v1/namespaces/<ns>/pods/<name>          one pod, or a 404 Status
   POST /api/v1/namespaces/<ns>/pods/<name>/eviction evicts the pod (it disappears)
+  GET  /apis/node.k8s.io/v1/runtimeclasses/<name>   a 404 Status: the cluster has no RuntimeClass
   GET  /standin/stop                                stops the stand-in (test control, not Kubernetes)
 
 Every node named on the command line starts schedulable with two pods: a ReplicaSet pod
@@ -114,7 +115,12 @@ DISCOVERY = {
     "/version": {"major": "1", "minor": "33", "gitVersion": "v1.33.1-gpulab-standin", "platform": "linux/amd64"},
     "/api": {"kind": "APIVersions", "versions": ["v1"],
              "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]},
-    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+        {"name": "node.k8s.io", "versions": [{"groupVersion": "node.k8s.io/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": "node.k8s.io/v1", "version": "v1"}}]},
+    "/apis/node.k8s.io/v1": {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "node.k8s.io/v1",
+                             "resources": [{"name": "runtimeclasses", "singularName": "runtimeclass", "namespaced": False,
+                                            "kind": "RuntimeClass", "verbs": ["create", "delete", "get", "list"]}]},
     "/api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
         {"name": "nodes", "singularName": "node", "namespaced": False, "kind": "Node",
          "verbs": ["get", "list", "patch", "update", "watch"], "shortNames": ["no"]},
@@ -168,6 +174,9 @@ class Handler(BaseHTTPRequestHandler):
             items = [pod_doc(k) for k, p in sorted(STATE["pods"].items()) if node is None or p["node"] == node]
             items = [item for item in items if selects(labels, item["metadata"]["labels"])]
             return self.reply(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+        match = re.match(r"^/apis/node.k8s.io/v1/runtimeclasses/([^/]+)$", url.path)
+        if match:
+            return self.reply(*status(404, "NotFound", 'runtimeclasses.node.k8s.io "%s" not found' % match.group(1)))
         match = re.match(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$", url.path)
         if match:
             key = (match.group(1), match.group(2))

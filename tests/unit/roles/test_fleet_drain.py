@@ -150,3 +150,27 @@ def test_with_emptydir_data_allowed_the_node_is_drained_changed_and_uncordoned(f
     seen = events(fleet_lab["journal"])
     assert (seen[0], seen[-1]) == (("cordon", None), ("uncordon", None))
     assert sorted(seen[1:-1]) == [("evict", "default/shm-node-a"), ("evict", "default/work-node-a")]
+
+
+def test_device_plugin_alone_reaches_the_existing_cluster_and_refuses_a_missing_runtime_class(fleet_lab):
+    """site.yml --tags device_plugin on an existing cluster (kind_cluster_kubeconfig in the inventory), as the cluster
+    lane ran it against a real API server. Regression: the device_plugin role used no kubeconfig without the
+    kind_cluster stage in the play ('Could not create API client: Invalid kube-config file. No configuration found.');
+    and (F1) a RuntimeClass that the cluster lacks is named before anything is deployed."""
+    lab = fleet_lab
+    binary = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which("ansible-playbook")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", PYTHONPATH=STANDINS)
+    inventory = os.path.join(os.path.dirname(lab["inventory"]), "site-hosts.yml")
+    with open(inventory, "w") as handle:
+        handle.write("gpu_hosts:\n  hosts:\n    localhost:\n")
+    done = subprocess.run([binary, "-i", inventory, os.path.join(ROOT, "site.yml"), "--tags", "device_plugin", "-e",
+                           json.dumps(dict(lab["vars"], kind_cluster_target="existing", gpulab_mps_owner="plugin",
+                                           kind_cluster_kubeconfig=lab["vars"]["fleet_kubeconfig"],
+                                           kind_cluster_context="standin",
+                                           device_plugin_nodes=[{"name": "node-a", "gpus": "all"}]))],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = " ".join(done.stdout.split())
+    assert done.returncode == 2, out[-3000:]
+    assert "Invalid kube-config" not in out
+    assert 'has no RuntimeClass of that name' in out and 'RuntimeClass "nvidia" not found' in out, out[-3000:]
+    assert "Apply the namespace, RBAC and configuration" not in out
