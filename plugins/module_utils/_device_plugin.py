@@ -682,8 +682,10 @@ def resource_gaps(node, expected):
     """What a Node object (from k8s_info) lacks against `expected` ({resource: count}), as sentences.
 
     Checks status.capacity and status.allocatable; an empty list means the node advertises
-    exactly what was expected. Extra nvidia.com resources are reported too, since a stale
-    resource (a leftover nvidia.com/gpu0 after a switch to aggregate) confuses the scheduler.
+    exactly what was expected. Extra nvidia.com resources that pods can be given (in allocatable) are reported too,
+    since a stale resource (a leftover nvidia.com/gpu0 after a switch to aggregate) confuses the scheduler; one left
+    in capacity only is not: the kubelet keeps an unregistered plugin's devices there, unschedulable (allocatable 0),
+    for 5 minutes (seen on a real v1.36.2 node right after a mode switch).
     """
     name = (node or {}).get("metadata", {}).get("name", "<unnamed node>")
     status = (node or {}).get("status") or {}
@@ -696,7 +698,7 @@ def resource_gaps(node, expected):
                 gaps.append("node %s: %s %s is missing (expected %d)" % (name, field, resource, count))
             elif got != int(count):
                 gaps.append("node %s: %s %s is %d, expected %d" % (name, field, resource, got, count))
-        for resource in sorted(have):
+        for resource in sorted(have if field == "allocatable" else ()):
             if resource.startswith(RESOURCE_DOMAIN + "/") and resource not in expected and _quantity(have[resource]):
                 gaps.append("node %s: %s %s=%s is not expected (left over from another mode?)"
                             % (name, field, resource, have[resource]))

@@ -331,6 +331,19 @@ def test_gaps_zero_leftover_is_fine():
     assert dp.resource_gaps(node, {"nvidia.com/gpu0": 2}) == []
 
 
+def test_gaps_ignore_what_the_kubelet_keeps_in_capacity_of_a_plugin_that_went():
+    """Regression (cluster lane, 2026-12-04): right after a switch from aggregate to individual mode, the real node
+    (Kubernetes v1.36.2) still had the old resource in capacity, unschedulable: capacity nvidia.com/gpu 80, allocatable
+    0 (the kubelet keeps an unregistered plugin's devices for 5 minutes). The role failed the fresh deploy with
+    'capacity nvidia.com/gpu=80 is not expected (left over from another mode?)'; the scheduler reads allocatable."""
+    node = {"metadata": {"name": "lane-node"}, "status": {
+        "capacity": {"cpu": "2", "nvidia.com/gpu": "80", "nvidia.com/gpu0": "20", "nvidia.com/gpu1": "20",
+                     "nvidia.com/gpu2": "20", "nvidia.com/gpu3": "20", "pods": "110"},
+        "allocatable": {"cpu": "2", "nvidia.com/gpu": "0", "nvidia.com/gpu0": "20", "nvidia.com/gpu1": "20",
+                        "nvidia.com/gpu2": "20", "nvidia.com/gpu3": "20", "pods": "110"}}}
+    assert dp.resource_gaps(node, dict(("nvidia.com/gpu%d" % i, 20) for i in range(4))) == []
+
+
 def test_gaps_of_a_node_without_status():
     assert dp.resource_gaps({"metadata": {"name": "n"}}, {"nvidia.com/gpu": 2}) == [
         "node n: capacity nvidia.com/gpu is missing (expected 2)",
