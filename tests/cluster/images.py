@@ -18,8 +18,10 @@ Each image is one layer in a docker-archive tar (`manifest.json`, the config, `l
   the library at /opt/nvml-mock/usr/lib64/ with `libnvidia-ml.so.1` linked from /usr/lib/x86_64-linux-gnu (where
   the NVIDIA container runtime would inject the real one) and the lane's GPU profile at /opt/nvml-mock/config/
   config.yaml (the mock finds it from the library's own path; `MOCK_NVML_CONFIG` is not needed, so the pod spec
-  stays as rendered); and a stand-in `nvidia-smi` that answers the `-c` (compute mode) calls of the plugin's
-  mps-control-daemon and changes nothing.
+  stays as rendered); a stand-in `nvidia-smi` that answers the `-c` (compute mode) calls of the plugin's
+  mps-control-daemon and changes nothing; and the stand-in MPS daemon's GPU count (/etc/gpulab-standin/gpus).
+- The fork's image (collection.FORK_IMAGE, the `device_plugin_image` of individual mode): the same, with the fork's
+  nvidia-device-plugin and mps-control-daemon from --dp-bin fork/ (and the upstream config-manager).
 
 Host files are copied with the symlinks of their path (Debian's merged /usr: /lib -> usr/lib), owned by root.
 The pure parts (ldd parsing, the layer's entries, the archive's manifest, the mock's GPU profile) are tested in
@@ -287,10 +289,14 @@ exit 3
 """
 
 
-def device_plugin_tree(tools, binaries, nvml_library, nvml_profile_text):
+def device_plugin_tree(tools, binaries, nvml_library, nvml_profile_text, standin_gpus=None):
     """tools + the released plugin binaries in /usr/bin + the mock NVML as the node's driver library.
-    binaries: {name in /usr/bin: host path}."""
+    binaries: {name in /usr/bin: host path}. standin_gpus: the GPU count the stand-in MPS daemon of the image sees
+    (its knob file /etc/gpulab-standin/gpus: the plugin's mps-control-daemon starts it with the pipe and log
+    directories only in its environment), like the mock NVML's; None leaves the stand-in's default (1)."""
     tree = Tree().merge(tools)
+    if standin_gpus:
+        tree.data("etc/gpulab-standin/gpus", "%d\n" % standin_gpus)
     elves = []
     for name, path in sorted(binaries.items()):
         tree.file("usr/bin/" + name, path, 0o755)
