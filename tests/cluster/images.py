@@ -9,8 +9,8 @@ Each image is one layer in a docker-archive tar (`manifest.json`, the config, `l
 - PAUSE_IMAGE: the pod sandbox, Debian's static busybox running a shell loop that waits (containerd kills the
   sandbox with SIGKILL).
 - TOOLS_IMAGE: busybox (every applet), the machine's Debian python3 with its standard library and the shared
-  libraries it loads, and the project's stand-in `nvidia-cuda-mps-control` (tests/standins) on PATH: for probe,
-  dial-tone and workload pods.
+  libraries it loads, and the project's stand-ins `nvidia-cuda-mps-control` and `standin-cuda-client` (a workload
+  in place of CUDA; tests/standins) on PATH: for probe, dial-tone and workload pods.
 - The device-plugin image, tagged as the collection's manifests name the upstream image
   (`_device_plugin.UPSTREAM_IMAGE`, nvcr.io/nvidia/k8s-device-plugin:v0.20.0) so that the rendered DaemonSets run it
   unchanged: what TOOLS_IMAGE holds, the released binaries taken from --dp-bin in /usr/bin (nvidia-device-plugin,
@@ -260,9 +260,12 @@ def python_tree(python="/usr/bin/python3.11"):
     return tree
 
 
-def tools_tree(standin_control, busybox="/bin/busybox", python="/usr/bin/python3.11"):
+def tools_tree(standin_control, busybox="/bin/busybox", python="/usr/bin/python3.11", standin_client=None):
     tree = busybox_tree(busybox).merge(python_tree(python))
     tree.file("usr/local/bin/nvidia-cuda-mps-control", standin_control, 0o755)
+    if standin_client:
+        # The workload in place of CUDA (tests/standins/standin_cuda_client.py).
+        tree.file("usr/local/bin/standin-cuda-client", standin_client, 0o755)
     return tree
 
 

@@ -212,6 +212,9 @@ KNOWN_FINDINGS = (
     # Not about the objects: the API server of the lane is OpenShift's Kubernetes fork (v1.36.2), which reports its
     # readiness as an event of a namespace of its own.
     ("E4", "event", r"^KubeAPIReadyz "),
+    # The fork's device specs on a host without the NVIDIA driver (tests/cluster/FINDINGS.md N4).
+    ("N4", "event", r"failed to generate spec: lstat /dev/nvidia"),
+    ("N4", "container", r"failed to generate spec: lstat /dev/nvidia"),
     # Expected: the workload the fleet evicts waits while its node is cordoned (one node), then runs again.
     ("L1", "event", r"^FailedScheduling 0/1 nodes are available: 1 node\(s\) (were unschedulable|had untolerated "
                     r"taint\(s\))"),
@@ -446,7 +449,8 @@ class Lane(object):
         from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin
         started = time.time()
         self.images = {}
-        tools = images.tools_tree(os.path.join(ROOT, "tests", "standins", "nvidia-cuda-mps-control"))
+        tools = images.tools_tree(os.path.join(ROOT, "tests", "standins", "nvidia-cuda-mps-control"),
+                                  standin_client=os.path.join(ROOT, "tests", "standins", "standin_cuda_client.py"))
         dp = dict((name.rsplit("/", maxsplit=1)[-1], self.found["dp_bin:%s" % name]) for name in (
             "upstream/nvidia-device-plugin", "upstream/mps-control-daemon", "upstream/config-manager"))
         with open(self.profile_path) as handle:

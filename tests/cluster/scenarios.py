@@ -131,6 +131,7 @@ class Scenarios(object):
         path = playbook if os.path.isabs(playbook) else os.path.join(collection.ROOT, playbook)
         argv = ["nsenter", "--net=%s" % self.layout.netns_path, ansible, "-i", inventory, path] + list(cli)
         self.lane.log("ansible-playbook %s %s (%s)" % (os.path.relpath(path, collection.ROOT), " ".join(cli), name))
+        load = os.getloadavg()   # the machine is shared: what else ran is part of a timing
         started = time.time()
         try:
             proc = subprocess.run(argv, cwd=collection.ROOT, env=env, capture_output=True, text=True,
@@ -146,7 +147,8 @@ class Scenarios(object):
         shutil.copy(record, os.path.join(self.lane.logs, "ansible-%s.record.jsonl" % name)) \
             if os.path.exists(record) else None
         run = Run(name, argv, rc, started, ended, output, collection.read_record(record))
-        self.results.setdefault("runs", {})[name] = run.summary()
+        self.results.setdefault("runs", {})[name] = dict(run.summary(), load_before=[round(x, 2) for x in load],
+                                                         load_after=[round(x, 2) for x in os.getloadavg()])
         self.timings["ansible-playbook %s" % name] = run.seconds
         self.lane.log("%s: rc %d in %.1f s, recap %s" % (name, rc, run.seconds, run.recap))
         return run
@@ -255,6 +257,7 @@ class Scenarios(object):
         self.check_site("host", run, want, "aggregate, owner host, upstream plugin v0.20.0")
         self.host_share(run)
         self.pod_reached_host(run)
+        self.workload()
         self.fleet()
         self.diagnoses()
         self.teardown("host", expect_died=True)
@@ -281,6 +284,41 @@ class Scenarios(object):
                   "while the pod's exec ran)", bool(inside),
                   {"pod started at": round(started - run.started, 2) if started else None,
                    "exec done at": round(execed - run.started, 2) if execed else None, "Cmd:ps at": seen})
+
+    def workload(self):
+        """The workload pod (the collection's pod builder and the role's runner, the stand-in client in place of CUDA):
+        each workload proven a client of the host daemon by the daemon's `ps`, from inside the pod."""
+        out = os.path.join(self.paths.runs, "workload.json")
+        workloads = ["standin-%d=/usr/local/bin/standin-cuda-client --iterations 3 --handshake" % i for i in range(2)]
+        run = self.playbook("workload", os.path.join(collection.HERE, "playbooks", "workload.yml"), cli=[
+            "-e", json.dumps({"lane_workloads": workloads, "lane_workload_out": out, "lane_pipe_directory": self.paths.pipe,
+                              "lane_image": images.TOOLS_IMAGE, "lane_kubeconfig": self.layout.kubeconfig("admin"),
+                              "lane_context": "lane", "lane_collection": collection.ROOT})])
+        try:
+            with open(out) as handle:
+                said = json.load(handle)
+        except (OSError, ValueError):
+            said = {}
+        report = {}
+        for line in reversed(said.get("log") or []):
+            if line.startswith("{"):
+                try:
+                    report = json.loads(line)
+                    break
+                except ValueError:
+                    continue
+        self.results["workload"] = report
+        entries = [(w.get("name"), w.get("pid"), w.get("under_mps"), w.get("evidence"), w.get("check"))
+                   for w in report.get("workloads") or []]
+        server_log = self.control_log(os.path.join(self.paths.log, "server.log"))
+        self.need("host: the workload pod (the collection's pod builder and the role's runner; the stand-in client in "
+                  "place of CUDA) ran each workload as a proven client of the host daemon (its `ps`, inside the pod)",
+                  run.rc == 0 and said.get("phase") == "Succeeded" and report.get("ok") is True and len(entries) == 2
+                  and all(e[2] and "PID namespace" in (e[3] or "") and e[4] == "ok" for e in entries),
+                  {"run": run.summary(), "phase": said.get("phase"), "workloads": entries,
+                   "ps in the pod": report.get("ps"), "server.log": [l for l in server_log.splitlines()
+                                                                     if "connected" in l][-4:]})
+        self.timings["workload pod (2 stand-in clients), ansible-playbook"] = run.seconds
 
     # fleet.yml
     def lane_app(self, pdb):
@@ -558,11 +596,17 @@ class Scenarios(object):
                   and "device_plugin_fork_allow_multi_gpu_nodes" in failed[0]["msg"] and not daemonsets,
                   {"run": refused.summary(), "failed": [(e["task"], e["msg"][:700]) for e in failed],
                    "daemonsets": [d["metadata"]["name"] for d in daemonsets]})
-        run = self.playbook("site-fork", "site.yml", dict(fork, device_plugin_fork_allow_multi_gpu_nodes=True))
-        want = dict(("nvidia.com/gpu%d" % i, self.args.replicas) for i in range(self.args.gpus))
-        self.timings["site.yml (individual, fork, opt-in), start -> end"] = run.seconds
-        self.check_site("fork", run, want, "individual, owner plugin, the seed-004 fork, multi-GPU opt-in")
-        self.fork_fault()
+        # The fork lists the GPU's and the control device nodes for every pod it gives a replica (N4 of FINDINGS.md):
+        # on this host without a driver they are made, fake, for the pods of this scenario.
+        made = self.fake_devices()
+        try:
+            run = self.playbook("site-fork", "site.yml", dict(fork, device_plugin_fork_allow_multi_gpu_nodes=True))
+            want = dict(("nvidia.com/gpu%d" % i, self.args.replicas) for i in range(self.args.gpus))
+            self.timings["site.yml (individual, fork, opt-in), start -> end"] = run.seconds
+            self.check_site("fork", run, want, "individual, owner plugin, the seed-004 fork, multi-GPU opt-in")
+            self.fork_pod()
+        finally:
+            self.fake_devices_gone(made)
         self.teardown("fork")
 
     def fake_devices(self):
@@ -579,7 +623,8 @@ class Scenarios(object):
                 made.append(path)
         self.lane.results["adaptations"].append({
             "what": "fake devices", "exit": 0, "output": ", ".join(made), "done": "made fake character devices (195:N) "
-            "%s for the fork's device specs (this host has no NVIDIA driver; removed after the pod)" % ", ".join(made)})
+            "%s for the fork's device specs (this host has no NVIDIA driver; removed after the scenario's pods)"
+            % ", ".join(made)})
         return made
 
     @staticmethod
@@ -591,18 +636,11 @@ class Scenarios(object):
             except OSError:
                 pass
 
-    def fork_fault(self):
+    def fork_pod(self):
         """A pod asking for nvidia.com/gpu2 is told device 0: the fork's Allocate answers NVIDIA_VISIBLE_DEVICES with an
         index relative to the GPUs it hands out, which the NVIDIA container runtime reads as the node's GPU 0. The lane's
         runtime handler `nvidia` is plain runc, so what the pod is told is what is shown (its env, the GPU map the fork
-        adds, the device node it mounts)."""
-        made = self.fake_devices()
-        try:
-            self.fork_pod()
-        finally:
-            self.fake_devices_gone(made)
-
-    def fork_pod(self):
+        adds, the device nodes it mounts)."""
         index = min(2, self.args.gpus - 1)
         resource = "nvidia.com/gpu%d" % index
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "lane-fork-gpu%d" % index, "namespace": "default"},
