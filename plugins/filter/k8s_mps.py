@@ -66,6 +66,16 @@ def node_resource_gaps(node, expected):
     return _call(dp.resource_gaps, node, expected)
 
 
+def node_label_patch(node, labels):
+    """The merge patch that labels a Node, recording the labels the collection added (for the teardown)."""
+    return _call(dp.node_label_patch, node, labels)
+
+
+def node_label_removal(node):
+    """The merge patch that takes the labels the collection added off a Node."""
+    return _call(dp.node_label_removal, node)
+
+
 def dialtone_pod(name="mps-dialtone", **kwargs):
     """The dial-tone pod (a dict)."""
     return _call(dt.dialtone_pod, name, **kwargs)
@@ -104,6 +114,8 @@ class FilterModule(object):
             "device_plugin_node_plans": device_plugin_node_plans,
             "device_plugin_manifests": device_plugin_manifests,
             "node_resource_gaps": node_resource_gaps,
+            "node_label_patch": node_label_patch,
+            "node_label_removal": node_label_removal,
             "dialtone_pod": dialtone_pod,
             "workload_pod": workload_pod,
             "dialtone_diagnosis": dialtone_diagnosis,

@@ -417,7 +417,7 @@ def _config_manager(name, config_name, oneshot, process_to_signal=""):
 
 def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWNER_PLUGIN,
               name_pattern=DEFAULT_NAME_PATTERN, image=None, namespace=DEFAULT_NAMESPACE,
-              name=DEFAULT_NAME, runtime_class="nvidia", mps_root=MPS_ROOT, image_pull_policy="IfNotPresent",
+              name=DEFAULT_NAME, runtime_class=None, mps_root=MPS_ROOT, image_pull_policy="IfNotPresent",
               fail_requests_greater_than_one=True, enable_memory_limit=True, priority_class="system-node-critical",
               tolerations=None):
     """Every object the device plugin needs, in apply order (a list of dicts).
@@ -428,7 +428,9 @@ def manifests(gpus, mode=AGGREGATE, replicas=2, per_gpu_replicas=None, owner=OWN
     named by the node label nvidia.com/device-plugin.config), its default values (mps.enableHostPID
     true: the MPS daemon runs with hostPID, which the chart sets since v0.18.0 so that the MPS server
     finds its own pid) and migStrategy none (so no NVIDIA_MIG_MONITOR_DEVICES, which the chart adds only
-    for a MIG strategy other than none).
+    for a MIG strategy other than none). runtime_class: the RuntimeClass the pods name, none by default (the upstream
+    chart's runtimeClassName null: the nodes' default runtime); name one only where the cluster has it (F1 of
+    tests/cluster/FINDINGS.md: the API server rejects every pod that names a missing one).
     """
     config = plugin_config(gpus, mode, replicas, per_gpu_replicas, owner, name_pattern,
                            fail_requests_greater_than_one, enable_memory_limit)
@@ -630,6 +632,44 @@ def node_labels(mode, owner):
     }
 
 
+# The node labels the collection added (absent before it labelled the node), comma-separated: the teardown removes
+# those, and leaves a label the node already had (nvidia.com/gpu.present from Kind or GPU feature discovery, say).
+ANNOTATION_ADDED_LABELS = "gpulab.mps/added-labels"
+# What a node labelled before that annotation existed loses at the teardown (the labels of the collection's own making).
+LEGACY_REMOVED_LABELS = (LABEL_MPS_CAPABLE, LABEL_CONFIG, LABEL_OWNER)
+
+
+def node_label_patch(node, labels):
+    """The merge patch that gives a Node (as k8s_info returns it) the plan's labels, and records in the annotation
+    ANNOTATION_ADDED_LABELS those it did not carry before (kept from earlier runs: a label the collection added stays
+    the collection's)."""
+    meta = (node or {}).get("metadata") or {}
+    have = meta.get("labels") or {}
+    recorded = [k for k in ((meta.get("annotations") or {}).get(ANNOTATION_ADDED_LABELS) or "").split(",") if k]
+    added = sorted(set(recorded) | set(k for k in labels if k not in have))
+    patch = {"metadata": {"labels": dict(labels)}}
+    if added:
+        patch["metadata"]["annotations"] = {ANNOTATION_ADDED_LABELS: ",".join(added)}
+    return patch
+
+
+def node_label_removal(node):
+    """The merge patch that takes the collection's labels off a Node: the ones it added (its annotation), and the MPS
+    owner label, which is the collection's alone; then the annotation. A node without the annotation (labelled by an
+    older version) loses LEGACY_REMOVED_LABELS. A label the node had before the collection stays."""
+    meta = (node or {}).get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if ANNOTATION_ADDED_LABELS in annotations:
+        keys = set(k for k in (annotations[ANNOTATION_ADDED_LABELS] or "").split(",") if k) | {LABEL_OWNER}
+    else:
+        keys = set(LEGACY_REMOVED_LABELS)
+    have = meta.get("labels") or {}
+    patch = {"metadata": {"labels": dict((k, None) for k in sorted(keys) if k in have)}}
+    if ANNOTATION_ADDED_LABELS in annotations:
+        patch["metadata"]["annotations"] = {ANNOTATION_ADDED_LABELS: None}
+    return patch
+
+
 def _quantity(value):
     """An integer count from a node's capacity/allocatable string ("8", "8k" is not a GPU count)."""
     try:
@@ -642,8 +682,10 @@ def resource_gaps(node, expected):
     """What a Node object (from k8s_info) lacks against `expected` ({resource: count}), as sentences.
 
     Checks status.capacity and status.allocatable; an empty list means the node advertises
-    exactly what was expected. Extra nvidia.com resources are reported too, since a stale
-    resource (a leftover nvidia.com/gpu0 after a switch to aggregate) confuses the scheduler.
+    exactly what was expected. Extra nvidia.com resources that pods can be given (in allocatable) are reported too,
+    since a stale resource (a leftover nvidia.com/gpu0 after a switch to aggregate) confuses the scheduler; one left
+    in capacity only is not: the kubelet keeps an unregistered plugin's devices there, unschedulable (allocatable 0),
+    for 5 minutes (seen on a real v1.36.2 node right after a mode switch).
     """
     name = (node or {}).get("metadata", {}).get("name", "<unnamed node>")
     status = (node or {}).get("status") or {}
@@ -656,7 +698,7 @@ def resource_gaps(node, expected):
                 gaps.append("node %s: %s %s is missing (expected %d)" % (name, field, resource, count))
             elif got != int(count):
                 gaps.append("node %s: %s %s is %d, expected %d" % (name, field, resource, got, count))
-        for resource in sorted(have):
+        for resource in sorted(have if field == "allocatable" else ()):
             if resource.startswith(RESOURCE_DOMAIN + "/") and resource not in expected and _quantity(have[resource]):
                 gaps.append("node %s: %s %s=%s is not expected (left over from another mode?)"
                             % (name, field, resource, have[resource]))

@@ -58,6 +58,8 @@ import hostclean
 
 # Where the lane may remove what it created (only when it did not exist before the lane started).
 REMOVABLE = {
+    # fake device nodes of the fork's device specs (scenarios.fake_devices), should the lane die before removing them
+    "/dev": ("nvidiactl", "nvidia-modeset", "nvidia-uvm", "nvidia-uvm-tools") + tuple("nvidia%d" % i for i in range(8)),
     "/run": ("containerd", "netns", "cdi", "nvidia", "xtables.lock"),
     "/var/lib": ("kubelet", "cni"),
     "/var/log": ("pods", "containers"),

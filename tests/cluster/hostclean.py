@@ -30,7 +30,7 @@ import subprocess
 SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
            "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes")
 # Directories whose entries are compared (new or missing names).
-WATCHED_DIRS = ("/run", "/run/netns", "/var/lib", "/var/log", "/etc", "/opt")
+WATCHED_DIRS = ("/run", "/run/netns", "/var/lib", "/var/log", "/etc", "/opt", "/dev")
 CGROUP_ROOT = "/sys/fs/cgroup"
 # The machine is shared: another engineer's run may add /etc/gpulab-mps or start a Docker engine (its firewall
 # rules) while the lane runs. A difference counts against the lane when it is of a kind the lane makes (a name of

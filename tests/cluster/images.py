@@ -9,8 +9,8 @@ Each image is one layer in a docker-archive tar (`manifest.json`, the config, `l
 - PAUSE_IMAGE: the pod sandbox, Debian's static busybox running a shell loop that waits (containerd kills the
   sandbox with SIGKILL).
 - TOOLS_IMAGE: busybox (every applet), the machine's Debian python3 with its standard library and the shared
-  libraries it loads, and the project's stand-in `nvidia-cuda-mps-control` (tests/standins) on PATH: for probe,
-  dial-tone and workload pods.
+  libraries it loads, and the project's stand-ins `nvidia-cuda-mps-control` and `standin-cuda-client` (a workload
+  in place of CUDA; tests/standins) on PATH: for probe, dial-tone and workload pods.
 - The device-plugin image, tagged as the collection's manifests name the upstream image
   (`_device_plugin.UPSTREAM_IMAGE`, nvcr.io/nvidia/k8s-device-plugin:v0.20.0) so that the rendered DaemonSets run it
   unchanged: what TOOLS_IMAGE holds, the released binaries taken from --dp-bin in /usr/bin (nvidia-device-plugin,
@@ -18,8 +18,10 @@ Each image is one layer in a docker-archive tar (`manifest.json`, the config, `l
   the library at /opt/nvml-mock/usr/lib64/ with `libnvidia-ml.so.1` linked from /usr/lib/x86_64-linux-gnu (where
   the NVIDIA container runtime would inject the real one) and the lane's GPU profile at /opt/nvml-mock/config/
   config.yaml (the mock finds it from the library's own path; `MOCK_NVML_CONFIG` is not needed, so the pod spec
-  stays as rendered); and a stand-in `nvidia-smi` that answers the `-c` (compute mode) calls of the plugin's
-  mps-control-daemon and changes nothing.
+  stays as rendered); a stand-in `nvidia-smi` that answers the `-c` (compute mode) calls of the plugin's
+  mps-control-daemon and changes nothing; and the stand-in MPS daemon's GPU count (/etc/gpulab-standin/gpus).
+- The fork's image (collection.FORK_IMAGE, the `device_plugin_image` of individual mode): the same, with the fork's
+  nvidia-device-plugin and mps-control-daemon from --dp-bin fork/ (and the upstream config-manager).
 
 Host files are copied with the symlinks of their path (Debian's merged /usr: /lib -> usr/lib), owned by root.
 The pure parts (ldd parsing, the layer's entries, the archive's manifest, the mock's GPU profile) are tested in
@@ -258,9 +260,12 @@ def python_tree(python="/usr/bin/python3.11"):
     return tree
 
 
-def tools_tree(standin_control, busybox="/bin/busybox", python="/usr/bin/python3.11"):
+def tools_tree(standin_control, busybox="/bin/busybox", python="/usr/bin/python3.11", standin_client=None):
     tree = busybox_tree(busybox).merge(python_tree(python))
     tree.file("usr/local/bin/nvidia-cuda-mps-control", standin_control, 0o755)
+    if standin_client:
+        # The workload in place of CUDA (tests/standins/standin_cuda_client.py).
+        tree.file("usr/local/bin/standin-cuda-client", standin_client, 0o755)
     return tree
 
 
@@ -287,10 +292,14 @@ exit 3
 """
 
 
-def device_plugin_tree(tools, binaries, nvml_library, nvml_profile_text):
+def device_plugin_tree(tools, binaries, nvml_library, nvml_profile_text, standin_gpus=None):
     """tools + the released plugin binaries in /usr/bin + the mock NVML as the node's driver library.
-    binaries: {name in /usr/bin: host path}."""
+    binaries: {name in /usr/bin: host path}. standin_gpus: the GPU count the stand-in MPS daemon of the image sees
+    (its knob file /etc/gpulab-standin/gpus: the plugin's mps-control-daemon starts it with the pipe and log
+    directories only in its environment), like the mock NVML's; None leaves the stand-in's default (1)."""
     tree = Tree().merge(tools)
+    if standin_gpus:
+        tree.data("etc/gpulab-standin/gpus", "%d\n" % standin_gpus)
     elves = []
     for name, path in sorted(binaries.items()):
         tree.file("usr/bin/" + name, path, 0o755)

@@ -53,8 +53,10 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "gpu", "device_plugin"))
 
 import binaries  # noqa: E402
 import cluster as cluster_mod  # noqa: E402
+import collection  # noqa: E402
 import hostclean  # noqa: E402
 import images  # noqa: E402
+import scenarios as scenarios_mod  # noqa: E402
 
 KUBE_VERSION = "v1.36.2"
 _KUBE_TARBALL = ("kubernetes/server/bin/%%s of the official release tarball kubernetes-server-linux-amd64.tar.gz of "
@@ -75,12 +77,30 @@ DP_BINARIES = (
     # config-manager has no --version (an urfave/cli app without one): its help must name its node-label flag.
     binaries.Wanted("upstream/config-manager", ["--help"], r"--node-label", _DP_IMAGE % "config-manager"),
 )
+_FORK_IMAGE = ("/usr/bin/%s of the seed-004 fork's image (linskybing/k8s-device-plugin, branch mps-individual-gpu, "
+               "commit 52596d72; the image you name in device_plugin_image), as for the device-plugin lane")
+# Only for the scenario fork (individual mode); the fork does not change config-manager: the upstream one serves it.
+FORK_BINARIES = (
+    binaries.Wanted("fork/nvidia-device-plugin", ["--version"], r"\b52596d72", _FORK_IMAGE % "nvidia-device-plugin"),
+    binaries.Wanted("fork/mps-control-daemon", ["--version"], r"\b52596d72", _FORK_IMAGE % "mps-control-daemon"),
+)
 NVML_FILES = (
     binaries.Wanted("usr/lib64/libnvidia-ml.so.1", None, None, _MOCK + ", as usr/lib64/libnvidia-ml.so.1"),
     binaries.Wanted("config/config.yaml", None, None, _MOCK_PROFILE + ", as config/config.yaml"),
 )
 FOLDERS = (("--kube-bin", "kube_bin", KUBE_BINARIES), ("--dp-bin", "dp_bin", DP_BINARIES),
            ("--nvml-mock", "nvml_mock", NVML_FILES))
+# What each scenario runs (scenarios.py; `rendered` is the first part of the lane: the role's render-only output
+# applied with kubectl): host, plugin and fork run the collection itself (site.yml, fleet.yml, teardown.yml).
+SCENARIOS = ("host", "plugin", "fork", "rendered")
+
+
+def folders(scenarios=SCENARIOS):
+    """The folders and their files, for the scenarios asked (the fork's binaries only for `fork`)."""
+    if "fork" not in scenarios:
+        return FOLDERS
+    return tuple((option, attr, wanted + FORK_BINARIES if attr == "dp_bin" else wanted)
+                 for option, attr, wanted in FOLDERS)
 GPU_NAME = "NVIDIA H100 32GB HBM3"
 RESOURCE = "nvidia.com/gpu"
 
@@ -109,16 +129,27 @@ def parse_args(argv=None):
                              "runtime says to runtimeClassName: nvidia)")
     parser.add_argument("--plugin-timeout", type=int, default=240,
                         help="seconds for the rendered device plugin to bring the node's resources to the plan")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated, in this order: host (site.yml aggregate with owner host, fleet.yml, "
+                             "the pod dial-tone's diagnoses, teardown.yml), plugin (site.yml with owner plugin, "
+                             "teardown.yml), fork (individual mode with the seed-004 fork: refused, then opted in; "
+                             "teardown.yml), rendered (the role's render-only objects applied with kubectl, --owner) "
+                             "(default: all)")
     args = parser.parse_args(argv)
     if not args.out and not args.recover:
         parser.error("the following arguments are required: --out")
+    args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error("unknown scenario(s) %s (known: %s)" % (", ".join(unknown), ", ".join(SCENARIOS)))
+    args.scenarios = [name for name in SCENARIOS if name in args.scenarios]
     return args
 
 
 def missing_folders(args):
     """Sentences for the folders not given or not there (before looking inside them)."""
     problems = []
-    for option, attr, wanted in FOLDERS:
+    for option, attr, wanted in folders(getattr(args, "scenarios", SCENARIOS)):
         folder = getattr(args, attr)
         if not folder or not os.path.isdir(folder):
             problems.append("%s %s: %s. It must hold:\n%s" % (
@@ -134,7 +165,7 @@ def take_all(args, work):
         raise binaries.BinariesError("the cluster lane needs three folders of released binaries:\n  " +
                                      "\n  ".join(problems))
     found, report, errors = {}, [], []
-    for option, attr, wanted in FOLDERS:
+    for option, attr, wanted in folders(getattr(args, "scenarios", SCENARIOS)):
         sums = None
         if args.sha256:
             # binaries.take checks every path a checksum file names: give it only this folder's lines.
@@ -176,6 +207,17 @@ KNOWN_FINDINGS = (
     # every mount shared, this machine's PID 1 is not systemd and its / is private.
     ("E2", "event", r"is mounted on \"[^\"]*\" but it is not a shared mount"),
     ("E2", "container", r"is mounted on \"[^\"]*\" but it is not a shared mount"),
+    # Not about the objects: this machine has cgroup v1 (the kubelet runs with failCgroupV1 false and says so).
+    ("E3", "event", r"^CgroupV1 "),
+    # Not about the objects: the API server of the lane is OpenShift's Kubernetes fork (v1.36.2), which reports its
+    # readiness as an event of a namespace of its own.
+    ("E4", "event", r"^KubeAPIReadyz "),
+    # The fork's device specs on a host without the NVIDIA driver (tests/cluster/FINDINGS.md N4).
+    ("N4", "event", r"failed to generate spec: lstat /dev/nvidia"),
+    ("N4", "container", r"failed to generate spec: lstat /dev/nvidia"),
+    # Expected: the workload the fleet evicts waits while its node is cordoned (one node), then runs again.
+    ("L1", "event", r"^FailedScheduling 0/1 nodes are available: 1 node\(s\) (were unschedulable|had untolerated "
+                    r"taint\(s\))"),
 )
 SHARED_MOUNT_RE = re.compile(r'path "([^"]+)" is mounted on "[^"]*" but it is not a shared mount')
 
@@ -335,7 +377,9 @@ class Lane(object):
             self.results["packages"] = package_versions()
             self.collection_dir = collection_path()
             sys.path.insert(0, self.collection_dir)
-            self.render()
+            self.write_profile()
+            if "rendered" in self.args.scenarios:
+                self.render()
             self.make_images()
             self.run_cluster()
         except Stop as stop:
@@ -349,14 +393,17 @@ class Lane(object):
         return self.report()
 
     # 1. render
-    def render(self):
-        nvml = self.found["nvml_mock:usr/lib64/libnvidia-ml.so.1"]
+    def write_profile(self):
+        """The mock NVML's GPUs of the lane (--gpus of --gpu-memory-mib MiB): the node's and the host stages' NVML."""
         with open(self.found["nvml_mock:config/config.yaml"]) as handle:
             profile = images.mock_profile_text(handle.read(), self.args.gpus, self.args.gpu_memory_mib, GPU_NAME)
         self.profile_path = os.path.join(self.work, "nvml-profile.yaml")
         with open(self.profile_path, "w") as handle:
             handle.write(profile)
         shutil.copy(self.profile_path, os.path.join(self.logs, "nvml-profile.yaml"))
+
+    def render(self):
+        nvml = self.found["nvml_mock:usr/lib64/libnvidia-ml.so.1"]
         self.render_dir = os.path.join(self.logs, "rendered")
         playbook = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) or shutil.which(
             "ansible-playbook")
@@ -402,16 +449,23 @@ class Lane(object):
         from ansible_collections.gpulab.mps.plugins.module_utils import _device_plugin
         started = time.time()
         self.images = {}
-        tools = images.tools_tree(os.path.join(ROOT, "tests", "standins", "nvidia-cuda-mps-control"))
+        tools = images.tools_tree(os.path.join(ROOT, "tests", "standins", "nvidia-cuda-mps-control"),
+                                  standin_client=os.path.join(ROOT, "tests", "standins", "standin_cuda_client.py"))
         dp = dict((name.rsplit("/", maxsplit=1)[-1], self.found["dp_bin:%s" % name]) for name in (
             "upstream/nvidia-device-plugin", "upstream/mps-control-daemon", "upstream/config-manager"))
         with open(self.profile_path) as handle:
             profile = handle.read()
-        for ref, tree, entrypoint in (
-                (images.PAUSE_IMAGE, images.pause_tree(), ["/pause"]),
+        library = self.found["nvml_mock:usr/lib64/libnvidia-ml.so.1"]
+        made = [(images.PAUSE_IMAGE, images.pause_tree(), ["/pause"]),
                 (images.TOOLS_IMAGE, tools, ["/bin/sh"]),
-                (_device_plugin.UPSTREAM_IMAGE, images.device_plugin_tree(
-                    tools, dp, self.found["nvml_mock:usr/lib64/libnvidia-ml.so.1"], profile), None)):
+                (_device_plugin.UPSTREAM_IMAGE, images.device_plugin_tree(tools, dp, library, profile,
+                                                                          standin_gpus=self.args.gpus), None)]
+        if "fork" in self.args.scenarios:
+            fork = dict(dp, **dict((name, self.found["dp_bin:fork/%s" % name])
+                                   for name in ("nvidia-device-plugin", "mps-control-daemon")))
+            made.append((collection.FORK_IMAGE, images.device_plugin_tree(tools, fork, library, profile,
+                                                                          standin_gpus=self.args.gpus), None))
+        for ref, tree, entrypoint in made:
             path = os.path.join(self.work, re.sub(r"[^A-Za-z0-9.]+", "_", ref) + ".tar")
             diff_id = images.write_archive(path, ref, tree, entrypoint)
             self.images[ref] = {"tar": path, "diff_id": diff_id, "bytes": os.path.getsize(path),
@@ -436,8 +490,12 @@ class Lane(object):
                 self.need("node %s Ready" % layout.node_name, True,
                           "%.2f s from an empty cluster (no etcd) to Ready" % c.timings["node Ready"])
                 try:
-                    self.smoke(c)
-                    self.device_plugin(c)
+                    wanted = [name for name in self.args.scenarios if name in scenarios_mod.SCENARIOS]
+                    if wanted:
+                        scenarios_mod.Scenarios(self, c).run(wanted)
+                    if "rendered" in self.args.scenarios:
+                        self.smoke(c)
+                        self.device_plugin(c)
                 finally:
                     self.collect(c)
                     self.results["timings"]["cluster up until the teardown"] = round(time.time() - started, 2)
@@ -605,6 +663,16 @@ class Lane(object):
                                                     observation.get("container", ""), observation.get("reason", ""),
                                                     observation.get("message", "")[:400]))
 
+    def observe_all(self, c, scenario):
+        """Every Warning event of the cluster, as observations of a scenario (matched to the known findings)."""
+        try:
+            events = c.kubectl_json("get", "events", "-A")
+        except Exception as error:  # noqa: BLE001 - a record, not a check
+            self.log("reading the events failed: %s" % error)
+            return
+        for observation in warning_events(events):
+            self.observe(dict(observation, scenario=scenario))
+
     def container_logs(self, pod, container):
         c = self.cluster
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
@@ -727,8 +795,10 @@ class Lane(object):
         lines = ["gpulab.mps cluster lane, %s" % time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["started"])),
                  "binaries: %s" % "; ".join(binary_line(b) for b in r.get("binaries") or []) or "none taken",
                  "packages: %s" % ", ".join("%s %s" % kv for kv in sorted((r.get("packages") or {}).items())),
-                 "plan: owner %s, aggregate, %d replicas, %d mock GPUs of %d MiB" % (
-                     self.args.owner, self.args.replicas, self.args.gpus, self.args.gpu_memory_mib), ""]
+                 "scenarios: %s; %d replicas, %d mock GPUs of %d MiB%s" % (
+                     ", ".join(self.args.scenarios), self.args.replicas, self.args.gpus, self.args.gpu_memory_mib,
+                     "; rendered: owner %s, aggregate" % self.args.owner if "rendered" in self.args.scenarios
+                     else ""), ""]
         for c in r["checks"]:
             lines.append("%s %s: %s%s%s" % ("ok  " if c["ok"] else "FAIL", c["check"],
                                             json.dumps(c["seen"], default=str)[:400],

@@ -116,6 +116,58 @@ def test_killed_daemon_leaves_stale_files_and_starts_again(mps_env):
     assert ctl(mps_env, "get_default_active_thread_percentage") == ("100.0\n", 0)
 
 
+def test_seed001_knob_answers_the_seeds_errors_where_driver_580_says_no_daemon(mps_env):
+    """GPULAB_STANDIN_CLIENT_ERRORS=seed001: a socket with no daemon behind it is answered with the errors seed 001
+    names (a guess, for the pod diagnoses of tests/cluster); without the knob, as recorded on driver 580."""
+    subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=True)
+    pipe = mps_env["CUDA_MPS_PIPE_DIRECTORY"]
+    with open(os.path.join(pipe, "nvidia-cuda-mps-control.pid")) as handle:
+        os.kill(int(handle.read()), 9)
+    time.sleep(0.2)
+    seed = dict(mps_env, GPULAB_STANDIN_CLIENT_ERRORS="seed001")
+
+    def answer(env):
+        result = subprocess.run([env["STANDIN_CONTROL"]], input="ps\n", env=env, capture_output=True, text=True,
+                                check=False)
+        return result.stdout, result.stderr, result.returncode
+    # killed: its pid file stays
+    assert answer(mps_env) == ("Cannot find MPS control daemon process\n", "", 1)
+    assert answer(seed) == ("", "connect: Transport endpoint is not connected\n", 1)
+    # the sockets a quit leaves (no pid file): refused
+    os.unlink(os.path.join(pipe, "nvidia-cuda-mps-control.pid"))
+    assert answer(seed) == ("", "connect: Connection refused\n", 1)
+    assert answer(mps_env) == ("Cannot find MPS control daemon process\n", "", 1)
+    # no socket at all: no daemon, whatever the knob says
+    os.unlink(os.path.join(pipe, "control"))
+    assert answer(seed) == ("Cannot find MPS control daemon process\n", "", 1)
+
+
+def test_the_stand_in_cuda_client_becomes_a_client_of_the_daemon_it_reaches(mps_env):
+    """standin_cuda_client.py (the cluster lane's workload in place of CUDA) asks `standin_attach_client self`: the
+    daemon lists it under the PID its socket peer has, while it holds its "context"; gone when it exits."""
+    subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=True)
+    client = subprocess.Popen([sys.executable, os.path.join(HERE, "standin_cuda_client.py"), "--handshake"],
+                              env=mps_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline() == "context: attached\n"
+        assert client.stdout.readline() == "READY %d\n" % client.pid
+        listed, _rc = ctl(mps_env, "ps")
+        assert [line.split()[0] for line in listed.splitlines()[1:]] == [str(client.pid)]
+        out, _err = client.communicate("go\n", timeout=30)
+        assert out.splitlines()[-1].startswith("RESULT ") and '"check": "ok"' in out
+    finally:
+        client.kill()
+    time.sleep(0.3)
+    assert ctl(mps_env, "get_client_list %s" % ctl(mps_env, "get_server_list")[0].strip())[0] == ""
+
+
+def test_the_stand_in_cuda_client_runs_without_mps_where_nothing_answers(tmp_path):
+    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=str(tmp_path / "nowhere"))
+    done = subprocess.run([sys.executable, os.path.join(HERE, "standin_cuda_client.py"), "--iterations", "1"],
+                          env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("context: no MPS (")
+
+
 def test_hidden_client_hook_gives_recorded_table_shapes(mps_env):
     subprocess.run([mps_env["STANDIN_CONTROL"], "-d"], env=mps_env, check=True)
     ctl(mps_env, "set_default_active_thread_percentage 50")

@@ -82,6 +82,8 @@ def folders(tmp_path, kube_version="v1.36.2", dp_version="v0.20.0"):
     fake(dp, "upstream/nvidia-device-plugin", "NVIDIA Device Plugin version %s" % dp_version)
     fake(dp, "upstream/mps-control-daemon", "NVIDIA MPS Control Daemon version %s" % dp_version)
     fake(dp, "upstream/config-manager", "GLOBAL OPTIONS: --node-label value")
+    fake(dp, "fork/nvidia-device-plugin", "NVIDIA Device Plugin version v0.19.0-dev commit: 52596d72c2552fd0")
+    fake(dp, "fork/mps-control-daemon", "NVIDIA MPS Control Daemon version v0.19.0-dev commit: 52596d72c2552fd0")
     (nvml / "usr" / "lib64").mkdir(parents=True)
     (nvml / "usr" / "lib64" / "libnvidia-ml.so.1").write_bytes(b"\x7fELF not really")
     (nvml / "config").mkdir()
@@ -97,6 +99,7 @@ def test_folders_with_every_file_are_taken(tmp_path):
                                                                 "kube-scheduler", "kubelet", "kubectl")]
                                    + ["dp_bin:upstream/%s" % n for n in ("nvidia-device-plugin", "mps-control-daemon",
                                                                          "config-manager")]
+                                   + ["dp_bin:fork/%s" % n for n in ("nvidia-device-plugin", "mps-control-daemon")]
                                    + ["nvml_mock:usr/lib64/libnvidia-ml.so.1", "nvml_mock:config/config.yaml"])
     assert all(path.startswith(str(work)) for path in found.values())
     assert [r["folder"] for r in report].count("--kube-bin") == 5

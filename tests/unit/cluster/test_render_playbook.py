@@ -47,6 +47,9 @@ def test_render_yml_writes_the_objects_the_lane_applies(tmp_path, owner):
     images = set(c["image"] for d in daemonsets for c in d["spec"]["template"]["spec"]["containers"]
                  + d["spec"]["template"]["spec"].get("initContainers", []))
     assert images == {_device_plugin.UPSTREAM_IMAGE}          # the tag the lane gives its device-plugin image
+    # F1 (tests/cluster/FINDINGS.md): without the kind_cluster role in the play nobody makes a RuntimeClass, and the real
+    # API server rejected every pod that named one ('pod rejected: RuntimeClass "nvidia" not found'): none is named.
+    assert [d["spec"]["template"]["spec"].get("runtimeClassName") for d in daemonsets] == [None] * len(daemonsets)
     (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
     (config,) = [yaml.safe_load(text) for text in configmap["data"].values()]
     assert lane.sharing_summary(config) == {"strategy": "mps" if owner == "plugin" else "timeSlicing",

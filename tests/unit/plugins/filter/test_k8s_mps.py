@@ -17,8 +17,8 @@ H100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"
 
 def test_registered_names():
     assert sorted(FILTERS) == ["device_plugin_manifests", "device_plugin_node_plans", "device_plugin_plan", "dialtone_diagnosis", "dialtone_pod",
-                               "kind_config", "kind_gpu_nodes", "mps_qos_env", "node_resource_gaps", "runtime_class",
-                               "workload_pod"]
+                               "kind_config", "kind_gpu_nodes", "mps_qos_env", "node_label_patch", "node_label_removal",
+                               "node_resource_gaps", "runtime_class", "workload_pod"]
 
 
 def test_errors_become_filter_errors():

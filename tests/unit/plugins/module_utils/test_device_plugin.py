@@ -331,7 +331,65 @@ def test_gaps_zero_leftover_is_fine():
     assert dp.resource_gaps(node, {"nvidia.com/gpu0": 2}) == []
 
 
+def test_gaps_ignore_what_the_kubelet_keeps_in_capacity_of_a_plugin_that_went():
+    """Regression (cluster lane, 2026-12-04): right after a switch from aggregate to individual mode, the real node
+    (Kubernetes v1.36.2) still had the old resource in capacity, unschedulable: capacity nvidia.com/gpu 80, allocatable
+    0 (the kubelet keeps an unregistered plugin's devices for 5 minutes). The role failed the fresh deploy with
+    'capacity nvidia.com/gpu=80 is not expected (left over from another mode?)'; the scheduler reads allocatable."""
+    node = {"metadata": {"name": "lane-node"}, "status": {
+        "capacity": {"cpu": "2", "nvidia.com/gpu": "80", "nvidia.com/gpu0": "20", "nvidia.com/gpu1": "20",
+                     "nvidia.com/gpu2": "20", "nvidia.com/gpu3": "20", "pods": "110"},
+        "allocatable": {"cpu": "2", "nvidia.com/gpu": "0", "nvidia.com/gpu0": "20", "nvidia.com/gpu1": "20",
+                        "nvidia.com/gpu2": "20", "nvidia.com/gpu3": "20", "pods": "110"}}}
+    assert dp.resource_gaps(node, dict(("nvidia.com/gpu%d" % i, 20) for i in range(4))) == []
+
+
 def test_gaps_of_a_node_without_status():
     assert dp.resource_gaps({"metadata": {"name": "n"}}, {"nvidia.com/gpu": 2}) == [
         "node n: capacity nvidia.com/gpu is missing (expected 2)",
         "node n: allocatable nvidia.com/gpu is missing (expected 2)"]
+
+
+# --- the node labels: what the deploy adds is what the teardown removes (the cluster lane, 2026-12-04) ---------------
+
+def _node(labels=None, annotations=None):
+    return {"metadata": {"name": "lane-node", "labels": dict(labels or {}), "annotations": dict(annotations or {})}}
+
+
+def _apply(node, patch):
+    """A merge patch on a node's labels and annotations, as the API server applies it (null removes a key)."""
+    out = {"metadata": {"name": node["metadata"]["name"]}}
+    for field in ("labels", "annotations"):
+        merged = dict(node["metadata"].get(field) or {})
+        for key, value in (patch["metadata"].get(field) or {}).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        out["metadata"][field] = merged
+    return out
+
+
+def test_the_teardown_removes_every_label_the_deploy_added():
+    """Regression: on the cluster lane's real node, nvidia.com/gpu.present stayed after playbooks/teardown.yml (the
+    deploy set it, the removal kept it because Kind sets it on Kind's workers)."""
+    before = _node({"kubernetes.io/hostname": "lane-node"})
+    labels = dp.node_labels("aggregate", "host")
+    deployed = _apply(before, dp.node_label_patch(before, labels))
+    assert all(deployed["metadata"]["labels"][k] == v for k, v in labels.items())
+    again = _apply(deployed, dp.node_label_patch(deployed, labels))      # a second run forgets nothing
+    after = _apply(again, dp.node_label_removal(again))
+    assert after == before
+
+
+def test_a_label_the_node_had_before_stays():
+    before = _node({"nvidia.com/gpu.present": "true", "kubernetes.io/hostname": "gpu-17"})
+    deployed = _apply(before, dp.node_label_patch(before, dp.node_labels("aggregate", "plugin")))
+    after = _apply(deployed, dp.node_label_removal(deployed))
+    assert after == before
+
+
+def test_a_node_labelled_before_the_annotation_loses_what_the_collection_always_removed():
+    node = _node(dp.node_labels("individual", "plugin"))
+    after = _apply(node, dp.node_label_removal(node))
+    assert after["metadata"]["labels"] == {"nvidia.com/gpu.present": "true"}
