@@ -93,6 +93,13 @@ extern "C" __global__ void gpulab_smid(unsigned int *out, const long long cycles
 QOS_KERNELS = ("latency", "fill")
 
 
+def _start_time():
+    """This process's start time (field 22 of /proc/self/stat): what the simulated backend registers with the fake
+    control (tests/unit/benchmarks/fake_mps_control.py), so that a PID reused after it ends is no client."""
+    with open("/proc/self/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[19]
+
+
 def emit(obj):
     sys.stdout.write(PREFIX + json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -379,7 +386,7 @@ class SimWorkloads(Workloads):
             clients = os.path.join(pipe, "sim-clients")
             os.makedirs(clients, exist_ok=True)
             with open(os.path.join(clients, str(os.getpid())), "w") as handle:
-                handle.write(os.path.basename(sys.executable))
+                handle.write(_start_time())
         self.handles = {}
         # The noisy-neighbour kernels run on a VIRTUAL clock (see _qos_launch): what a launch reports is what the model
         # says it took, so that no result of the simulation depends on how busy the machine running it is.

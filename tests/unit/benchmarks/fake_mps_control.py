@@ -8,7 +8,8 @@ that writes the pid file and a `control` entry in CUDA_MPS_PIPE_DIRECTORY; comma
 daemon it prints "Cannot find MPS control daemon process" and exits 1; `ps` prints "Server not found" or the
 client table; the queries gpulab.mps.mps_daemon, mps_info and the benchmarks make get plausible answers (no limits
 set, 100% threads, client priority 0). Its clients are the simulated benchmark clients (mps_bench_client.py --backend sim), which
-register their PID in <pipe>/sim-clients/ when they find a daemon, as the CUDA driver connects to one.
+register their PID in <pipe>/sim-clients/ (a file named by the PID, holding its start time) when they find a
+daemon, as the CUDA driver connects to one.
 
 The collection's client runs it with an environment of its own (built from the plan, never the caller's), so no
 fault is injected through the fake's environment: a client that silently runs without MPS is a simulated client with
@@ -82,13 +83,34 @@ def serve(pipe):
     return 0
 
 
+def start_time(pid):
+    """The process's start time (field 22 of /proc/PID/stat), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (IOError, OSError, IndexError, ValueError):
+        return None
+
+
+def registered(folder, name):
+    """A registration is the client's PID as file name and its start time as content: a file left by a client that
+    ended names no client, even when its PID is reused by another process (seen: a busy loop of the machine listed as
+    a client of the benchmark's daemon)."""
+    try:
+        with open(os.path.join(folder, name)) as handle:
+            said = handle.read().strip()
+    except (IOError, OSError):
+        return False
+    return bool(said) and said == start_time(int(name)) and alive(int(name))
+
+
 def clients(pipe):
     folder = os.path.join(pipe, "sim-clients")
     try:
         names = os.listdir(folder)
     except OSError:
         return []
-    return sorted(int(n) for n in names if n.isdigit() and alive(int(n)))
+    return sorted(int(n) for n in names if n.isdigit() and registered(folder, n))
 
 
 def main(argv):

@@ -23,6 +23,7 @@ FILES = os.path.join(ROOT, "roles", "cuda_workload", "files")
 RUNNER = os.path.join(FILES, "run_workloads.py")
 sys.path.insert(0, os.path.join(ROOT, "tests", "unit", "benchmarks"))
 from fake_exec import FAKE_MPS_CONTROL as FAKE_CONTROL, executable, fake_mps_daemon  # noqa: E402
+import fake_mps_control  # noqa: E402
 TRANSCRIPTS = os.path.join(ROOT, "tests", "unit", "fixtures", "h100-transcripts")
 sys.path.insert(0, FILES)
 
@@ -34,7 +35,8 @@ pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "")
 if os.path.exists(os.path.join(pipe, "control")) and os.path.exists(os.path.join(pipe, "nvidia-cuda-mps-control.pid")) \
         and not os.environ.get("GPULAB_SIM_NO_MPS"):
     os.makedirs(os.path.join(pipe, "sim-clients"), exist_ok=True)
-    open(os.path.join(pipe, "sim-clients", str(os.getpid())), "w").close()
+    with open(os.path.join(pipe, "sim-clients", str(os.getpid())), "w") as handle, open("/proc/self/stat") as stat:
+        handle.write(stat.read().rsplit(")", 1)[1].split()[19])
 behaviour = sys.argv[1] if len(sys.argv) > 1 else "ok"
 if behaviour == "no-context":
     print("CUDA error: no CUDA-capable device is detected", flush=True)
@@ -194,7 +196,8 @@ def test_a_workload_without_mps_on_the_host_is_not_credited_with_another_client(
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         os.makedirs(os.path.join(daemon, "sim-clients"), exist_ok=True)
-        open(os.path.join(daemon, "sim-clients", str(other.pid)), "w").close()
+        with open(os.path.join(daemon, "sim-clients", str(other.pid)), "w") as handle:
+            handle.write(fake_mps_control.start_time(other.pid))
         script = tmp_path / "fake_workload.py"
         script.write_text(FAKE_WORKLOAD)
         # `env -u` keeps the pipe directory from the workload: it cannot reach the daemon, as a wrong one would.
