@@ -212,8 +212,7 @@ class Daemon(object):
         gone = self.control.wait(lambda: not self.answers() and not (pid and pid_alive(pid)), timeout + 5)
         if not gone:
             raise BenchError("the benchmark's MPS control daemon %s in %s did not exit within %d s after quit: stop "
-                             "it by hand (kill %s): %s" % (pid, self.pipe_dir, timeout + 5, pid,
-                                                          self.control.log_tail()))
+                             "it by hand (kill %s): %s" % (pid, self.pipe_dir, timeout + 5, pid, self.control.log_tail()))
         self.say("MPS control daemon %s stopped" % (pid or "?"))
 
     def log_tail(self, name, max_bytes=4000):

@@ -101,6 +101,8 @@ def folders(scenarios=SCENARIOS):
         return FOLDERS
     return tuple((option, attr, wanted + FORK_BINARIES if attr == "dp_bin" else wanted)
                  for option, attr, wanted in FOLDERS)
+
+
 GPU_NAME = "NVIDIA H100 32GB HBM3"
 RESOURCE = "nvidia.com/gpu"
 

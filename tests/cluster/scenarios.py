@@ -138,9 +138,9 @@ class Scenarios(object):
                                   timeout=timeout, check=False)
             rc, output = proc.returncode, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as error:
-            rc, output = 124, "%s\n(killed after %d s)" % ((error.stdout or b"").decode("utf-8", "replace")
-                                                          if isinstance(error.stdout, bytes) else error.stdout or "",
-                                                          timeout)
+            said = (error.stdout or b"").decode("utf-8", "replace") if isinstance(error.stdout, bytes) \
+                else error.stdout or ""
+            rc, output = 124, "%s\n(killed after %d s)" % (said, timeout)
         ended = time.time()
         with open(os.path.join(self.lane.logs, "ansible-%s.log" % name), "w") as handle:
             handle.write("$ %s\n%s" % (" ".join(argv), output))

@@ -23,8 +23,9 @@ The seeds' experiment (seed 002's matmul workers, seed 003's kernel pair), what 
 --mode mps: CUDA_MPS_PIPE_DIRECTORY=DIR, and every workload must be a client of the daemon there.
 --mode no-mps: CUDA_MPS_PIPE_DIRECTORY = a new empty directory, and no workload may be a client of DIR's daemon.
 --client-env: more environment for every workload (a QoS class's CUDA_MPS_* variables). The workloads get this
-process's environment with these over it; the control binary never does (MpsControl builds its environment). COMMAND is split like a shell would (shlex) but run without a
-shell. Standard library only, besides the collection's module_utils (gpulab_collection.py beside this file finds
+process's environment with these over it; the control binary never does (MpsControl builds its environment).
+COMMAND is split like a shell would (shlex) but run without a shell. Standard library only, besides the
+collection's module_utils (gpulab_collection.py beside this file finds
 them: --lib DIR holding ansible_collections/gpulab/mps, or the checkout this file belongs to). It runs on a GPU host as
 shipped by the role gpulab.mps.cuda_workload, and inside a pod (the same files from a ConfigMap).
 
@@ -503,9 +504,9 @@ def daemon_defaults(control):
         pinned = control.default_pinned_limit(0)
     except MpsControlError as error:
         return "unknown (%s)" % str(error)[:200]
-    return "%s of the SMs per client, %s" % ("%g %%" % threads if threads is not None else "all",
-                                               "pinned memory %s on device 0" % pinned if pinned else
-                                               "no pinned memory limit")
+    sms = "%g %%" % threads if threads is not None else "all"
+    memory = "pinned memory %s on device 0" % pinned if pinned else "no pinned memory limit"
+    return "%s of the SMs per client, %s" % (sms, memory)
 
 
 def experiment(args, control, groups, client_env):

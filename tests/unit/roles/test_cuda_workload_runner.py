@@ -361,10 +361,9 @@ def test_where_mps_loses_the_table_says_so_and_why():
 
 
 def test_the_kernel_pair_side_by_side_wins():
-    runs = [run_of("no-mps", [0.010], units=("kernel_pair", None)), run_of("no-mps", [0.020, 0.020],
-                                                                            units=("kernel_pair", None)),
-            run_of("mps", [0.010], units=("kernel_pair", None)), run_of("mps", [0.010, 0.011],
-                                                                       units=("kernel_pair", None))]
+    pair = ("kernel_pair", None)
+    runs = [run_of("no-mps", [0.010], units=pair), run_of("no-mps", [0.020, 0.020], units=pair),
+            run_of("mps", [0.010], units=pair), run_of("mps", [0.010, 0.011], units=pair)]
     rows = run_workloads.seed_table(runs)
     assert rows[0]["workload"] == "kernel pair add + scale, 4 blocks each (seed 003)"
     assert rows[3]["says"] == "x1.82: MPS wins: the workers ran side by side"

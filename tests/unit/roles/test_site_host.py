@@ -259,4 +259,3 @@ def test_make_lab_ends_with_the_seeds_table(lab, tmp_path):
     # The MPS workers were clients of a server of the lab's daemon, which held them to its defaults.
     servers = [r["servers"] for r in report["runs"] if r["mode"] == "mps"]
     assert all(s and all(v["active_thread_percentage"] == 50.0 for v in s.values()) for s in servers)
-

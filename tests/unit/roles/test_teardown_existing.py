@@ -29,8 +29,7 @@ def tasks(items):
     for task in items or []:
         yield task
         for key in ("block", "rescue", "always"):
-            for inner in tasks(task.get(key)):
-                yield inner
+            yield from tasks(task.get(key))
 
 
 def test_the_runtime_class_the_collection_adds_is_labelled_as_its_own():
