@@ -297,6 +297,7 @@ class Scenarios(object):
         try:
             with open(out) as handle:
                 said = json.load(handle)
+            shutil.copy(out, self.lane.logs)  # the pod's phase and log, kept with the lane's logs
         except (OSError, ValueError):
             said = {}
         report = {}
